@@ -1,0 +1,124 @@
+"""Saving and loading networks: one ``.npz`` file, never pickle.
+
+The file holds the arrays (``param:<i>`` for the i-th learnable parameter in
+``Network.get_weights()`` order, ``buffer:<j>:<name>`` for layer j's buffers, layers numbered
+depth first) and one JSON document under ``meta`` describing the layers, loss, optimizer, dtype
+and seed. Loading reads it with ``allow_pickle=False`` and rebuilds layers only from registered
+:class:`~bpgpu.layers.Layer` classes, so a file can never run code.
+"""
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .errors import ModelFileError
+from .layers import deserialize_layer, serialize_layer
+from .losses import deserialize_loss, serialize_loss
+from .optimizers import deserialize_optimizer, serialize_optimizer
+
+__all__ = ["save", "load", "FORMAT_VERSION"]
+
+FORMAT = "bpgpu-network"
+FORMAT_VERSION = 1
+
+
+def save(net, path):
+    """Write ``net`` to ``path`` atomically: a temporary file in the same folder is renamed over
+    ``path`` only once it is complete, so a crash never leaves a half-written file behind."""
+    path = os.fspath(path)
+    meta = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "layers": [serialize_layer(layer) for layer in net.layers],
+        "loss": serialize_loss(net.loss),
+        "optimizer": serialize_optimizer(net.optimizer),
+        "dtype": net.dtype_name,
+        "seed": net.seed,
+        "epoch": net.epoch,
+    }
+    arrays = {"meta": np.array(json.dumps(meta))}
+    for i, w in enumerate(net.get_weights()):
+        arrays[f"param:{i}"] = w
+    for j, layer in enumerate(net._all_layers):
+        for name, value in layer.buffers.items():
+            arrays[f"buffer:{j}:{name}"] = net.backend.to_numpy(value)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".bpgpu-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_file(path):
+    """``(meta, arrays)`` from a bpgpu file; ModelFileError if it is anything else."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such model file: {path!r}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ModelFileError(f"{path!r} holds a single array, not a bpgpu model (.npz)")
+            arrays = {key: data[key] for key in data.files}
+    except ModelFileError:
+        raise
+    except ValueError as exc:
+        if "pickle" in str(exc).lower():
+            raise ModelFileError(f"{path!r} contains pickled Python objects; bpgpu never loads "
+                                 "pickles (they can run code)") from None
+        raise ModelFileError(f"{path!r} is not a readable bpgpu model file: {exc}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ModelFileError(f"{path!r} is not a readable bpgpu model file (truncated or not an "
+                             f".npz archive): {exc}") from None
+    meta_array = arrays.pop("meta", None)
+    if meta_array is None or meta_array.dtype.kind != "U" or meta_array.ndim != 0:
+        raise ModelFileError(f"{path!r} is an .npz archive but not a bpgpu model (no 'meta' entry)")
+    try:
+        meta = json.loads(str(meta_array))
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path!r}: its description is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelFileError(f"{path!r} is not a bpgpu model file (format tag missing)")
+    if not isinstance(meta.get("version"), int) or meta["version"] > FORMAT_VERSION:
+        raise ModelFileError(f"{path!r} has format version {meta.get('version')!r}; this bpgpu "
+                             f"reads versions up to {FORMAT_VERSION}")
+    return meta, arrays
+
+
+def load(path, backend=None):
+    """Rebuild a saved :class:`~bpgpu.Network` on ``backend`` (any backend, whatever the one it
+    was saved from). Raises :class:`~bpgpu.ModelFileError` for files that are not bpgpu models."""
+    from .network import Network
+
+    meta, arrays = read_file(path)
+    try:
+        layers = [deserialize_layer(spec) for spec in meta["layers"]]
+        net = Network(layers, loss=deserialize_loss(meta["loss"]),
+                      optimizer=deserialize_optimizer(meta["optimizer"]), backend=backend,
+                      dtype=meta["dtype"], seed=meta["seed"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{os.fspath(path)!r}: cannot rebuild the network: {exc}") from None
+    n = len(net._slots)
+    try:
+        weights = [arrays[f"param:{i}"] for i in range(n)]
+        net.set_weights(weights)
+        for j, layer in enumerate(net._all_layers):
+            for name in list(layer.buffers):
+                value = arrays[f"buffer:{j}:{name}"]
+                if value.shape != tuple(layer.buffers[name].shape):
+                    raise ValueError(f"buffer {name} of layer {j} has shape {value.shape}")
+                layer.buffers[name] = net.backend.asarray(value, dtype=net.dtype)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelFileError(f"{os.fspath(path)!r}: stored arrays do not fit the described "
+                             f"network: {exc}") from None
+    net.epoch = int(meta.get("epoch", 0))
+    return net

@@ -1,0 +1,247 @@
+"""Losses: ``forward(pred, target)`` gives a 0-d array, ``backward()`` gives dL/dpred.
+
+All use PyTorch's default ``reduction="mean"``, so numbers compare one to one with
+``torch.nn.MSELoss``, ``BCELoss``, ``BCEWithLogitsLoss`` and ``CrossEntropyLoss``.
+"""
+
+import numpy as np
+from array_api_compat import array_namespace, device
+
+from .layers.activations import stable_sigmoid, stable_softmax
+from .validation import as_numeric, check_finite
+
+__all__ = ["Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "get_loss", "LOSSES",
+           "serialize_loss", "deserialize_loss"]
+
+# log(p) is clamped at -100, as torch.nn.BCELoss does; p is floored at e^-100 first so that
+# log(0) is never evaluated (no divide-by-zero warning).
+_LOG_FLOOR = -100.0
+_P_FLOOR = float(np.exp(-100.0))
+
+
+class Loss:
+    """Base class. Subclasses implement ``forward``, ``backward`` and ``prepare_target``."""
+
+    name = "loss"
+    #: True for losses whose targets are classes (evaluate() then reports an accuracy).
+    is_classification = False
+
+    def __init__(self):
+        self.xp = None
+
+    def bind(self, backend):
+        """Use ``backend.xp`` from now on (set by the Network that owns the loss)."""
+        self.xp = backend.xp
+        return self
+
+    def _ns(self, x):
+        return self.xp if self.xp is not None else array_namespace(x)
+
+    def __call__(self, pred, target):
+        return self.forward(pred, target)
+
+    def forward(self, pred, target):
+        raise NotImplementedError
+
+    def backward(self):
+        raise NotImplementedError
+
+    def prepare_target(self, y, backend, dtype, output_shape):
+        """Validate targets ``y`` for per-sample network outputs of ``output_shape`` and return
+        them on ``backend``: the boundary check done once per fit/evaluate."""
+        y = as_numeric(y, "y", backend)
+        check_finite(y, "y", backend)
+        shape = tuple(y.shape)
+        if shape[1:] == () and tuple(output_shape) == (1,):
+            y = backend.xp.reshape(y, (-1, 1)) if backend.is_native(y) else np.reshape(y, (-1, 1))
+        elif shape[1:] != tuple(output_shape):
+            raise ValueError(
+                f"y has shape {shape}; expected (n_samples, {', '.join(map(str, output_shape))}) "
+                f"to match the network's output" + (" or (n_samples,)" if tuple(output_shape) == (1,) else ""))
+        self._check_values(y, backend)
+        return backend.asarray(y, dtype=dtype)
+
+    def _check_values(self, y, backend):
+        """Hook: reject target values outside the loss's domain."""
+
+    def accuracy(self, pred, target):
+        """Fraction of correct predictions as a 0-d array (classification losses only)."""
+        raise TypeError(f"accuracy is not defined for the {self.name!r} loss")
+
+    def get_config(self):
+        return {}
+
+
+class MSE(Loss):
+    """L = mean((pred - target)^2) over all elements;  dL/dpred = 2 (pred - target) / n_elements."""
+
+    name = "mse"
+
+    def forward(self, pred, target):
+        xp = self._ns(pred)
+        self._diff = pred - target
+        self._n = _size(pred)
+        return xp.sum(self._diff * self._diff) / self._n
+
+    def backward(self):
+        return self._diff * (2.0 / self._n)
+
+
+class BinaryCrossEntropy(Loss):
+    """L = -mean(t log p + (1 - t) log(1 - p)) over all elements, targets t in [0, 1].
+
+    ``from_logits=False``: ``pred`` are probabilities p; log terms are clamped at -100 as
+    ``torch.nn.BCELoss`` does, so p of exactly 0 or 1 gives a finite loss;
+    dL/dp = (p - t) / max(p (1 - p), 1e-12) / n.
+
+    ``from_logits=True``: ``pred`` are logits z, p = sigma(z) (``torch.nn.BCEWithLogitsLoss``);
+    L = mean(max(z, 0) - z t + log(1 + e^-|z|)), dL/dz = (sigma(z) - t) / n.
+    """
+
+    name = "bce"
+    is_classification = True
+
+    def __init__(self, from_logits=False):
+        super().__init__()
+        if not isinstance(from_logits, bool):
+            raise TypeError(f"from_logits must be True or False, got {from_logits!r}")
+        self.from_logits = from_logits
+
+    def forward(self, pred, target):
+        xp = self._ns(pred)
+        self._pred, self._t, self._n = pred, target, _size(pred)
+        if self.from_logits:
+            z = pred
+            terms = xp.maximum(z, 0.0) - z * target + xp.log1p(xp.exp(-xp.abs(z)))
+            return xp.sum(terms) / self._n
+        log_p = xp.maximum(xp.log(xp.maximum(pred, _P_FLOOR)), _LOG_FLOOR)
+        log_q = xp.maximum(xp.log(xp.maximum(1.0 - pred, _P_FLOOR)), _LOG_FLOOR)
+        return -xp.sum(target * log_p + (1.0 - target) * log_q) / self._n
+
+    def backward(self):
+        xp = self._ns(self._pred)
+        p, t = self._pred, self._t
+        if self.from_logits:
+            return (stable_sigmoid(xp, p) - t) / self._n
+        return (p - t) / (xp.maximum(p * (1.0 - p), 1e-12) * self._n)
+
+    def backward_through_sigmoid(self):
+        """dL/dz for p = sigmoid(z), fused: (p - t) / n. Exact where the chained form rounds."""
+        return (self._pred - self._t) / self._n
+
+    def _check_values(self, y, backend):
+        xp = backend.xp if backend.is_native(y) else np
+        if not bool(xp.all((y >= 0) & (y <= 1))):
+            raise ValueError("binary cross-entropy targets must lie in [0, 1] (e.g. labels 0 and 1)")
+
+    def accuracy(self, pred, target):
+        xp = self._ns(pred)
+        threshold = 0.0 if self.from_logits else 0.5
+        hit = (pred > threshold) == (target > 0.5)
+        return xp.mean(xp.astype(hit, pred.dtype))
+
+    def get_config(self):
+        return {"from_logits": self.from_logits}
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy from logits (``torch.nn.CrossEntropyLoss``).
+
+    Shapes: logits z (N, C); targets either class ids (N,) in [0, C) or probability rows (N, C).
+    With t the one-hot or probability rows and s = softmax(z):
+    L = mean_n( sum_c t_nc * logsumexp(z_n) - sum_c t_nc z_nc ),  dL/dz = (s * sum_c t - t) / N.
+    """
+
+    name = "cross_entropy"
+    is_classification = True
+
+    def forward(self, pred, target):
+        xp = self._ns(pred)
+        n, n_classes = pred.shape
+        if target.ndim == 1:
+            target = xp.astype(target[:, None] == xp.arange(n_classes, device=device(pred)),
+                               pred.dtype)
+        m = xp.max(pred, axis=1, keepdims=True)
+        shifted = pred - m
+        e = xp.exp(shifted)
+        sum_e = xp.sum(e, axis=1, keepdims=True)
+        t_sum = xp.sum(target, axis=1, keepdims=True)
+        self._softmax, self._t, self._tsum, self._n = e / sum_e, target, t_sum, n
+        return xp.sum(t_sum * xp.log(sum_e) - xp.sum(target * shifted, axis=1, keepdims=True)) / n
+
+    def backward(self):
+        return (self._softmax * self._tsum - self._t) / self._n
+
+    def prepare_target(self, y, backend, dtype, output_shape):
+        if len(output_shape) != 1:
+            raise ValueError(f"cross-entropy needs network outputs of shape (n_samples, n_classes), "
+                             f"got per-sample shape {tuple(output_shape)}")
+        n_classes = output_shape[0]
+        y_checked = as_numeric(y, "y", backend)
+        if y_checked.ndim == 2:
+            return super().prepare_target(y_checked, backend, dtype, output_shape)
+        if y_checked.ndim != 1:
+            raise ValueError(f"cross-entropy targets must be class ids of shape (n_samples,) or "
+                             f"probability rows (n_samples, {n_classes}); got shape {tuple(y_checked.shape)}")
+        native = backend.is_native(y_checked)
+        xp = backend.xp if native else np
+        if not xp.isdtype(y_checked.dtype, "integral"):
+            if xp.isdtype(y_checked.dtype, "bool"):
+                raise TypeError("cross-entropy class ids must be integers, got booleans; "
+                                "use BinaryCrossEntropy for two classes with one output")
+            check_finite(y_checked, "y", backend)
+            if not bool(xp.all(y_checked == xp.round(y_checked))):
+                raise ValueError("cross-entropy class ids must be whole numbers, got fractional values")
+        if y_checked.shape[0] and not bool(xp.all((y_checked >= 0) & (y_checked < n_classes))):
+            raise ValueError(f"class labels must lie in [0, {n_classes}) for a network with "
+                             f"{n_classes} outputs")
+        return backend.asarray(y_checked, dtype=backend.xp.int64)
+
+    def accuracy(self, pred, target):
+        xp = self._ns(pred)
+        guess = xp.argmax(pred, axis=1)
+        truth = target if target.ndim == 1 else xp.argmax(target, axis=1)
+        return xp.mean(xp.astype(guess == truth, pred.dtype))
+
+
+def _size(x):
+    n = 1
+    for d in x.shape:
+        n *= d
+    return n
+
+
+LOSSES = {
+    "mse": MSE,
+    "mean_squared_error": MSE,
+    "bce": BinaryCrossEntropy,
+    "binary_cross_entropy": BinaryCrossEntropy,
+    "bce_with_logits": lambda: BinaryCrossEntropy(from_logits=True),
+    "cross_entropy": CrossEntropy,
+    "categorical_cross_entropy": CrossEntropy,
+}
+
+_CLASSES = {"MSE": MSE, "BinaryCrossEntropy": BinaryCrossEntropy, "CrossEntropy": CrossEntropy}
+
+
+def get_loss(loss):
+    """A loss from its name (``"mse"``, ``"bce"``, ``"cross_entropy"``, ...) or a Loss instance."""
+    if isinstance(loss, Loss):
+        return loss
+    try:
+        return LOSSES[loss.lower()]()
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown loss {loss!r}; expected a Loss instance or one of "
+                         f"{', '.join(LOSSES)}") from None
+
+
+def serialize_loss(loss):
+    return {"class": type(loss).__name__, "config": loss.get_config()}
+
+
+def deserialize_loss(spec):
+    try:
+        cls = _CLASSES[spec["class"]]
+        return cls(**spec.get("config", {}))
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown loss description {spec!r}; known: {', '.join(_CLASSES)}") from None

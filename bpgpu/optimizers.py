@@ -1,0 +1,289 @@
+"""Optimizers with the update rules and defaults of the same-named ``torch.optim`` classes.
+
+Every optimizer works on flat lists: ``step(params, grads) -> new_params``, where entry i of each
+list is one parameter array. Its state (moments, step count) lives in ``self.state`` as lists of
+arrays in the same order, created on the first step.
+
+Gradient clipping, applied before the update rule, is shared by all optimizers:
+``clip_value=c`` clamps each gradient element to [-c, c] (``torch.nn.utils.clip_grad_value_``);
+``clip_norm=c`` rescales all gradients by ``min(1, c / (||g||_2 + 1e-6))``, the norm taken over
+every parameter together (``torch.nn.utils.clip_grad_norm_``). With both, values are clamped first.
+"""
+
+import math
+
+__all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "get_optimizer", "OPTIMIZERS",
+           "serialize_optimizer", "deserialize_optimizer"]
+
+
+def _check(condition, message):
+    if not condition:
+        raise ValueError(message)
+
+
+def _number(value, name, low=0.0, high=None, high_open=False):
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and value >= low and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        bound = f"in [{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    """Base class: hyperparameter checks, clipping, state bookkeeping.
+
+    Subclasses implement ``_init_state(params)`` and ``_update(i, p, g, lr) -> new p``.
+    """
+
+    def __init__(self, lr, clip_norm=None, clip_value=None):
+        self.lr = _number(lr, "lr")
+        self.clip_norm = None if clip_norm is None else _number(clip_norm, "clip_norm")
+        self.clip_value = None if clip_value is None else _number(clip_value, "clip_value")
+        self.xp = None
+        self.step_count = 0
+        self.state = {}
+
+    def bind(self, backend):
+        """Compute with ``backend.xp`` (set by the Network that owns the optimizer)."""
+        self.xp = backend.xp
+        return self
+
+    def learning_rate(self):
+        """The learning rate the next step uses."""
+        return self.lr
+
+    def step(self, params, grads):
+        """One update. ``params`` and ``grads``: lists of arrays, same order every call.
+        Returns the list of updated parameters."""
+        if not self.state:
+            self.state = self._init_state(params)
+        self.step_count += 1
+        grads = self.clip(grads)
+        lr = self.learning_rate()
+        return [self._update(i, p, g, lr) for i, (p, g) in enumerate(zip(params, grads))]
+
+    def clip(self, grads):
+        """Apply ``clip_value`` then ``clip_norm`` (see the module docstring)."""
+        xp = self.xp
+        if self.clip_value is not None:
+            c = self.clip_value
+            grads = [xp.minimum(xp.maximum(g, -c), c) for g in grads]
+        if self.clip_norm is not None:
+            total = xp.sqrt(sum(xp.sum(g * g) for g in grads))
+            scale = xp.minimum(self.clip_norm / (total + 1e-6), 1.0)
+            grads = [g * xp.astype(scale, g.dtype) for g in grads]
+        return grads
+
+    def _init_state(self, params):
+        return {}
+
+    def _zeros(self, params):
+        return [self.xp.zeros_like(p) for p in params]
+
+    def _update(self, i, p, g, lr):
+        raise NotImplementedError
+
+    # -- serialisation --------------------------------------------------------------------------
+    def get_config(self):
+        config = {"lr": self.lr}
+        if self.clip_norm is not None:
+            config["clip_norm"] = self.clip_norm
+        if self.clip_value is not None:
+            config["clip_value"] = self.clip_value
+        return config
+
+    def state_dict(self):
+        """``{"step_count": int, "state": {name: [arrays]}}`` (arrays on the backend)."""
+        return {"step_count": self.step_count, "state": {k: list(v) for k, v in self.state.items()}}
+
+    def load_state_dict(self, state):
+        self.step_count = int(state["step_count"])
+        self.state = {k: list(v) for k, v in state["state"].items()}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum (``torch.optim.SGD``).
+
+    g <- g + weight_decay * p
+    with momentum mu > 0:  b <- g on the first step, else b <- mu b + (1 - dampening) g;
+                           g <- g + mu b (nesterov) or g <- b
+    p <- p - lr g
+
+    Defaults: lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False.
+    """
+
+    def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
+                 **clipping):
+        super().__init__(lr, **clipping)
+        self.momentum = _number(momentum, "momentum")
+        self.dampening = _number(dampening, "dampening")
+        self.weight_decay = _number(weight_decay, "weight_decay")
+        self.nesterov = bool(nesterov)
+        _check(not nesterov or (self.momentum > 0 and self.dampening == 0),
+               "nesterov momentum requires momentum > 0 and dampening = 0")
+
+    def _init_state(self, params):
+        return {"momentum_buffer": self._zeros(params)} if self.momentum else {}
+
+    def _update(self, i, p, g, lr):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            bufs = self.state["momentum_buffer"]
+            if self.step_count == 1:
+                buf = g
+            else:
+                buf = self.momentum * bufs[i] + (1.0 - self.dampening) * g
+            bufs[i] = buf
+            g = g + self.momentum * buf if self.nesterov else buf
+        return p - lr * g
+
+    def get_config(self):
+        return {**super().get_config(), "momentum": self.momentum, "dampening": self.dampening,
+                "weight_decay": self.weight_decay, "nesterov": self.nesterov}
+
+
+class RMSprop(Optimizer):
+    """RMSprop (``torch.optim.RMSprop``).
+
+    g <- g + weight_decay * p;  v <- alpha v + (1 - alpha) g^2
+    centered: a <- alpha a + (1 - alpha) g;  d = sqrt(v - a^2) + eps, else d = sqrt(v) + eps
+    momentum mu > 0:  b <- mu b + g / d;  p <- p - lr b,  else p <- p - lr g / d
+
+    Defaults: lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False.
+    """
+
+    def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
+                 centered=False, **clipping):
+        super().__init__(lr, **clipping)
+        self.alpha = _number(alpha, "alpha", 0.0, 1.0)
+        self.eps = _number(eps, "eps")
+        self.weight_decay = _number(weight_decay, "weight_decay")
+        self.momentum = _number(momentum, "momentum")
+        self.centered = bool(centered)
+
+    def _init_state(self, params):
+        state = {"square_avg": self._zeros(params)}
+        if self.momentum:
+            state["momentum_buffer"] = self._zeros(params)
+        if self.centered:
+            state["grad_avg"] = self._zeros(params)
+        return state
+
+    def _update(self, i, p, g, lr):
+        xp, a = self.xp, self.alpha
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        v = a * self.state["square_avg"][i] + (1.0 - a) * (g * g)
+        self.state["square_avg"][i] = v
+        if self.centered:
+            avg = a * self.state["grad_avg"][i] + (1.0 - a) * g
+            self.state["grad_avg"][i] = avg
+            denom = xp.sqrt(v - avg * avg) + self.eps
+        else:
+            denom = xp.sqrt(v) + self.eps
+        if self.momentum:
+            buf = self.momentum * self.state["momentum_buffer"][i] + g / denom
+            self.state["momentum_buffer"][i] = buf
+            return p - lr * buf
+        return p - lr * (g / denom)
+
+    def get_config(self):
+        return {**super().get_config(), "alpha": self.alpha, "eps": self.eps,
+                "weight_decay": self.weight_decay, "momentum": self.momentum,
+                "centered": self.centered}
+
+
+class Adam(Optimizer):
+    """Adam (``torch.optim.Adam``), weight decay added to the gradient (L2 style).
+
+    g <- g + weight_decay * p
+    m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+    p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.
+    """
+
+    decoupled = False
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, **clipping):
+        super().__init__(lr, **clipping)
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_number(betas[0], "betas[0]", 0.0, 1.0, high_open=True),
+                      _number(betas[1], "betas[1]", 0.0, 1.0, high_open=True))
+        self.eps = _number(eps, "eps")
+        self.weight_decay = _number(weight_decay, "weight_decay")
+
+    def _init_state(self, params):
+        return {"exp_avg": self._zeros(params), "exp_avg_sq": self._zeros(params)}
+
+    def _update(self, i, p, g, lr):
+        xp = self.xp
+        b1, b2 = self.betas
+        t = self.step_count
+        if self.weight_decay:
+            if self.decoupled:
+                p = p * (1.0 - lr * self.weight_decay)
+            else:
+                g = g + self.weight_decay * p
+        m = b1 * self.state["exp_avg"][i] + (1.0 - b1) * g
+        v = b2 * self.state["exp_avg_sq"][i] + (1.0 - b2) * (g * g)
+        self.state["exp_avg"][i], self.state["exp_avg_sq"][i] = m, v
+        step_size = lr / (1.0 - b1 ** t)
+        denom = xp.sqrt(v) / math.sqrt(1.0 - b2 ** t) + self.eps
+        return p - step_size * (m / denom)
+
+    def get_config(self):
+        return {**super().get_config(), "betas": list(self.betas), "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+
+class AdamW(Adam):
+    """AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay.
+
+    p <- p (1 - lr weight_decay), then the Adam update without weight decay in the gradient.
+
+    Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2.
+    """
+
+    decoupled = True
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, **clipping):
+        super().__init__(lr, betas, eps, weight_decay, **clipping)
+
+
+OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
+_CLASSES = {cls.__name__: cls for cls in OPTIMIZERS.values()}
+
+
+def get_optimizer(optimizer):
+    """An optimizer from its name (``"sgd"``, ``"rmsprop"``, ``"adam"``, ``"adamw"``, with default
+    hyperparameters) or an Optimizer instance."""
+    if isinstance(optimizer, Optimizer):
+        return optimizer
+    try:
+        return OPTIMIZERS[optimizer.lower()]()
+    except (KeyError, AttributeError):
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected an Optimizer instance or one "
+                         f"of {', '.join(OPTIMIZERS)}") from None
+
+
+def serialize_optimizer(optimizer):
+    return {"class": type(optimizer).__name__, "config": optimizer.get_config()}
+
+
+def deserialize_optimizer(spec):
+    try:
+        cls = _CLASSES[spec["class"]]
+        config = dict(spec.get("config", {}))
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"unknown optimizer description {spec!r}; known: {', '.join(_CLASSES)}") from None
+    if "betas" in config:
+        config["betas"] = tuple(config["betas"])
+    return cls(**config)

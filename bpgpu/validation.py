@@ -1,0 +1,57 @@
+"""Checks at the API boundary: data coming in from the user is validated once, here.
+
+Host data (NumPy arrays, lists, anything NumPy can read) is checked with NumPy; arrays already
+on the backend are checked with the backend's own reductions (one device read each).
+"""
+
+import numpy as np
+
+__all__ = ["as_numeric", "check_finite", "check_batch_size", "check_positive_int"]
+
+_NUMERIC_KINDS = ("bool", "integral", "real floating")
+
+
+def as_numeric(data, name, backend):
+    """``data`` as a NumPy array or a native array of ``backend``; TypeError/ValueError if it does
+    not hold real numbers. The result may share memory with ``data``: do not mutate it."""
+    if backend.is_native(data):
+        if not backend.xp.isdtype(data.dtype, _NUMERIC_KINDS):
+            raise TypeError(f"{name} must hold real numbers, got an array of dtype {data.dtype}")
+        return data
+    if data is None:
+        raise TypeError(f"{name} must be an array of numbers, got None")
+    try:
+        host = np.asarray(data)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{name} could not be read as a rectangular array of numbers: {exc}") from None
+    if host.dtype.kind not in "biuf":
+        raise TypeError(
+            f"{name} must hold real numbers (bool, int or float), got dtype {host.dtype}"
+            + (" (ragged or mixed-type input?)" if host.dtype == object else ""))
+    return host
+
+
+def check_finite(x, name, backend):
+    """ValueError when ``x`` (host or native) holds NaN or +-inf."""
+    if isinstance(x, np.ndarray):
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
+            bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+            raise ValueError(f"{name} contains {bad} NaN or infinite value(s); expected finite numbers")
+        return
+    xp = backend.xp
+    if xp.isdtype(x.dtype, "real floating") and not bool(xp.all(xp.isfinite(x))):
+        raise ValueError(f"{name} contains NaN or infinite values; expected finite numbers")
+
+
+def check_positive_int(value, name):
+    """``value`` as an int; ValueError unless it is an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_batch_size(batch_size):
+    """``batch_size`` as an int, or None for full batch."""
+    if batch_size is None:
+        return None
+    return check_positive_int(batch_size, "batch_size")

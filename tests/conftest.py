@@ -1,0 +1,79 @@
+"""Shared fixtures: every backend-dependent test runs once per backend.
+
+* ``backend``: a :class:`bpgpu.Backend`, parametrized over numpy, array_api_strict, torch and
+  cupy. Unusable backends are skipped with the reason (not installed, no CUDA device, ...).
+* ``--backend NAME`` (repeatable) or ``BPGPU_TEST_BACKENDS=a,b`` restricts the run to those.
+* ``--require-backend NAME`` or ``BPGPU_REQUIRE_BACKENDS=cupy`` turns "unusable" into a failure:
+  the GPU CI (``ci/gpu_tests.sh``) uses it so that a missing GPU cannot pass as skips.
+* ``torch``: the PyTorch module, used as the independent oracle; skipped when not installed.
+"""
+
+import os
+
+import pytest
+
+import bpgpu
+from bpgpu.backend import backend_status
+
+ALL_BACKENDS = ("numpy", "array_api_strict", "torch", "cupy")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--backend", action="append", default=None, choices=ALL_BACKENDS,
+                     help="run backend-parametrized tests only on this backend (repeatable)")
+    parser.addoption("--require-backend", action="append", default=None, choices=ALL_BACKENDS,
+                     help="fail instead of skipping when this backend is unusable (repeatable)")
+
+
+def _listed(config, option, env):
+    names = config.getoption(option) or [n for n in os.environ.get(env, "").split(",") if n]
+    unknown = set(names) - set(ALL_BACKENDS)
+    if unknown:
+        raise pytest.UsageError(f"{env}: unknown backend(s) {sorted(unknown)}; choose from {ALL_BACKENDS}")
+    return names
+
+
+def selected_backends(config):
+    return _listed(config, "--backend", "BPGPU_TEST_BACKENDS") or list(ALL_BACKENDS)
+
+
+def pytest_generate_tests(metafunc):
+    if "backend" in metafunc.fixturenames:
+        metafunc.parametrize("backend", selected_backends(metafunc.config), indirect=True)
+
+
+_STATUS = {}
+
+
+@pytest.fixture
+def backend(request):
+    name = request.param
+    if not _STATUS:
+        _STATUS.update(backend_status())
+    reason = _STATUS[name]
+    if reason is not None:
+        if name in _listed(request.config, "--require-backend", "BPGPU_REQUIRE_BACKENDS"):
+            pytest.fail(f"backend {name!r} is required for this run but unusable: {reason}")
+        pytest.skip(f"backend {name!r} unusable here: {reason}")
+    return bpgpu.get_backend(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def strict_api_version():
+    """Pin array-api-strict to the 2024.12 standard (the version bpgpu targets), then restore."""
+    try:
+        import array_api_strict
+    except ImportError:
+        yield
+        return
+    saved = array_api_strict.get_array_api_strict_flags()
+    array_api_strict.set_array_api_strict_flags(api_version="2024.12")
+    yield
+    array_api_strict.set_array_api_strict_flags(**saved)
+
+
+@pytest.fixture(scope="session")
+def torch():
+    """PyTorch as the oracle; the test is skipped (with this reason) when it is absent."""
+    return pytest.importorskip("torch", reason="PyTorch is not installed; it is the oracle for this "
+                               "comparison (pip install torch)")
