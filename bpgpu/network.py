@@ -41,9 +41,12 @@ class Network:
 
     def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
                  seed=None):
-        if isinstance(layers, Layer) or not all(isinstance(layer, Layer) for layer in layers):
-            raise TypeError("layers must be a list of bpgpu Layer objects, got "
-                            f"{[type(layer).__name__ for layer in np.atleast_1d(layers)]}")
+        if not isinstance(layers, (list, tuple)):
+            raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
+                            f"{type(layers).__name__}")
+        strangers = [type(layer).__name__ for layer in layers if not isinstance(layer, Layer)]
+        if strangers:
+            raise TypeError(f"layers must all be bpgpu Layer objects; got {', '.join(strangers)}")
         if not layers:
             raise ValueError("a Network needs at least one layer")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
