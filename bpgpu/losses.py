@@ -17,6 +17,8 @@ __all__ = ["Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "get_loss", "LOS
 # log(0) is never evaluated (no divide-by-zero warning).
 _LOG_FLOOR = -100.0
 _P_FLOOR = float(np.exp(-100.0))
+# The floor of p (1 - p) in the BCE gradient: torch's 1e-12, which it stores as a float32.
+_GRAD_FLOOR = float(np.float32(1e-12))
 
 
 class Loss:
@@ -123,7 +125,7 @@ class BinaryCrossEntropy(Loss):
         p, t = self._pred, self._t
         if self.from_logits:
             return (stable_sigmoid(xp, p) - t) / self._n
-        return (p - t) / (xp.maximum(p * (1.0 - p), 1e-12) * self._n)
+        return (p - t) / (xp.maximum(p * (1.0 - p), _GRAD_FLOOR) * self._n)
 
     def backward_through_sigmoid(self):
         """dL/dz for p = sigmoid(z), fused: (p - t) / n. Exact where the chained form rounds."""
