@@ -8,9 +8,18 @@ Gradient clipping, applied before the update rule, is shared by all optimizers:
 ``clip_value=c`` clamps each gradient element to [-c, c] (``torch.nn.utils.clip_grad_value_``);
 ``clip_norm=c`` rescales all gradients by ``min(1, c / (||g||_2 + 1e-6))``, the norm taken over
 every parameter together (``torch.nn.utils.clip_grad_norm_``). With both, values are clamped first.
+
+Learning-rate schedules: ``lr`` may be a :class:`~bpgpu.schedules.Schedule`
+(``Adam(lr=CosineAnnealingLR(1e-3, T_max=100))``). The optimizer keeps the schedule's position
+``schedule_step`` (starting at 0); :meth:`Optimizer.learning_rate` returns ``lr(schedule_step)``.
+The position advances after every ``step`` when the schedule has ``per="batch"``, and at the end
+of every epoch of ``Network.fit`` (through :meth:`Optimizer.advance_schedule`) when it has
+``per="epoch"`` (the default).
 """
 
 import math
+
+from .schedules import Schedule, deserialize_schedule, serialize_schedule
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "get_optimizer", "OPTIMIZERS",
            "serialize_optimizer", "deserialize_optimizer"]
@@ -37,11 +46,12 @@ class Optimizer:
     """
 
     def __init__(self, lr, clip_norm=None, clip_value=None):
-        self.lr = _number(lr, "lr")
+        self.lr = lr if isinstance(lr, Schedule) else _number(lr, "lr")
         self.clip_norm = None if clip_norm is None else _number(clip_norm, "clip_norm")
         self.clip_value = None if clip_value is None else _number(clip_value, "clip_value")
         self.xp = None
         self.step_count = 0
+        self.schedule_step = 0
         self.state = {}
 
     def bind(self, backend):
@@ -50,8 +60,14 @@ class Optimizer:
         return self
 
     def learning_rate(self):
-        """The learning rate the next step uses."""
-        return self.lr
+        """The learning rate the next step uses: ``lr``, or ``lr(schedule_step)`` for a schedule."""
+        lr = self.lr
+        return lr(self.schedule_step) if isinstance(lr, Schedule) else lr
+
+    def advance_schedule(self, unit):
+        """Move a schedule with ``per == unit`` (``"epoch"`` or ``"batch"``) one step on."""
+        if isinstance(self.lr, Schedule) and self.lr.per == unit:
+            self.schedule_step += 1
 
     def step(self, params, grads):
         """One update. ``params`` and ``grads``: lists of arrays, same order every call.
@@ -61,6 +77,7 @@ class Optimizer:
         self.step_count += 1
         grads = self.clip(grads)
         lr = self.learning_rate()
+        self.advance_schedule("batch")
         return [self._update(i, p, g, lr) for i, (p, g) in enumerate(zip(params, grads))]
 
     def clip(self, grads):
@@ -86,7 +103,7 @@ class Optimizer:
 
     # -- serialisation --------------------------------------------------------------------------
     def get_config(self):
-        config = {"lr": self.lr}
+        config = {"lr": serialize_schedule(self.lr) if isinstance(self.lr, Schedule) else self.lr}
         if self.clip_norm is not None:
             config["clip_norm"] = self.clip_norm
         if self.clip_value is not None:
@@ -94,15 +111,19 @@ class Optimizer:
         return config
 
     def state_dict(self):
-        """``{"step_count": int, "state": {name: [arrays]}}`` (arrays on the backend)."""
-        return {"step_count": self.step_count, "state": {k: list(v) for k, v in self.state.items()}}
+        """``{"step_count": int, "schedule_step": int, "state": {name: [arrays]}}`` (arrays on
+        the backend)."""
+        return {"step_count": self.step_count, "schedule_step": self.schedule_step,
+                "state": {k: list(v) for k, v in self.state.items()}}
 
     def load_state_dict(self, state):
         self.step_count = int(state["step_count"])
+        self.schedule_step = int(state.get("schedule_step", 0))
         self.state = {k: list(v) for k, v in state["state"].items()}
 
     def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        config = {**self.get_config(), "lr": self.lr}
+        args = ", ".join(f"{k}={v!r}" for k, v in config.items())
         return f"{type(self).__name__}({args})"
 
 
@@ -286,4 +307,6 @@ def deserialize_optimizer(spec):
         raise ValueError(f"unknown optimizer description {spec!r}; known: {', '.join(_CLASSES)}") from None
     if "betas" in config:
         config["betas"] = tuple(config["betas"])
+    if isinstance(config.get("lr"), dict):
+        config["lr"] = deserialize_schedule(config["lr"])
     return cls(**config)
