@@ -1,0 +1,89 @@
+"""Sliding windows over NCHW images as one gather (im2col) and its adjoint (col2im).
+
+The Array API standard has gathers (``take``) but no scatter-add, which col2im needs: the
+gradient of an input pixel is the sum of the gradients of every window entry that copied it.
+Each (pixel, kernel offset) pair is copied by at most one window, so that sum is again a gather:
+for every pixel, the host lists the (at most kh*kw) window entries that read it, padded with the
+index of an appended zero, and the device gathers them and sums. Both index arrays are built
+once per geometry with NumPy and then live on the device.
+"""
+
+import numpy as np
+
+__all__ = ["Windows", "pair"]
+
+
+def pair(value, name, minimum):
+    """``value`` (an int or a pair of ints, each >= ``minimum``) as a tuple ``(a, b)``."""
+    items = tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+    if len(items) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                  and v >= minimum for v in items):
+        raise ValueError(f"{name} must be an integer >= {minimum} or a pair of them, got {value!r}")
+    return int(items[0]), int(items[1])
+
+
+def output_size(size, kernel, stride, padding, owner):
+    """Windows along one axis: ``floor((size + 2 padding - kernel) / stride) + 1``."""
+    if size + 2 * padding < kernel:
+        raise ValueError(f"{owner}: kernel size {kernel} is larger than the padded input "
+                         f"({size} + 2 * {padding})")
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+class Windows:
+    """The windows of one geometry: C channels, an H x W image, kernel ``(kh, kw)``, ``stride``
+    and zero ``padding`` (pairs).
+
+    :meth:`im2col` maps x (N, C, H, W) to cols (N, Ho*Wo, C*kh*kw), windows in row-major order,
+    each window's entries ordered (c, i, j) like a PyTorch weight (O, C, kh, kw);
+    :meth:`col2im` is its adjoint: (N, Ho*Wo, C*kh*kw) -> (N, C, H, W), overlaps summed.
+    """
+
+    def __init__(self, backend, channels, height, width, kernel, stride, padding, owner):
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        self.xp, self.device = backend.xp, backend.device
+        self.in_shape = (channels, height, width)
+        self.out_hw = (output_size(height, kh, sh, ph, owner), output_size(width, kw, sw, pw, owner))
+        ho, wo = self.out_hw
+        self.n_windows, self.window_size = ho * wo, channels * kh * kw
+        self.size = channels * height * width
+        # Image coordinates read by entry (oh, ow, c, i, j); outside the image: the zero at `size`.
+        row = (sh * np.arange(ho)[:, None] + np.arange(kh) - ph)[:, None, None, :, None]
+        col = (sw * np.arange(wo)[:, None] + np.arange(kw) - pw)[None, :, None, None, :]
+        chan = np.arange(channels)[None, None, :, None, None]
+        inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+        shape5 = (ho, wo, channels, kh, kw)
+        source = np.broadcast_to(np.where(inside, (chan * height + row) * width + col, self.size),
+                                 shape5).ravel()
+        self.padded = bool(np.any(source == self.size))
+        # Adjoint: for each pixel, the entries (one per kernel offset at most) that read it.
+        n_entries = source.size
+        offset = np.broadcast_to(np.arange(kh * kw).reshape(kh, kw), shape5).ravel()
+        readers = np.full((self.size + 1, kh * kw), n_entries, dtype=np.int64)
+        readers[source, offset] = np.arange(n_entries)
+        readers = np.sort(readers[:self.size], axis=1)  # real entries first, the zero last
+        self.fan = max(1, int(np.max(np.sum(readers < n_entries, axis=1))))
+        int64 = backend.xp.int64
+        self.gather_index = backend.asarray(source, dtype=int64)
+        self.scatter_index = backend.asarray(readers[:, :self.fan].ravel(), dtype=int64)
+
+    def _append_zero(self, flat):
+        zero = self.xp.zeros((flat.shape[0], 1), dtype=flat.dtype, device=self.device)
+        return self.xp.concat([flat, zero], axis=1)
+
+    def im2col(self, x):
+        xp, n = self.xp, x.shape[0]
+        flat = xp.reshape(x, (n, self.size))
+        if self.padded:
+            flat = self._append_zero(flat)
+        cols = xp.take(flat, self.gather_index, axis=1)
+        return xp.reshape(cols, (n, self.n_windows, self.window_size))
+
+    def col2im(self, cols):
+        xp, n = self.xp, cols.shape[0]
+        flat = self._append_zero(xp.reshape(cols, (n, self.n_windows * self.window_size)))
+        parts = xp.take(flat, self.scatter_index, axis=1)
+        if self.fan == 1:
+            return xp.reshape(parts, (n,) + self.in_shape)
+        summed = xp.sum(xp.reshape(parts, (n, self.size, self.fan)), axis=2)
+        return xp.reshape(summed, (n,) + self.in_shape)
