@@ -149,6 +149,8 @@ class Network:
             raise ValueError(f"{name} has {tuple(X.shape[1:])} features per sample; the network "
                              f"expects {tuple(self.input_shape)}")
         check_finite(X, name, self.backend)
+        if self.input_shape is None:  # e.g. Conv2D first: the data's shape fixes the output's
+            self._data_output_shape = self._output_shape(tuple(X.shape[1:]))
         return self.backend.asarray(X, dtype=self.dtype)
 
     def _target(self, y, n_samples, name="y"):
@@ -160,6 +162,8 @@ class Network:
         return y
 
     def _output_shape_from_data(self):
+        if getattr(self, "_data_output_shape", None) is not None:
+            return self._data_output_shape
         raise ValueError("the network's input shape is unknown (its first layer does not declare "
                          "one); start it with a Dense layer or another layer with input_shape()")
 
