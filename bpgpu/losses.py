@@ -13,10 +13,12 @@ from .validation import as_numeric, check_finite
 __all__ = ["Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "get_loss", "LOSSES",
            "serialize_loss", "deserialize_loss"]
 
-# log(p) is clamped at -100, as torch.nn.BCELoss does; p is floored at e^-100 first so that
-# log(0) is never evaluated (no divide-by-zero warning).
+# log(p) is clamped at -100, as torch.nn.BCELoss does; p is floored first so that log(0) is never
+# evaluated (no divide-by-zero warning). The floor is the smallest positive float32 (a subnormal,
+# log = -103.3): below e^-100 in every dtype, so the clamp, not the floor, sets the value. (A floor
+# of e^-100 itself rounds to a subnormal in float32 whose log is -99.98, not -100.)
 _LOG_FLOOR = -100.0
-_P_FLOOR = float(np.exp(-100.0))
+_P_FLOOR = 1e-45
 # The floor of p (1 - p) in the BCE gradient: torch's 1e-12, which it stores as a float32.
 _GRAD_FLOOR = float(np.float32(1e-12))
 

@@ -81,6 +81,22 @@ def test_bce_on_probabilities_matches_torch_including_0_and_1(backend, torch):
     _assert_close(grad, expected_grad)
 
 
+def test_bce_is_finite_in_float32_at_0_and_1(backend):
+    p, t = _bce_case()
+    loss = BinaryCrossEntropy().bind(backend)
+    f32 = backend.dtype("float32")
+    with warnings.catch_warnings(), np.errstate(over="raise", divide="raise", invalid="raise"):
+        warnings.simplefilter("error")
+        value = backend.to_float(loss.forward(backend.asarray(p, dtype=f32), backend.asarray(t, dtype=f32)))
+        grad = backend.to_numpy(loss.backward())
+    assert np.isfinite(value) and np.isfinite(grad).all() and grad.dtype == np.float32
+    # closed form of torch's clamped BCE on the float32-rounded probabilities
+    p32 = p.astype(np.float32).astype(np.float64)
+    with np.errstate(divide="ignore"):
+        log_p, log_q = np.maximum(np.log(p32), -100.0), np.maximum(np.log(1.0 - p32), -100.0)
+    assert value == pytest.approx(-np.mean(t * log_p + (1.0 - t) * log_q), rel=1e-5)
+
+
 def test_bce_single_saturated_element_costs_100(backend):
     value, _ = _run(backend, BinaryCrossEntropy(), np.array([[0.0]]), np.array([[1.0]]))
     assert value == 100.0
