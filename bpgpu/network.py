@@ -307,7 +307,7 @@ class Network:
         bs = n if batch_size is None else min(batch_size, n)
         xp, backend = self.backend.xp, self.backend
         history = History()
-        for _ in range(epochs):
+        for i in range(epochs):
             epoch = self.epoch
             order = None
             if shuffle and bs < n:
@@ -332,7 +332,7 @@ class Network:
             self.epoch += 1
             if verbose:
                 shown = "  ".join(f"{k} {v:.6g}" for k, v in logs.items())
-                print(f"epoch {epoch + 1}/{epochs}  {shown}", file=sys.stdout, flush=True)
+                print(f"epoch {i + 1}/{epochs}  {shown}", file=sys.stdout, flush=True)
         return history
 
     # -- inference ---------------------------------------------------------------------------------------
@@ -343,7 +343,7 @@ class Network:
         Xd = self._input(X)
         n = Xd.shape[0]
         bs = n if batch_size is None or n == 0 else batch_size
-        parts = [self.backend.to_numpy(self._forward(Xd[s:s + bs, ...], False))
+        parts = [self.backend.to_numpy(self._forward(Xd[s:min(s + bs, n), ...], False))
                  for s in range(0, max(n, 1), max(bs, 1))]
         return np.concatenate(parts, axis=0)
 
