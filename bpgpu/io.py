@@ -64,13 +64,19 @@ def read_file(path):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such model file: {path!r}")
+    # Sort by the leading bytes first: np.load treats every non-zip, non-.npy file as a pickle.
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic == b"\x93NUMPY":
+        raise ModelFileError(f"{path!r} holds a single array (.npy), not a bpgpu model (.npz)")
+    if magic[:1] == b"\x80":
+        raise ModelFileError(f"{path!r} is a Python pickle; bpgpu never loads pickles (they can "
+                             "run code)")
+    if magic[:4] != b"PK\x03\x04":
+        raise ModelFileError(f"{path!r} is not a readable bpgpu model file (not an .npz archive)")
     try:
         with np.load(path, allow_pickle=False) as data:
-            if not isinstance(data, np.lib.npyio.NpzFile):
-                raise ModelFileError(f"{path!r} holds a single array, not a bpgpu model (.npz)")
             arrays = {key: data[key] for key in data.files}
-    except ModelFileError:
-        raise
     except ValueError as exc:
         if "pickle" in str(exc).lower():
             raise ModelFileError(f"{path!r} contains pickled Python objects; bpgpu never loads "
