@@ -29,15 +29,21 @@ class ModelFileError(ValueError):
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite.
 
-    Attributes: ``epoch`` and ``step`` (0-based) where it happened, and ``loss`` (the bad value).
+    Attributes: ``epoch`` and ``step`` (0-based, the step within the epoch) where it happened,
+    ``loss`` (the bad value), ``weights`` (True when the last update of an epoch made a weight
+    non-finite while every loss was still finite).
     """
 
-    def __init__(self, epoch, step, loss):
+    def __init__(self, epoch, step, loss, weights=False):
         self.epoch = epoch
         self.step = step
         self.loss = loss
+        self.weights = bool(weights)
+        where = f"at epoch {epoch}, step {step}"
+        what = (f"the update {where} made the weights non-finite" if weights
+                else f"the loss became {loss} {where}")
         super().__init__(
-            f"training diverged: the loss became {loss} at epoch {epoch}, step {step}. "
+            f"training diverged: {what}. "
             "The network keeps the weights of the last finite step; try a lower learning rate "
             "(or gradient clipping with clip_norm=...)."
         )

@@ -5,13 +5,11 @@ data to the device once, gathers mini-batches there, and reads the loss back onc
 """
 
 import math
-import sys
 import warnings
 
 import numpy as np
 
 from .backend import get_backend
-from .errors import TrainingDivergedError
 from .history import History
 from .layers import Dense, Layer, Sigmoid, Softmax, get_activation
 from .losses import BinaryCrossEntropy, CrossEntropy, get_loss
@@ -79,6 +77,7 @@ class Network:
                           "layer applies it twice. Drop the Softmax layer.", stacklevel=2)
         self.epoch = 0
         self.history = History()
+        self.stop_training = False
 
     @classmethod
     def from_sizes(cls, layer_sizes, activation="relu", output_activation=None, init="he_normal",
@@ -283,57 +282,44 @@ class Network:
             layer.params[key] = self.backend.asarray(w, dtype=self.dtype)
 
     # -- training loop -----------------------------------------------------------------------------------
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1):
-        """Train for ``epochs`` passes over ``(X, y)`` in mini-batches of ``batch_size`` (None: the
-        whole set at once), reshuffled every epoch when ``shuffle``. ``validation_data=(Xv, yv)``
-        adds ``val_loss`` (and ``val_accuracy`` for classifiers) to the history.
+    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
+            validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
+        """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
+        epochs (``net.history`` keeps every epoch, across calls and checkpoints).
 
-        Returns a :class:`~bpgpu.History` of per-epoch values (the loss is the mean of the batch
-        losses, weighted by batch size, each taken before its update).
+        Args:
+            epochs: number of epochs to run, continuing from ``net.epoch``.
+            batch_size: samples per update (None: the whole set at once); the last batch of an
+                epoch may be smaller.
+            shuffle: reshuffle the samples every epoch (a permutation drawn from
+                ``net.shuffle_rng``, the same on every backend).
+            validation_data: ``(X_val, y_val)``, evaluated in inference mode after every epoch.
+            validation_split: instead of ``validation_data``, hold out this fraction of the
+                samples, taken from the end of ``(X, y)`` before any shuffling (as Keras does).
+            verbose: 0 silent; 1 a progress bar per epoch on a terminal, else one line per
+                epoch; 2 one line per epoch.
+            metrics: names (``"accuracy"``, ``"binary_accuracy"``, ``"mae"``, ``"rmse"``,
+                ``"r2"``), :class:`~bpgpu.metrics.Metric` objects or functions, reported for the
+                training batches and the validation data. None: only ``val_accuracy`` for
+                classification losses.
+            callbacks: list of :class:`~bpgpu.callbacks.Callback` objects.
+            initial_epoch: Keras-style resume: set the epoch counter to ``initial_epoch`` and
+                run until ``epochs`` (then the index to stop before). Without it, ``fit``
+                continues from ``net.epoch``, so a loaded checkpoint continues with plain ``fit``.
+
+        Per epoch the history records ``loss`` (the batch losses, each taken before its update,
+        weighted by batch size; penalties included), the metrics, ``val_loss`` and ``val_*``,
+        and ``lr`` when the learning rate is a schedule or set by a callback. The loss and
+        metrics are read from the device once per epoch. A NaN or infinite loss raises
+        :class:`~bpgpu.TrainingDivergedError` naming the epoch and step, with the network rewound
+        to the weights of the last finite step (see :mod:`bpgpu.training`).
         """
-        epochs = check_positive_int(epochs, "epochs")
-        batch_size = check_batch_size(batch_size)
-        if verbose not in (0, 1, 2, False, True):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
-        Xd, yd = self._data(X, y)
-        validation = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise ValueError("validation_data must be a pair (X_val, y_val)")
-            validation = self._data(*validation_data)
-        n = Xd.shape[0]
-        if n == 0:
-            raise ValueError("X holds no samples; fit needs at least one")
-        bs = n if batch_size is None else min(batch_size, n)
-        xp, backend = self.backend.xp, self.backend
-        history = History()
-        for i in range(epochs):
-            epoch = self.epoch
-            order = None
-            if shuffle and bs < n:
-                order = backend.asarray(self.shuffle_rng.permutation(n), dtype=xp.int64)
-            total = None
-            for start in range(0, n, bs):
-                stop = min(start + bs, n)
-                if order is None:
-                    xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
-                else:
-                    idx = order[start:stop]
-                    xb, yb = xp.take(Xd, idx, axis=0), xp.take(yd, idx, axis=0)
-                loss = self._train_batch(xb, yb) * float(stop - start)
-                total = loss if total is None else total + loss
-            logs = {"loss": backend.to_float(total) / n}
-            if not math.isfinite(logs["loss"]):
-                raise TrainingDivergedError(epoch, None, logs["loss"])
-            if validation is not None:
-                logs.update({f"val_{k}": v for k, v in self._evaluate(*validation).items()})
-            history.append(epoch, logs)
-            self.history.append(epoch, logs)
-            self.epoch += 1
-            if verbose:
-                shown = "  ".join(f"{k} {v:.6g}" for k, v in logs.items())
-                print(f"epoch {i + 1}/{epochs}  {shown}", file=sys.stdout, flush=True)
-        return history
+        from .training import fit
+
+        return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                   validation_data=validation_data, verbose=verbose,
+                   validation_split=validation_split, metrics=metrics, callbacks=callbacks,
+                   initial_epoch=initial_epoch)
 
     # -- inference ---------------------------------------------------------------------------------------
     def predict(self, X, batch_size=None):

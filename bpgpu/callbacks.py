@@ -1,0 +1,378 @@
+"""Callbacks: code that ``Network.fit`` runs at fixed points of training.
+
+Subclass :class:`Callback` and override any of ``on_train_begin(logs)``, ``on_epoch_begin(epoch,
+logs)``, ``on_batch_end(batch, logs)``, ``on_epoch_end(epoch, logs)``, ``on_train_end(logs)``;
+``self.network`` is the network being trained. Setting ``self.network.stop_training = True``
+stops training at the end of the current batch. Callbacks run in the order given to ``fit``.
+
+``logs`` in ``on_epoch_end``: the epoch's values as Python floats (``loss``, metrics, ``val_*``,
+and ``lr`` when the rate changes during training). ``epoch`` is the 0-based epoch counter of the
+network (it continues across ``fit`` calls and checkpoints).
+
+``logs`` in ``on_batch_end``: ``{"batch": i, "size": n, "loss": loss}`` where ``loss`` is a 0-d
+array still on the device: ``float(logs["loss"])`` works but waits for the device, so a
+callback that reads it every batch slows GPU training; callbacks that do not override
+``on_batch_end`` cost nothing per batch.
+"""
+
+import csv
+import inspect
+import math
+import os
+import warnings
+
+from .schedules import Schedule
+
+__all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
+           "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"]
+
+
+class Callback:
+    """Base class; every hook does nothing."""
+
+    network = None
+
+    def set_network(self, network):
+        self.network = network
+
+    def on_train_begin(self, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
+
+    def on_epoch_begin(self, epoch, logs=None):
+        pass
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_batch_end(self, batch, logs=None):
+        pass
+
+    def on_divergence(self, error):
+        """Called when the training loss became NaN or infinite (the network already holds the
+        weights of the last finite step). Return True to end training cleanly instead of
+        raising ``error`` (a :class:`~bpgpu.TrainingDivergedError`)."""
+        return False
+
+
+class CallbackList:
+    """Dispatches each hook to every callback, in order."""
+
+    def __init__(self, callbacks, network):
+        if callbacks is None:
+            callbacks = []
+        if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
+            raise TypeError("callbacks must be a list of bpgpu.callbacks.Callback objects, got "
+                            f"{callbacks!r}")
+        self.callbacks = list(callbacks)
+        for callback in self.callbacks:
+            callback.set_network(network)
+        self.batch_hooks = [c for c in self.callbacks
+                            if type(c).on_batch_end is not Callback.on_batch_end]
+
+    def on_train_begin(self, logs=None):
+        for c in self.callbacks:
+            c.on_train_begin(logs)
+
+    def on_train_end(self, logs=None):
+        for c in self.callbacks:
+            c.on_train_end(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        for c in self.callbacks:
+            c.on_epoch_begin(epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        for c in self.callbacks:
+            c.on_epoch_end(epoch, logs)
+
+    def on_batch_end(self, batch, logs=None):
+        for c in self.batch_hooks:
+            c.on_batch_end(batch, logs)
+
+    def on_divergence(self, error):
+        """True when some callback asked for a clean stop (every callback is told)."""
+        answers = [bool(c.on_divergence(error)) for c in self.callbacks]
+        return any(answers)
+
+
+def _mode(mode, monitor):
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode == "auto":
+        name = monitor.lower()
+        return "max" if ("acc" in name or name.endswith("r2")) else "min"
+    return mode
+
+
+def _nonnegative(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def _monitored(logs, monitor, who):
+    value = (logs or {}).get(monitor)
+    if value is None:
+        warnings.warn(f"{who}: the monitored value {monitor!r} is not in the logs (available: "
+                      f"{', '.join(logs or {}) or 'none'}); pass validation data for 'val_*' "
+                      "values or metrics=[...] for metrics", RuntimeWarning, stacklevel=3)
+    return value
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs.
+
+    Improvement: ``value < best - min_delta`` (mode ``"min"``) or ``value > best + min_delta``
+    (``"max"``); ``"auto"`` picks max for accuracies and r2, min otherwise. With
+    ``restore_best_weights``, the weights (and buffers) of the best epoch are put back at the end
+    of training, whether it stopped early or ran out of epochs.
+
+    Attributes after training: ``best``, ``best_epoch``, ``stopped_epoch`` (None if not stopped).
+    """
+
+    def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
+                 restore_best_weights=False):
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
+        self.monitor = monitor
+        self.patience = patience
+        self.min_delta = float(_nonnegative(min_delta, "min_delta"))
+        self.mode = _mode(mode, monitor)
+        self.restore_best_weights = bool(restore_best_weights)
+
+    def on_train_begin(self, logs=None):
+        self.wait = 0
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch = None
+        self.best_weights = None
+        self.stopped_epoch = None
+
+    def _improved(self, value):
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, epoch, logs=None):
+        from .training import copy_weights
+
+        value = _monitored(logs, self.monitor, "EarlyStopping")
+        if value is None:
+            return
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, epoch, 0
+            if self.restore_best_weights:
+                self.best_weights = copy_weights(self.network)
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = epoch
+            self.network.stop_training = True
+
+    def on_train_end(self, logs=None):
+        from .training import restore_weights
+
+        if self.restore_best_weights and self.best_weights is not None:
+            restore_weights(self.network, self.best_weights)
+
+
+class ModelCheckpoint(Callback):
+    """Save the network (full training state, see :meth:`Network.save`) after every epoch, or
+    only when ``monitor`` improved (``save_best_only``).
+
+    ``path`` may hold ``str.format`` fields: ``{epoch}`` (epochs completed, so the file of the
+    first epoch has epoch 1) and any log value, e.g. ``"ckpt-{epoch:03d}-{val_loss:.4f}.npz"``.
+    """
+
+    def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
+        self.path = os.fspath(path)
+        self.monitor = monitor
+        self.save_best_only = bool(save_best_only)
+        self.mode = _mode(mode, monitor)
+        self.best = None
+
+    def on_train_begin(self, logs=None):
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.save_best_only:
+            value = _monitored(logs, self.monitor, "ModelCheckpoint")
+            if value is None:
+                return
+            better = value < self.best if self.mode == "min" else value > self.best
+            if not better:
+                return
+            self.best = value
+        path = self.path.format(epoch=epoch + 1, **logs)
+        self.network.save(path)
+
+
+class LearningRateScheduler(Callback):
+    """Set the optimizer's learning rate at the start of every epoch from ``schedule``: a
+    :class:`~bpgpu.schedules.Schedule`, a function ``f(epoch) -> lr`` or ``f(epoch, lr) -> lr``
+    (Keras' form; ``lr`` is the current rate). ``epoch`` is the network's epoch counter.
+
+    The optimizer's ``lr`` must then be a number (use either this callback or a schedule as
+    ``lr``, not both)."""
+
+    def __init__(self, schedule):
+        if not callable(schedule):
+            raise TypeError(f"schedule must be a Schedule or a function, got {schedule!r}")
+        self.schedule = schedule
+        self._two_args = False
+        if not isinstance(schedule, Schedule):
+            try:
+                params = inspect.signature(schedule).parameters.values()
+                positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY,
+                                                               p.POSITIONAL_OR_KEYWORD)]
+                self._two_args = len(positional) >= 2
+            except (TypeError, ValueError):
+                pass
+
+    def on_train_begin(self, logs=None):
+        if isinstance(self.network.optimizer.lr, Schedule):
+            raise ValueError("LearningRateScheduler sets the optimizer's lr every epoch, but its lr "
+                             f"is already a schedule ({self.network.optimizer.lr!r}); use one or "
+                             "the other")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.network.optimizer
+        if self._two_args:
+            lr = self.schedule(epoch, optimizer.lr)
+        else:
+            lr = self.schedule(epoch)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) \
+                or lr < 0:
+            raise ValueError(f"LearningRateScheduler: the schedule returned {lr!r} for epoch "
+                             f"{epoch}; expected a finite number >= 0")
+        optimizer.lr = float(lr)
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` once ``monitor`` has not improved for more than
+    ``patience`` epochs, as ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (same defaults and
+    rules) called with the monitored value at the end of each epoch:
+
+    improvement (mode min): value < best (1 - threshold) (``threshold_mode="rel"``) or
+    value < best - threshold (``"abs"``); mode max mirrors it. After more than ``patience`` bad
+    epochs: lr <- max(lr factor, min_lr) (skipped if that changes lr by eps or less), then
+    ``cooldown`` epochs during which bad epochs are not counted.
+
+    The optimizer's ``lr`` must be a number (not a schedule). ``mode="auto"`` picks max for
+    accuracies and r2, min otherwise.
+    """
+
+    def __init__(self, factor=0.1, patience=10, monitor="val_loss", mode="auto", threshold=1e-4,
+                 threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
+        if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
+                or not 0.0 < factor < 1.0:
+            raise ValueError(f"factor must be a number in (0, 1), got {factor!r}")
+        for value, name in ((patience, "patience"), (cooldown, "cooldown")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if threshold_mode not in ("rel", "abs"):
+            raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
+        self.factor, self.patience, self.monitor = float(factor), patience, monitor
+        self.mode = _mode(mode, monitor)
+        self.threshold = float(_nonnegative(threshold, "threshold"))
+        self.threshold_mode, self.cooldown = threshold_mode, cooldown
+        self.min_lr = float(_nonnegative(min_lr, "min_lr"))
+        self.eps = float(_nonnegative(eps, "eps"))
+        self.reset()
+
+    def reset(self):
+        """Forget the best value and the counters."""
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.num_bad_epochs = 0
+        self.cooldown_counter = 0
+
+    def on_train_begin(self, logs=None):
+        if isinstance(self.network.optimizer.lr, Schedule):
+            raise ValueError("ReduceLROnPlateau changes the optimizer's lr, but its lr is a "
+                             f"schedule ({self.network.optimizer.lr!r}); use a number as lr")
+
+    def _improved(self, value):
+        if self.mode == "min":
+            limit = self.best * (1.0 - self.threshold) if self.threshold_mode == "rel" \
+                else self.best - self.threshold
+            return value < limit
+        limit = self.best * (1.0 + self.threshold) if self.threshold_mode == "rel" \
+            else self.best + self.threshold
+        return value > limit
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = _monitored(logs, self.monitor, "ReduceLROnPlateau")
+        if value is not None:
+            self.step(value)
+
+    def step(self, value):
+        """Account for one epoch whose monitored value is ``value`` (a float)."""
+        if self._improved(value):
+            self.best, self.num_bad_epochs = value, 0
+        else:
+            self.num_bad_epochs += 1
+        if self.cooldown_counter > 0:
+            self.cooldown_counter -= 1
+            self.num_bad_epochs = 0
+        if self.num_bad_epochs > self.patience:
+            optimizer = self.network.optimizer
+            new = max(optimizer.lr * self.factor, self.min_lr)
+            if optimizer.lr - new > self.eps:
+                optimizer.lr = new
+            self.cooldown_counter = self.cooldown
+            self.num_bad_epochs = 0
+
+
+class TerminateOnNaN(Callback):
+    """Turn a diverged loss (NaN or infinite) into a clean stop: ``fit`` returns the history so
+    far instead of raising :class:`~bpgpu.TrainingDivergedError`, and the network keeps the
+    weights of the last finite step. The error is kept in ``self.error``. (Detection happens at
+    the end of each epoch, without reading the loss from the device every batch.)"""
+
+    def __init__(self):
+        self.error = None
+
+    def on_divergence(self, error):
+        self.error = error
+        return True
+
+
+class CSVLogger(Callback):
+    """Write one row per epoch to ``path``: ``epoch`` then the logs (columns fixed by the first
+    epoch), separated by ``separator``. ``append=True`` continues an existing file."""
+
+    def __init__(self, path, separator=",", append=False):
+        self.path = os.fspath(path)
+        self.separator = separator
+        self.append = bool(append)
+        self._file = None
+        self._writer = None
+        self._keys = None
+
+    def on_train_begin(self, logs=None):
+        resume = self.append and os.path.isfile(self.path) and os.path.getsize(self.path) > 0
+        self._keys = None
+        if resume:
+            with open(self.path, newline="") as f:
+                header = next(csv.reader(f, delimiter=self.separator), None)
+            self._keys = header[1:] if header else None
+        self._file = open(self.path, "a" if resume else "w", newline="")
+        self._writer = csv.writer(self._file, delimiter=self.separator)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self._keys is None:
+            self._keys = list(logs)
+            self._writer.writerow(["epoch", *self._keys])
+        self._writer.writerow([epoch, *(repr(float(logs[k])) if k in logs else ""
+                                        for k in self._keys)])
+        self._file.flush()
+
+    def on_train_end(self, logs=None):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
