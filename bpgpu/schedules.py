@@ -14,6 +14,9 @@ Each schedule gives the same sequence ``schedule(0), schedule(1), ...`` as the
 
 (CosineAnnealingLR continues past ``T_max`` along the same cosine, rising again, as torch's does.)
 
+``ReduceLROnPlateau(factor, patience, monitor="val_loss")`` depends on measured values, not on
+``t``: it is a callback (:class:`bpgpu.callbacks.ReduceLROnPlateau`, also importable from here).
+
 Any optimizer accepts a schedule as its ``lr``: ``Adam(lr=CosineAnnealingLR(1e-3, T_max=100))``.
 The optimizer keeps the position ``t``; ``per`` says what advances it: ``"epoch"`` (default, one
 step per epoch of :meth:`Network.fit <bpgpu.Network.fit>`) or ``"batch"`` (one step per update).
@@ -25,7 +28,7 @@ and is then saved and loaded with the network like the built-in ones (classes re
 import math
 
 __all__ = ["Schedule", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
-           "serialize_schedule", "deserialize_schedule"]
+           "ReduceLROnPlateau", "serialize_schedule", "deserialize_schedule"]
 
 _REGISTRY = {}
 _UNITS = ("epoch", "batch")
@@ -205,3 +208,12 @@ def deserialize_schedule(spec):
     if hasattr(cls, "from_config"):
         return cls.from_config(config)
     return cls(**config)
+
+
+def __getattr__(name):
+    # ReduceLROnPlateau lives with the callbacks (it is one); imported lazily to avoid a cycle.
+    if name == "ReduceLROnPlateau":
+        from .callbacks import ReduceLROnPlateau
+
+        return ReduceLROnPlateau
+    raise AttributeError(f"module 'bpgpu.schedules' has no attribute {name!r}")
