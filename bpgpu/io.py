@@ -5,6 +5,12 @@ The file holds the arrays (``param:<i>`` for the i-th learnable parameter in
 depth first) and one JSON document under ``meta`` describing the layers, loss, optimizer, dtype
 and seed. Loading reads it with ``allow_pickle=False`` and rebuilds layers only from registered
 :class:`~bpgpu.layers.Layer` classes, so a file can never run code.
+
+Since format version 2 the file also holds the full training state, so that ``fit`` continues
+after :func:`load` exactly where it stopped: the optimizer's state arrays
+(``optimizer:<name>:<i>``, one per parameter) and, under ``meta["training"]``, its step count and
+schedule position, the shuffling generator's state, the device generator's state, the epoch
+counter and the history. Version 1 files still load (with a fresh training state).
 """
 
 import json
@@ -22,7 +28,7 @@ from .optimizers import deserialize_optimizer, serialize_optimizer
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
 FORMAT = "bpgpu-network"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def save(net, path):
@@ -39,7 +45,8 @@ def save(net, path):
         "seed": net.seed,
         "epoch": net.epoch,
     }
-    arrays = {"meta": np.array(json.dumps(meta))}
+    meta["training"], arrays = _training_state(net)
+    arrays["meta"] = np.array(json.dumps(meta))
     for i, w in enumerate(net.get_weights()):
         arrays[f"param:{i}"] = w
     for j, layer in enumerate(net._all_layers):
@@ -127,4 +134,65 @@ def load(path, backend=None):
         raise ModelFileError(f"{os.fspath(path)!r}: stored arrays do not fit the described "
                              f"network: {exc}") from None
     net.epoch = int(meta.get("epoch", 0))
+    if "training" in meta:
+        try:
+            _restore_training_state(net, meta["training"], arrays)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise ModelFileError(f"{os.fspath(path)!r}: its training state does not fit the "
+                                 f"described network: {exc}") from None
     return net
+
+
+def _training_state(net):
+    """``(json part, arrays)`` of everything ``fit`` needs to continue exactly."""
+    state = net.optimizer.state_dict()
+    arrays = {}
+    for name, values in state["state"].items():
+        for i, value in enumerate(values):
+            arrays[f"optimizer:{name}:{i}"] = net.backend.to_numpy(value)
+    meta = {
+        "optimizer": {"step_count": state["step_count"],
+                      "schedule_step": state.get("schedule_step", 0),
+                      "state": list(state["state"])},
+        "shuffle_rng": net.shuffle_rng.bit_generator.state,
+        "device_rng": net.backend.rng_state(net.device_rng),
+        "history": net.history.to_dict(),
+    }
+    return meta, arrays
+
+
+def _restore_training_state(net, training, arrays):
+    """Inverse of :func:`_training_state` on a freshly built ``net``. The device generator's
+    state is restored only when it comes from the same kind of generator (device random streams
+    differ between backends); otherwise the one seeded from ``net.seed`` is kept."""
+    from .history import History
+
+    info = training["optimizer"]
+    counts = {key: info[key] for key in ("step_count", "schedule_step")}
+    for key, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"optimizer {key} must be an integer >= 0, got {value!r}")
+    shapes = [tuple(layer.params[key].shape) for layer, key in net._slots]
+    state = {}
+    for name in info["state"]:
+        values = []
+        for i, shape in enumerate(shapes):
+            value = arrays[f"optimizer:{name}:{i}"]
+            if value.shape != shape or value.dtype.kind != "f":
+                raise ValueError(f"optimizer state {name}[{i}] has shape {value.shape} and dtype "
+                                 f"{value.dtype}; expected floats of shape {shape}")
+            values.append(net.backend.asarray(value, dtype=net.dtype))
+        state[name] = values
+    history = History.from_dict(training["history"])
+    shuffle_state = training["shuffle_rng"]
+    if not isinstance(shuffle_state, dict) or shuffle_state.get("bit_generator") != \
+            net.shuffle_rng.bit_generator.state["bit_generator"]:
+        raise ValueError(f"the shuffling generator's state {shuffle_state!r} is not a "
+                         f"{net.shuffle_rng.bit_generator.state['bit_generator']} state")
+    net.shuffle_rng.bit_generator.state = shuffle_state
+    device_state = training["device_rng"]
+    if isinstance(device_state, dict) and device_state.get("kind") == \
+            net.backend.rng_state(net.device_rng).get("kind"):
+        net.backend.set_rng_state(net.device_rng, device_state)
+    net.optimizer.load_state_dict({**counts, "state": state})
+    net.history = history
