@@ -173,7 +173,7 @@ class NumPyBackend(Backend):
         return np.array(x, copy=True)
 
     def to_float(self, x):
-        return float(x)
+        return float(x) if np.ndim(x) == 0 else float(np.reshape(x, -1)[0])
 
     def make_rng(self, seed):
         return _NumPyRNG(seed)

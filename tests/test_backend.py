@@ -206,6 +206,8 @@ def test_to_float_and_synchronize(backend):
     value = xp.sum(backend.asarray(np.array([1.5, 2.25]), dtype=backend.dtype("float64")))
     assert backend.to_float(value) == 3.75
     assert isinstance(backend.to_float(value), float)
+    one = backend.asarray(np.array([[-0.5]]), dtype=backend.dtype("float32"))  # one element, 2-D
+    assert backend.to_float(one) == -0.5 and isinstance(backend.to_float(one), float)
     backend.synchronize()
 
 
