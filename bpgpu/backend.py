@@ -256,7 +256,10 @@ class _CuPyRNG:
 
     def __init__(self, cupy, seed):
         self._cupy = cupy
-        self.seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        # The Network passes a spawned SeedSequence, gradcheck and users an int.
+        if not isinstance(seed, np.random.SeedSequence):
+            seed = np.random.SeedSequence(seed)
+        self.seed = int(seed.generate_state(1)[0])
         self.draws = 0
         self.state = cupy.random.RandomState(self.seed)
 
