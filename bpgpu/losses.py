@@ -188,7 +188,7 @@ class CrossEntropy(Loss):
             raise ValueError(f"cross-entropy targets must be class ids of shape (n_samples,) or "
                              f"probability rows (n_samples, {n_classes}); got shape {tuple(y_checked.shape)}")
         native = backend.is_native(y_checked)
-        xp = backend.xp if native else np
+        xp = backend.xp if native else array_namespace(y_checked)  # NumPy < 2 has no isdtype
         if not xp.isdtype(y_checked.dtype, "integral"):
             if xp.isdtype(y_checked.dtype, "bool"):
                 raise TypeError("cross-entropy class ids must be integers, got booleans; "
