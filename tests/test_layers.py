@@ -296,3 +296,12 @@ def test_layer_dtype_follows_the_network_dtype(backend):
         out = act.forward(y)
         assert out.dtype == backend.xp.float32, name
         assert act.backward(out).dtype == backend.xp.float32, name
+
+
+def test_gelu_is_within_5e_4_of_the_exact_erf_form(backend, torch):
+    """The docstring's claim: the tanh form differs from x * Phi(x) by less than 5e-4."""
+    x = np.linspace(-8.0, 8.0, 4001)
+    layer = _build(GELU(), backend)
+    y = backend.to_numpy(layer.forward(backend.asarray(x, dtype=backend.dtype("float64"))))
+    exact = torch.nn.functional.gelu(torch.tensor(x)).numpy()
+    assert np.abs(y - exact).max() < 5e-4
