@@ -134,7 +134,9 @@ class BinaryCrossEntropy(Loss):
         return (self._pred - self._t) / self._n
 
     def _check_values(self, y, backend):
-        xp = backend.xp if backend.is_native(y) else np
+        xp = backend.xp if backend.is_native(y) else array_namespace(y)
+        if xp.isdtype(y.dtype, "bool"):  # always in [0, 1]; strict refuses bool >= 0
+            return
         if not bool(xp.all((y >= 0) & (y <= 1))):
             raise ValueError("binary cross-entropy targets must lie in [0, 1] (e.g. labels 0 and 1)")
 

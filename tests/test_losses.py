@@ -290,3 +290,13 @@ def test_one_dimensional_targets_for_a_single_output(backend):
     flat = net.evaluate(X, np.array([1, 0, 1]))
     column = net.evaluate(X, np.array([[1.0], [0.0], [1.0]]))
     assert flat == column
+
+
+def test_bce_accepts_boolean_and_integer_labels_host_or_native(backend):
+    net = _classifier(backend, "bce", 1)
+    X = np.array([[0.5, -1.0], [2.0, 0.0], [-1.0, 1.0]])
+    labels = np.array([True, False, True])
+    reference = net.evaluate(X, labels.astype(float))
+    for y in (labels, labels.astype(np.int64), backend.asarray(labels),
+              backend.asarray(labels.astype(np.int64))):
+        assert net.evaluate(X, y) == reference
