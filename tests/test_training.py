@@ -488,3 +488,43 @@ def test_an_overflowing_epoch_sum_is_not_divergence(backend):
         warnings.simplefilter("ignore", RuntimeWarning)
         h = net.fit(Xd, yd, epochs=1, batch_size=8, verbose=0)
     assert h["loss"] == [pytest.approx(float(np.float32(3e18)) ** 2, rel=1e-6)]
+
+
+# -- History -----------------------------------------------------------------------------------------------
+def test_history_plot_draws_every_curve_and_saves_a_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="matplotlib draws the curves (bpgpu[examples])")
+    net = _mlp("numpy", optimizer=SGD(lr=StepLR(0.05, 2, 0.5)))
+    net.fit(X, Y_REG, epochs=4, validation_split=0.2, metrics=["mae"], verbose=0)
+    fig = net.history.plot(tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [ax.get_title() for ax in fig.axes] == ["loss", "mae", "learning rate"]
+    loss_axis = fig.axes[0]
+    assert [list(line.get_ydata()) for line in loss_axis.get_lines()] == \
+        [net.history["loss"], net.history["val_loss"]]
+    assert list(loss_axis.get_lines()[0].get_xdata()) == [1, 2, 3, 4]
+    assert fig.axes[2].get_yscale() == "log"
+    import matplotlib.pyplot as plt
+
+    shown = net.history.plot()  # no path: a pyplot figure for interactive use
+    assert len(shown.axes) == 3
+    plt.close(shown)
+
+
+def test_history_plot_without_matplotlib_names_the_extra(monkeypatch):
+    for name in ("matplotlib", "matplotlib.pyplot", "matplotlib.figure"):
+        monkeypatch.setitem(sys.modules, name, None)
+    history = bpgpu.History({"loss": [1.0, 0.5]}, [0, 1])
+    with pytest.raises(ImportError, match=r'matplotlib.*pip install "bpgpu\[examples\]"'):
+        history.plot("curves.png")
+    with pytest.raises(ImportError, match="bpgpu\\[examples\\]"):
+        history.plot()
+
+
+def test_history_round_trips_through_a_dict():
+    history = bpgpu.History({"loss": [1.0, float("nan")], "val_loss": [2.0, 1.5]}, [3, 4])
+    back = bpgpu.History.from_dict(history.to_dict())
+    assert back.epoch == [3, 4] and back["val_loss"] == [2.0, 1.5] and math.isnan(back["loss"][1])
+    with pytest.raises(ValueError, match="a history must be"):
+        bpgpu.History.from_dict({"history": {"loss": [True]}, "epoch": [0]})
+    with pytest.raises(ValueError, match="the history is empty"):
+        bpgpu.History().plot()
