@@ -107,9 +107,9 @@ def test_nested_network_trains_like_the_flat_one(backend):
                          seed=1)
     a = nested.fit(X, y, epochs=3, batch_size=4, verbose=0).history["loss"]
     b = flat.fit(X, y, epochs=3, batch_size=4, verbose=0).history["loss"]
-    np.testing.assert_allclose(a, b, rtol=1e-12)
+    np.testing.assert_allclose(a, b, rtol=1e-9)
     for u, v in zip(nested.get_weights(), flat.get_weights()):
-        np.testing.assert_allclose(u, v, rtol=1e-12)
+        np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
 
 
 def test_set_weights_reaches_nested_layers(backend):
@@ -223,13 +223,13 @@ def test_checkpointed_network_trains_like_the_plain_one(backend):
     nets = [bpgpu.Network(layers(wrap), loss="cross_entropy", backend=backend, dtype="float64",
                           seed=3) for wrap in (lambda b: b, Checkpoint)]
     losses = [net.fit(X, y, epochs=3, batch_size=4, verbose=0).history["loss"] for net in nets]
-    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-12)
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-9)
     for u, v in zip(nets[1].get_weights(), nets[0].get_weights()):
-        np.testing.assert_allclose(u, v, rtol=1e-11, atol=1e-14)
+        np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
     stats = [[backend.to_numpy(v) for layer in net._all_layers for v in layer.buffers.values()]
              for net in nets]
     for u, v in zip(*stats):
-        np.testing.assert_allclose(u, v, rtol=1e-12)
+        np.testing.assert_allclose(u, v, rtol=1e-9)
     nets[1].compute_loss(nets[1].forward(X, training=True), y)
     assert nets[1].backward() is None  # the first layer still skips dL/dX inside the Checkpoint
 

@@ -148,7 +148,7 @@ class Checkpoint(Layer):
     def forward(self, x, training=False):
         backend, rng = self.backend, self.device_rng
         state = None
-        if rng is not None:
+        if rng is not None and training:
             # Restoring a state (rather than just reading it) makes the stream that follows
             # reproducible on every backend, CuPy included (its restores reseed).
             state = backend.rng_state(rng)
@@ -161,18 +161,17 @@ class Checkpoint(Layer):
         return y
 
     def backward(self, dy):
-        backend, rng = self.backend, self.device_rng
+        backend, rng, state = self.backend, self.device_rng, self._rng_state
         layers = list(self.block.walk())
         buffers = [dict(layer.buffers) for layer in layers]
         snapshots = _snapshot(layers)
-        now = None
-        if rng is not None:
+        if state is not None:
             now = backend.rng_state(rng)
-            backend.set_rng_state(rng, self._rng_state)
+            backend.set_rng_state(rng, state)
         try:
             self.block.forward(self._x, training=self._training)
         finally:
-            if rng is not None:
+            if state is not None:
                 backend.set_rng_state(rng, now)
             for layer, saved in zip(layers, buffers):
                 layer.buffers = saved
