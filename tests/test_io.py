@@ -274,3 +274,13 @@ def test_arrays_that_do_not_fit_are_refused(tmp_path):
 def test_missing_file():
     with pytest.raises(FileNotFoundError, match="no such model file"):
         bpgpu.load("/nonexistent/model.npz")
+
+
+def test_fresh_seed_survives_the_round_trip(tmp_path):
+    net = bpgpu.Network([Dense(3, 2)], backend="numpy")  # seed=None: a fresh 128-bit seed
+    net.save(tmp_path / "m.npz")
+    loaded = bpgpu.load(tmp_path / "m.npz", backend="numpy")
+    assert loaded.seed == net.seed
+    twin = bpgpu.Network([Dense(3, 2)], backend="numpy", seed=loaded.seed)
+    for a, b in zip(net.get_weights(), twin.get_weights()):
+        np.testing.assert_array_equal(a, b)
