@@ -83,13 +83,14 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
         validation = net._data(*validation_data)
         if validation[0].shape[0] == 0:
             raise ValueError("validation_data holds no samples")
+    # Progress counts this call's epochs ("epoch 1/5"), or absolute ones with initial_epoch.
     if initial_epoch is None:
-        start, end = net.epoch, net.epoch + epochs
+        start, end, shown_from = net.epoch, net.epoch + epochs, net.epoch
     else:
-        start, end = int(initial_epoch), epochs
+        start, end, shown_from = int(initial_epoch), epochs, 0
     loop = _Loop(net, Xd, yd, batch_size, shuffle, train_metrics, val_metrics, validation,
                  callback_list, verbose)
-    return loop.run(start, end)
+    return loop.run(start, end, shown_from)
 
 
 def _metric_list(metrics, net):
@@ -227,7 +228,7 @@ class _Loop:
         return losses
 
     # -- the loop -----------------------------------------------------------------------------------
-    def run(self, start, end):
+    def run(self, start, end, shown_from=0):
         net, callbacks = self.net, self.callbacks
         net.stop_training = False
         net.epoch = start
@@ -243,7 +244,7 @@ class _Loop:
                 host_order = net.shuffle_rng.permutation(self.n) if self.shuffle else None
                 snap = _Snapshot(net, host_order)
                 lr = net.optimizer.learning_rate()
-                progress.begin(f"epoch {epoch + 1}/{end}", self.n_steps)
+                progress.begin(f"epoch {epoch - shown_from + 1}/{end - shown_from}", self.n_steps)
                 total, sums, seen, steps = self._run_epoch(host_order, progress)
                 snap.steps = steps
                 host = self._read(total, sums)
