@@ -34,12 +34,15 @@ class Windows:
     """The windows of one geometry: C channels, an H x W image, kernel ``(kh, kw)``, ``stride``
     and zero ``padding`` (pairs).
 
-    :meth:`im2col` maps x (N, C, H, W) to cols (N, Ho*Wo, C*kh*kw), windows in row-major order,
-    each window's entries ordered (c, i, j) like a PyTorch weight (O, C, kh, kw);
-    :meth:`col2im` is its adjoint: (N, Ho*Wo, C*kh*kw) -> (N, C, H, W), overlaps summed.
+    :meth:`im2col` maps x (N, C, H, W) to cols (N, Ho*Wo, C*kh*kw): windows in row-major order,
+    each window's entries ordered (c, i, j) like a PyTorch weight (O, C, kh, kw). With
+    ``windows_last`` the two axes swap, cols (N, C*kh*kw, Ho*Wo), so that reducing over a window
+    (pooling) adds whole rows instead of short runs. :meth:`col2im` is the adjoint: cols of the
+    same layout -> (N, C, H, W), overlapping windows summed.
     """
 
-    def __init__(self, backend, channels, height, width, kernel, stride, padding, owner):
+    def __init__(self, backend, channels, height, width, kernel, stride, padding, owner,
+                 windows_last=False):
         (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
         self.xp, self.device = backend.xp, backend.device
         self.in_shape = (channels, height, width)
@@ -53,19 +56,23 @@ class Windows:
         chan = np.arange(channels)[None, None, :, None, None]
         inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
         shape5 = (ho, wo, channels, kh, kw)
+        order = (2, 3, 4, 0, 1) if windows_last else (0, 1, 2, 3, 4)
+        self.cols_shape = ((self.window_size, self.n_windows) if windows_last
+                           else (self.n_windows, self.window_size))
         source = np.broadcast_to(np.where(inside, (chan * height + row) * width + col, self.size),
-                                 shape5).ravel()
+                                 shape5).transpose(order).ravel()
         self.padded = bool(np.any(source == self.size))
-        # Adjoint: for each pixel, the entries (one per kernel offset at most) that read it.
+        # Adjoint: for each pixel, the entries (one per kernel offset at most) that read it,
+        # stored offset-major (fan, pixels) so that col2im sums whole rows.
         n_entries = source.size
-        offset = np.broadcast_to(np.arange(kh * kw).reshape(kh, kw), shape5).ravel()
+        offset = np.broadcast_to(np.arange(kh * kw).reshape(kh, kw), shape5).transpose(order).ravel()
         readers = np.full((self.size + 1, kh * kw), n_entries, dtype=np.int64)
         readers[source, offset] = np.arange(n_entries)
         readers = np.sort(readers[:self.size], axis=1)  # real entries first, the zero last
         self.fan = max(1, int(np.max(np.sum(readers < n_entries, axis=1))))
         int64 = backend.xp.int64
         self.gather_index = backend.asarray(source, dtype=int64)
-        self.scatter_index = backend.asarray(readers[:, :self.fan].ravel(), dtype=int64)
+        self.scatter_index = backend.asarray(readers[:, :self.fan].T.ravel(), dtype=int64)
 
     def _append_zero(self, flat):
         zero = self.xp.zeros((flat.shape[0], 1), dtype=flat.dtype, device=self.device)
@@ -77,7 +84,7 @@ class Windows:
         if self.padded:
             flat = self._append_zero(flat)
         cols = xp.take(flat, self.gather_index, axis=1)
-        return xp.reshape(cols, (n, self.n_windows, self.window_size))
+        return xp.reshape(cols, (n,) + self.cols_shape)
 
     def col2im(self, cols):
         xp, n = self.xp, cols.shape[0]
@@ -85,5 +92,5 @@ class Windows:
         parts = xp.take(flat, self.scatter_index, axis=1)
         if self.fan == 1:
             return xp.reshape(parts, (n,) + self.in_shape)
-        summed = xp.sum(xp.reshape(parts, (n, self.size, self.fan)), axis=2)
+        summed = xp.sum(xp.reshape(parts, (n, self.fan, self.size)), axis=1)
         return xp.reshape(summed, (n,) + self.in_shape)

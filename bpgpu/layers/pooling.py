@@ -20,20 +20,20 @@ class _Pool2D(Layer):
         self._windows = {}  # (H, W) -> Windows on this backend, built on first use
 
     def _cols(self, x):
-        """(windows, cols of shape (N*C, Ho*Wo, kh*kw)) of each channel of x."""
+        """(windows, cols of shape (N*C, kh*kw, Ho*Wo)) of each channel of x."""
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__} expects input of shape (N, C, H, W), got "
                              f"{tuple(x.shape)}")
         key = tuple(x.shape[2:])
         if key not in self._windows:
             self._windows[key] = Windows(self.backend, 1, *key, self.kernel_size, self.stride,
-                                         (0, 0), repr(self))
+                                         (0, 0), repr(self), windows_last=True)
         win = self._windows[key]
         n, c, h, w = x.shape
         return win, win.im2col(self.xp.reshape(x, (n * c, 1, h, w)))
 
     def _to_image(self, dcols):
-        """dL/dx (N, C, H, W) from dL/dcols (N*C, Ho*Wo, kh*kw) of the last forward pass."""
+        """dL/dx (N, C, H, W) from dL/dcols (N*C, kh*kw, Ho*Wo) of the last forward pass."""
         return self.xp.reshape(self._win.col2im(dcols), self._shape)
 
     def output_shape(self, input_shape):
@@ -60,8 +60,8 @@ class MaxPool2D(_Pool2D):
         xp = self.xp
         win, cols = self._cols(x)
         self._win, self._shape = win, tuple(x.shape)
-        self._argmax = xp.argmax(cols, axis=2)
-        y = xp.max(cols, axis=2)
+        self._argmax = xp.argmax(cols, axis=1)
+        y = xp.max(cols, axis=1)
         return xp.reshape(y, (x.shape[0], x.shape[1]) + win.out_hw)
 
     def backward(self, dy):
@@ -70,8 +70,9 @@ class MaxPool2D(_Pool2D):
         xp = self.xp
         positions = xp.arange(self._win.window_size, dtype=self._argmax.dtype,
                               device=self.backend.device)
-        hit = xp.astype(self._argmax[:, :, None] == positions, dy.dtype)
-        return self._to_image(hit * xp.reshape(dy, tuple(self._argmax.shape) + (1,)))
+        hit = xp.astype(self._argmax[:, None, :] == positions[:, None], dy.dtype)
+        rows, n_windows = self._argmax.shape
+        return self._to_image(hit * xp.reshape(dy, (rows, 1, n_windows)))
 
 
 class AvgPool2D(_Pool2D):
@@ -83,7 +84,7 @@ class AvgPool2D(_Pool2D):
     def forward(self, x, training=False):
         win, cols = self._cols(x)
         self._win, self._shape = win, tuple(x.shape)
-        y = self.xp.mean(cols, axis=2)
+        y = self.xp.mean(cols, axis=1)
         return self.xp.reshape(y, (x.shape[0], x.shape[1]) + win.out_hw)
 
     def backward(self, dy):
@@ -91,5 +92,5 @@ class AvgPool2D(_Pool2D):
             return None
         xp, win = self.xp, self._win
         rows = self._shape[0] * self._shape[1]
-        share = xp.reshape(dy, (rows, win.n_windows, 1)) * (1.0 / win.window_size)
-        return self._to_image(xp.broadcast_to(share, (rows, win.n_windows, win.window_size)))
+        share = xp.reshape(dy, (rows, 1, win.n_windows)) * (1.0 / win.window_size)
+        return self._to_image(xp.broadcast_to(share, (rows, win.window_size, win.n_windows)))
