@@ -14,8 +14,12 @@ first step whose loss is not finite; it then puts back the state in which the st
 ran, i.e. the weights of the last step whose loss was finite (rebuilt from the previous
 epoch's copy when the very first step of an epoch fails), and raises
 :class:`~bpgpu.TrainingDivergedError` naming that epoch and step. Only a failing epoch pays for
-the replay. The replay is exact on NumPy, torch and array_api_strict; on CuPy, dropout masks
-drawn after a rewind differ, so the step found may differ.
+the replay; the price otherwise is one device copy of the state per epoch and memory for two.
+Edge cases: if the very first step of a ``fit`` call fails, the weights the call started with
+are kept (nothing earlier is held); if every replayed loss is finite (only the float sum
+overflowed), training goes on with the sum taken on the host. The replay is exact on NumPy,
+torch and array_api_strict; on CuPy, dropout masks drawn after a rewind differ, so the step
+found may differ.
 """
 
 import copy
