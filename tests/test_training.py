@@ -477,6 +477,19 @@ def test_non_finite_weights_after_the_last_update_are_caught(backend):
     assert net.optimizer.step_count == 0 and len(net.history) == 0
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_divergence_at_the_first_step_of_a_fit_keeps_the_starting_weights(backend):
+    net = bpgpu.Network([Dense(1, 1)], loss="mse", optimizer=SGD(lr=0.1), backend=backend,
+                        dtype="float32", seed=0)
+    start = net.get_weights()
+    with pytest.raises(bpgpu.TrainingDivergedError, match="at epoch 0, step 0") as info:
+        net.fit(np.full((6, 1), 1e25), np.zeros(6), epochs=2, batch_size=3, verbose=0)
+    assert info.value.loss == math.inf
+    for ours, expected in zip(net.get_weights(), start):
+        np.testing.assert_array_equal(ours, expected)
+    assert net.optimizer.step_count == 0 and net.epoch == 0
+
+
 def test_an_overflowing_epoch_sum_is_not_divergence(backend):
     """float32 batch losses near 1e37 are finite but their weighted sum overflows: the replay
     finds every step finite and training goes on with the loss summed on the host."""
