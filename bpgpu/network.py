@@ -347,8 +347,10 @@ class Network:
 
     # -- persistence -----------------------------------------------------------------------------------------
     def save(self, path):
-        """Write the network (architecture, weights, buffers, loss and optimizer settings) to
-        one ``.npz`` file; see :func:`bpgpu.load`."""
+        """Write the network (architecture, weights, buffers, loss and optimizer settings) and
+        its training state (optimizer moments and counters, schedule position, random generator
+        states, epoch counter, history) to one ``.npz`` file, atomically; after
+        :func:`bpgpu.load`, ``fit`` continues exactly where this network stopped."""
         from .io import save
 
         save(self, path)
