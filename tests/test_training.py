@@ -12,7 +12,7 @@ import pytest
 
 import bpgpu
 from bpgpu.callbacks import Callback, TerminateOnNaN
-from bpgpu.layers import Dense, ReLU, Sigmoid, Tanh
+from bpgpu.layers import Dense, Sigmoid, Tanh
 from bpgpu.metrics import MAE, R2, FunctionMetric, Metric
 from bpgpu.optimizers import SGD, Adam, RMSprop
 from bpgpu.schedules import CosineAnnealingLR, LinearWarmup, StepLR
