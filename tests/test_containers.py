@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import bpgpu
-from bpgpu.layers import (BatchNorm, Checkpoint, Conv2D, Dense, Dropout, Flatten, LayerNorm,
-                          MaxPool2D, ReLU, Reshape, Residual, Sequential, Tanh)
+from bpgpu.layers import (AvgPool2D, BatchNorm, Checkpoint, Conv2D, Dense, Dropout, Flatten,
+                          LayerNorm, MaxPool2D, ReLU, Reshape, Residual, Sequential, Tanh)
 
 
 def _build(layer, backend, seed=0, device_seed=7):
@@ -19,7 +19,7 @@ def _x(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape)
 
 
-# -- Sequential and Residual ----------------------------------------------------------------------------
+# -- Sequential and Residual ----------------------------------------------------------------------
 def test_sequential_is_the_chain_of_its_layers(backend):
     f64 = backend.dtype("float64")
     seq = _build(Sequential([Dense(3, 4), Tanh(), Dense(4, 2)]), backend)
@@ -125,8 +125,8 @@ def test_save_load_round_trips_nested_layers(backend, tmp_path):
     X, y = rng.standard_normal((16, 1, 6, 6)), rng.integers(0, 3, 16)
     block = Sequential([Conv2D(2, 2, 3, padding=1, bias=False), BatchNorm(2), ReLU()])
     net = bpgpu.Network(
-        [Conv2D(1, 2, 3, padding=1), Residual(Checkpoint(block)), MaxPool2D(2),
-         Reshape((-1,)), Dropout(0.2), Sequential([Dense(18, 8), LayerNorm(8)]), Flatten(),
+        [Conv2D(1, 2, 3, padding=1), Residual(Checkpoint(block)), MaxPool2D(2), AvgPool2D(2, 1),
+         Reshape((-1,)), Dropout(0.2), Sequential([Dense(8, 8), LayerNorm(8)]), Flatten(),
          Dense(8, 3)],
         loss="cross_entropy", backend=backend, dtype="float64", seed=0)
     net.fit(X, y, epochs=2, batch_size=8, verbose=0)
@@ -143,7 +143,7 @@ def test_save_load_round_trips_nested_layers(backend, tmp_path):
     np.testing.assert_allclose(loaded.predict(X), net.predict(X), rtol=1e-12, atol=1e-14)
 
 
-# -- Checkpoint -------------------------------------------------------------------------------------------
+# -- Checkpoint -----------------------------------------------------------------------------------
 def _block():
     return Sequential([Dense(5, 6, bias=False), BatchNorm(6), ReLU(), Dropout(0.5), Dense(6, 5),
                        Tanh()])
@@ -234,7 +234,7 @@ def test_checkpointed_network_trains_like_the_plain_one(backend):
     assert nets[1].backward() is None  # the first layer still skips dL/dX inside the Checkpoint
 
 
-# -- Flatten and Reshape -------------------------------------------------------------------------------------
+# -- Flatten and Reshape --------------------------------------------------------------------------
 def test_flatten_and_reshape(backend):
     f64 = backend.dtype("float64")
     x = _x((2, 3, 2, 2))
@@ -261,7 +261,7 @@ def test_reshape_rejects_incompatible_samples():
         Reshape((4, -1)).output_shape((10,))
 
 
-# -- construction ------------------------------------------------------------------------------------------------
+# -- construction ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("make", [lambda: Sequential([]), lambda: Sequential(Dense(2, 2)),
                                   lambda: Sequential([Dense(2, 2), "relu"]),
                                   lambda: Residual([Dense(2, 2)]), lambda: Checkpoint(3)])

@@ -46,7 +46,8 @@ def test_backward_uses_the_forward_mask(backend):
 def test_inference_and_p0_are_the_identity(backend):
     f64 = backend.dtype("float64")
     x = np.random.default_rng(0).standard_normal((5, 4))
-    for layer, training in ((_build(Dropout(0.5), backend), False), (_build(Dropout(0.0), backend), True)):
+    for layer, training in ((_build(Dropout(0.5), backend), False),
+                            (_build(Dropout(0.0), backend), True)):
         y = layer.forward(backend.asarray(x, f64), training=training)
         np.testing.assert_array_equal(backend.to_numpy(y), x)
         dx = layer.backward(backend.asarray(2 * x, f64))

@@ -39,7 +39,8 @@ def test_batchnorm_matches_torch_over_several_steps(backend, torch, shape):
     f64 = backend.dtype("float64")
     for step in range(3):
         for training in (True, False):
-            x = 3.0 * rng.standard_normal(shape) + rng.standard_normal(shape[1:2] + (1,) * (len(shape) - 2))
+            offsets = rng.standard_normal(shape[1:2] + (1,) * (len(shape) - 2))  # per channel
+            x = 3.0 * rng.standard_normal(shape) + offsets
             dy = rng.standard_normal(shape)
             y = ours.forward(backend.asarray(x, f64), training=training)
             dx = ours.backward(backend.asarray(dy, f64))
