@@ -10,7 +10,8 @@ vanish). Values below about 1e-7 mean the backward pass is right; a wrong formul
 or more.
 
 What L is:
-  * a layer: L = sum(layer(x) * R), R a fixed random array, so dL/dy = R;
+  * a layer: L = sum(layer(x) * R) + its penalties (``penalty()`` of it and nested layers),
+    R a fixed random array, so dL/dy = R;
   * a loss: the loss itself, differentiated with respect to the prediction;
   * a network: its training loss on ``(X, y)``, penalties included.
 
@@ -176,7 +177,12 @@ class _layer_check(_Check):
         def evaluate():
             self._rewind()
             y = layer.forward(x_dev[0], training=self.training)
-            return float(np.sum(backend.to_numpy(y) * self.projection))
+            value = float(np.sum(backend.to_numpy(y) * self.projection))
+            for sub in layer.walk():
+                term = sub.penalty()
+                if term is not None:
+                    value += backend.to_float(term)
+            return value
 
         self._rewind()
         y = backend.to_numpy(layer.forward(x_dev[0], training=self.training))

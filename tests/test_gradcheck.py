@@ -75,6 +75,20 @@ def test_wrong_gradient_gives_a_large_error(backend, bug, wrong):
     assert bpgpu.gradcheck(_built(Scale(3, bug), backend), X) == errors[wrong]
 
 
+def test_layer_check_includes_the_layers_penalty(backend):
+    """Dense(l2>0) adds 2*l2*W to dW in backward; the check's L includes l2*sum(W^2) to match."""
+    X3 = np.random.default_rng(2).standard_normal((5, 3))
+    assert bpgpu.gradcheck(_built(Dense(3, 4, l2=0.3), backend), X3) < 1e-8
+
+    class ForgetsPenaltyGradient(Dense):
+        def backward(self, dy):
+            dx = super().backward(dy)
+            self.grads["W"] = self.grads["W"] - (2.0 * self.l2) * self.params["W"]
+            return dx
+
+    assert bpgpu.gradient_errors(_built(ForgetsPenaltyGradient(3, 4, l2=0.3), backend), X3)["W"] > 1e-3
+
+
 def test_wrong_activation_derivative_is_caught(backend):
     assert bpgpu.gradcheck(_built(WrongTanh(), backend), X) > 1e-2
     assert bpgpu.gradcheck(_built(Tanh(), backend), X) < 1e-8
