@@ -46,6 +46,8 @@ class Backend:
         device: the device arrays are created on.
         reason: why this backend was chosen (meaningful for ``"auto"``).
         supports_float64: whether ``xp.float64`` can be used on this device.
+        kernels: this backend's fast-path kernel set (:mod:`bpgpu.kernels`), or None where it has
+            none (torch, array_api_strict); created on first use.
     """
 
     name = "abstract"
@@ -58,6 +60,14 @@ class Backend:
 
     def __repr__(self):
         return f"Backend(name={self.name!r}, device={self.device!s}, reason={self.reason!r})"
+
+    @property
+    def kernels(self):
+        if "_kernels" not in self.__dict__:
+            from .kernels import kernels_for
+
+            self._kernels = kernels_for(self)
+        return self._kernels
 
     # -- dtypes -------------------------------------------------------------------------------
     def dtype(self, name):
@@ -229,6 +239,18 @@ class CuPyBackend(Backend):
 
         self._cupy = cupy
         super().__init__(xp, cupy.cuda.Device(), reason)
+        if os.environ.get("BPGPU_TF32", "").strip() not in ("", "0"):
+            self.set_tf32(True)
+
+    def set_tf32(self, enabled):
+        """Let cuBLAS multiply float32 matrices in TensorFloat-32 (``enabled=True``): much faster
+        on Ampere and newer GPUs, about 1e-3 relative error. Off by default, so float32 products
+        are exact float32 unless this, ``BPGPU_TF32=1`` or CuPy's own ``CUPY_TF32=1`` turns it
+        on. The setting is process-wide: CuPy keeps one per dtype."""
+        from cupy._core import _routines_linalg as linalg
+
+        mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
+        linalg.set_compute_type(np.float32, mode)
 
     def is_native(self, x):
         return isinstance(x, self._cupy.ndarray)

@@ -11,6 +11,7 @@ import numpy as np
 
 from .backend import get_backend
 from .history import History
+from .kernels import reference_forced, train_step_for
 from .layers import Dense, Layer, Sigmoid, Softmax, get_activation
 from .losses import BinaryCrossEntropy, CrossEntropy, get_loss
 from .optimizers import get_optimizer
@@ -32,13 +33,17 @@ class Network:
         seed: seeds the initial weights (drawn on the host, so equal on every backend), the
             shuffling in :meth:`fit` and the device random numbers (dropout). None: a fresh seed,
             recorded in ``net.seed``.
+        fast: use the backend's fast training step (:mod:`bpgpu.kernels`: flat parameter
+            buffers, fused kernels) where it applies; False forces the reference path. None:
+            fast unless the environment variable ``BPGPU_REFERENCE=1``. Same numbers either way,
+            to rounding; the fast path updates parameter arrays in place.
 
     Attributes: ``backend`` (its ``name``, ``device`` and the ``reason`` it was chosen),
     ``layers``, ``loss``, ``optimizer``, ``input_shape`` and ``output_shape`` (per sample).
     """
 
     def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
-                 seed=None):
+                 seed=None, fast=None):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
                             f"{type(layers).__name__}")
@@ -50,6 +55,9 @@ class Network:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        if fast is not None and not isinstance(fast, bool):
+            raise TypeError(f"fast must be True, False or None, got {fast!r}")
+        self.fast = not reference_forced() if fast is None else fast
         self.layers = list(layers)
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer)
@@ -194,6 +202,10 @@ class Network:
         return dy
 
     def _apply_gradients(self):
+        step = train_step_for(self)
+        if step is not None:
+            step.apply_gradients()
+            return
         slots = self._slots
         new = self.optimizer.step([layer.params[key] for layer, key in slots],
                                   [layer.grads[key] for layer, key in slots])
@@ -203,6 +215,9 @@ class Network:
     def _train_batch(self, xb, yb):
         """One step on device arrays: forward, loss, backward, update. Returns the loss (0-d,
         on the device, before the update)."""
+        step = train_step_for(self)
+        if step is not None:
+            return step(xb, yb)
         loss = self._loss(self._forward(xb, True), yb)
         self._backward()
         self._apply_gradients()

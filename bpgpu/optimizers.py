@@ -71,10 +71,20 @@ class Optimizer:
 
     def step(self, params, grads):
         """One update. ``params`` and ``grads``: lists of arrays, same order every call.
-        Returns the list of updated parameters."""
+        Returns the list of updated parameters.
+
+        Fast path: when ``params`` are views into one flat buffer (a ``bpgpu.kernels`` FlatList
+        with ``fast_update`` set), the same rule, clipping included, runs over the whole buffer in
+        place and ``params`` itself is returned."""
         if not self.state:
             self.state = self._init_state(params)
         self.step_count += 1
+        fast_update = getattr(params, "fast_update", None)
+        if fast_update is not None:
+            lr = self.learning_rate()
+            self.advance_schedule("batch")
+            fast_update(self, lr)
+            return params
         grads = self.clip(grads)
         lr = self.learning_rate()
         self.advance_schedule("batch")

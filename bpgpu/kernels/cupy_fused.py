@@ -1,0 +1,454 @@
+"""CuPy fast path: one fused CUDA kernel per element-wise chain of the training step.
+
+Kernels, generated per dtype (float32/float64) and per variant, compiled on first use:
+
+* Dense forward: cuBLAS writes z = x @ W into a reused buffer, then ONE kernel adds the bias and
+  applies the activation in place: y = act(z + b)  (ReLU, LeakyReLU, Tanh, Sigmoid);
+* activation gradient in one kernel: dz = dy * act'(y)  (ReLU and LeakyReLU select like the
+  reference ``where``, so a non-finite dy under a closed unit gives 0);
+* softmax cross-entropy: one thread per row finds the row maximum, the log-sum-exp, the row's loss
+  and its row of the gradient; one reduction kernel sums and divides by N;
+* MSE: one kernel writes the gradient 2 (p - t) / size, one reduction the loss;
+* the optimizer update: ONE kernel over the whole flat parameter buffer (SGD, RMSprop, Adam,
+  AdamW, clipping included; the global norm for ``clip_norm`` comes from one reduction kernel whose
+  result stays on the device).
+
+Nothing here reads a value back to the host: a step queues its kernels and returns its loss as a
+0-d device array, so ``fit`` runs without host synchronisation until it reads the epoch's loss.
+Each kernel writes the reference formula in the same order of operations; the CUDA compiler may
+contract a multiply and an add into one FMA, so results agree with the reference path to rounding.
+
+Matrix products go to cuBLAS through ``cupy.matmul(..., out=)``; TensorFloat-32 stays off unless
+enabled (exact float32, see ``CuPyBackend.set_tf32``).
+"""
+
+import functools
+import math
+
+import cupy
+import numpy as np
+
+from ..losses import MSE, CrossEntropy
+from ..optimizers import SGD, Adam, AdamW, RMSprop
+from .numpy_fast import _RULES
+
+__all__ = ["CuPyKernels"]
+
+_THREADS = 128
+
+
+def _names(dtype):
+    """(NumPy type name, C type name) for a floating dtype."""
+    dtype = np.dtype(dtype)
+    if dtype == np.float32:
+        return "float32", "float"
+    if dtype == np.float64:
+        return "float64", "double"
+    raise TypeError(f"fused kernels take float32 or float64, got {dtype}")
+
+
+# -- Dense + activation ------------------------------------------------------------------------------
+_FORWARD = {
+    None: "",
+    "relu": "if (z <= ({t})0) z = ({t})0;\n",                    # max(z, 0); NaN stays NaN
+    "leaky_relu": "if (!(z > ({t})0)) z = slope * z;\n",         # where(z > 0, z, a z)
+    "tanh": "z = tanh(z);\n",
+    "sigmoid": ("{t} e = exp(-fabs(z));\n{t} r = ({t})1 / (({t})1 + e);\n"
+                "z = z >= ({t})0 ? r : e * r;\n"),              # the reference stable_sigmoid
+}
+
+_BACKWARD = {
+    "relu": "dz = y > ({t})0 ? dy : ({t})0;",                    # y > 0 exactly where z > 0
+    "leaky_relu": "dz = y > ({t})0 ? dy : slope * dy;",           # (0 <= a <= 1)
+    "tanh": "dz = dy * (({t})1 - y * y);",
+    "sigmoid": "dz = dy * y * (({t})1 - y);",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _bias_activation(act, has_bias, dtype):
+    """In place on y (holding x @ W): y = act(y + b)."""
+    d, t = _names(dtype)
+    params = f"{d} b, {d} slope" if has_bias else f"{d} slope"
+    body = (f"{t} z = y{' + b' if has_bias else ''};\n" + _FORWARD[act].format(t=t) + "y = z;")
+    return cupy.ElementwiseKernel(params, f"{d} y", body,
+                                  f"bpgpu_{'bias_' if has_bias else ''}{act or 'linear'}_{d}")
+
+
+@functools.lru_cache(maxsize=None)
+def _activation_grad(act, dtype):
+    """dz = dy * act'(y)."""
+    d, t = _names(dtype)
+    return cupy.ElementwiseKernel(f"{d} dy, {d} y, {d} slope", f"{d} dz",
+                                  _BACKWARD[act].format(t=t), f"bpgpu_{act}_grad_{d}")
+
+
+@functools.lru_cache(maxsize=None)
+def _add_scaled(dtype):
+    """out = out + c * x  (Dense l2: dW + (2 l2) W)."""
+    d, _ = _names(dtype)
+    return cupy.ElementwiseKernel(f"{d} x, {d} c", f"{d} out", "out = out + c * x",
+                                  f"bpgpu_add_scaled_{d}")
+
+
+class _Dense:
+    """``Dense`` and the activation after it (see the module docstring)."""
+
+    def __init__(self, layer, act, W, dW, b, db):
+        self.layer, self.W, self.dW, self.b, self.db = layer, W, dW, b, db
+        self.act, self.slope = act if act is not None else (None, 0.0)
+        self.l2 = layer.l2
+        dtype = W.dtype
+        self.forward_kernel = (_bias_activation(self.act, b is not None, dtype.name)
+                               if self.act is not None or b is not None else None)
+        self.grad_kernel = _activation_grad(self.act, dtype.name) if self.act else None
+        self.buffers = {}
+        self.x = self.y = self.buf = None
+
+    def _make(self, n):
+        shape, dtype = (n, self.W.shape[1]), self.W.dtype
+        return {"y": cupy.empty(shape, dtype),
+                "dz": cupy.empty(shape, dtype) if self.act else None, "dx": None}
+
+    def forward(self, x):
+        buf = _cached(self.buffers, x.shape[0], self._make)
+        y = buf["y"]
+        cupy.matmul(x, self.W, out=y)
+        if self.forward_kernel is not None:
+            if self.b is not None:
+                self.forward_kernel(self.b, self.slope, y)
+            else:
+                self.forward_kernel(self.slope, y)
+        self.x, self.y, self.buf = x, y, buf
+        return y
+
+    def backward(self, dy):
+        buf = self.buf
+        dz = dy if self.grad_kernel is None else self.grad_kernel(dy, self.y, self.slope,
+                                                                  buf["dz"])
+        cupy.matmul(self.x.T, dz, out=self.dW)
+        if self.l2:
+            _add_scaled(self.W.dtype.name)(self.W, 2.0 * self.l2, self.dW)
+        grads = self.layer.grads
+        grads["W"] = self.dW
+        if self.b is not None:
+            cupy.sum(dz, axis=0, out=self.db)
+            grads["b"] = self.db
+        if not self.layer.input_grad:
+            return None
+        dx = buf["dx"]
+        if dx is None:
+            dx = buf["dx"] = cupy.empty((dz.shape[0], self.W.shape[0]), dz.dtype)
+        cupy.matmul(dz, self.W.T, out=dx)
+        return dx
+
+
+def _cached(store, n, make):
+    """``store[n]``, created with ``make(n)``; keeps the two most recently created sizes."""
+    value = store.get(n)
+    if value is None:
+        if len(store) >= 2:
+            del store[next(iter(store))]
+        value = store[n] = make(n)
+    return value
+
+
+# -- losses ---------------------------------------------------------------------------------------------
+_XENT_SOURCE = r"""
+typedef {t} T;
+extern "C" __global__ void bpgpu_xent_{variant}_{d}(const T* z, const {target_type}* y, T* grad,
+                                               T* row_loss, const int n, const int c)
+{{
+    const int i = blockDim.x * blockIdx.x + threadIdx.x;
+    if (i >= n) return;
+    const T* zi = z + (size_t)i * c;
+    T* gi = grad + (size_t)i * c;
+    T m = zi[0];
+    for (int j = 1; j < c; ++j) {{ if (zi[j] > m) m = zi[j]; }}
+    T s = 0;
+    for (int j = 0; j < c; ++j) {{ T e = exp(zi[j] - m); gi[j] = e; s += e; }}
+{body}
+}}
+"""
+
+# Class ids: loss_i = log(s) - (z_iy - m); grad = (softmax - onehot) / N.
+_XENT_IDS = r"""
+    const long long t = y[i];
+    row_loss[i] = log(s) - (zi[t] - m);
+    for (int j = 0; j < c; ++j) {
+        T p = gi[j] / s;
+        gi[j] = (j == t ? p - (T)1 : p) / (T)n;
+    }
+"""
+
+# Probability rows: loss_i = t_sum log(s) - sum_j t_j (z_j - m); grad = (softmax t_sum - t) / N.
+_XENT_ROWS = r"""
+    const T* ti = y + (size_t)i * c;
+    T t_sum = 0, dot = 0;
+    for (int j = 0; j < c; ++j) { t_sum += ti[j]; dot += ti[j] * (zi[j] - m); }
+    row_loss[i] = t_sum * log(s) - dot;
+    for (int j = 0; j < c; ++j) gi[j] = (gi[j] / s * t_sum - ti[j]) / (T)n;
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _xent_kernel(ids, dtype):
+    d, t = _names(dtype)
+    variant = "ids" if ids else "rows"
+    source = _XENT_SOURCE.format(t=t, d=d, variant=variant,
+                                 target_type="long long" if ids else "T",
+                                 body=_XENT_IDS if ids else _XENT_ROWS)
+    return cupy.RawKernel(source, f"bpgpu_xent_{variant}_{d}")
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_kernel(dtype):
+    """sum(x) / n as a 0-d array, in one reduction."""
+    d, _ = _names(dtype)
+    return cupy.ReductionKernel(f"{d} x, {d} n", f"{d} out", "x", "a + b", "out = a / n", "0",
+                                f"bpgpu_mean_{d}")
+
+
+class _SoftmaxCrossEntropy:
+    """Reference: ``CrossEntropy.forward/backward`` (formulas in the kernel sources above)."""
+
+    def __init__(self):
+        self.buffers = {}
+        self.grad = None
+
+    @staticmethod
+    def _make(key):
+        (n, c), dtype = key
+        return cupy.empty((n, c), dtype), cupy.empty(n, dtype)
+
+    def forward(self, z, t):
+        z = cupy.ascontiguousarray(z)
+        t = cupy.ascontiguousarray(t)
+        n, c = z.shape
+        grad, rows = _cached(self.buffers, (z.shape, z.dtype), self._make)
+        ids = t.ndim == 1
+        if ids and t.dtype != cupy.int64:
+            t = t.astype(cupy.int64)
+        kernel = _xent_kernel(ids, z.dtype.name)
+        kernel(((n + _THREADS - 1) // _THREADS,), (_THREADS,),
+               (z, t, grad, rows, np.int32(n), np.int32(c)))
+        self.grad = grad
+        return _mean_kernel(z.dtype.name)(rows, float(n))
+
+
+@functools.lru_cache(maxsize=None)
+def _mse_kernels(dtype):
+    d, _ = _names(dtype)
+    grad = cupy.ElementwiseKernel(f"{d} p, {d} t, {d} scale", f"{d} g", "g = (p - t) * scale",
+                                  f"bpgpu_mse_grad_{d}")
+    loss = cupy.ReductionKernel(f"{d} p, {d} t, {d} size", f"{d} out", "(p - t) * (p - t)",
+                                "a + b", "out = a / size", "0", f"bpgpu_mse_{d}")
+    return grad, loss
+
+
+class _MeanSquaredError:
+    """Reference: ``MSE.forward/backward``: loss = sum((p - t)^2) / size, grad = (p - t) (2 / size)."""
+
+    def __init__(self):
+        self.buffers = {}
+        self.grad = None
+
+    def forward(self, pred, t):
+        grad = _cached(self.buffers, (pred.shape, pred.dtype),
+                       lambda key: cupy.empty(key[0], key[1]))
+        size = grad.size
+        grad_kernel, loss_kernel = _mse_kernels(pred.dtype.name)
+        grad_kernel(pred, t, 2.0 / size, grad)
+        self.grad = grad
+        return loss_kernel(pred, t, float(size))
+
+
+# -- update rules: one kernel over the flat buffer ------------------------------------------------------
+def _clip_prologue(clip_value, clip_norm):
+    """Code turning the raw gradient g into gg, the clipped gradient the rule uses."""
+    code = "REAL gg = g;\n"
+    if clip_value:
+        code += "gg = gg < -cv ? -cv : (gg > cv ? cv : gg);\n"   # min(max(g, -c), c)
+    if clip_norm:
+        code += "gg = gg * scale;\n"
+    return code
+
+
+def _clip_params(d, clip_value, clip_norm):
+    params = []
+    if clip_value:
+        params.append(f"{d} cv")
+    if clip_norm:
+        params.append(f"{d} scale")
+    return params
+
+
+@functools.lru_cache(maxsize=None)
+def _norm_scale_kernel(clip_value, dtype):
+    """min(max_norm / (||clip(g)|| + 1e-6), 1) as a 0-d array (reference: Optimizer.clip)."""
+    d, t = _names(dtype)
+    mapped = "(g < -cv ? -cv : (g > cv ? cv : g))" if clip_value else "g"
+    params = f"{d} g, {d} cv, {d} max_norm"
+    return cupy.ReductionKernel(
+        params, f"{d} out", f"{mapped} * {mapped}", "a + b",
+        f"out = min(max_norm / (sqrt(a) + ({t})1e-6), ({t})1)", "0",
+        f"bpgpu_clip_scale_{'v' if clip_value else ''}_{d}")
+
+
+@functools.lru_cache(maxsize=None)
+def _sgd_kernel(dtype, clip_value, clip_norm, weight_decay, momentum, nesterov):
+    d, t = _names(dtype)
+    params = [f"{d} g"] + _clip_params(d, clip_value, clip_norm) + [f"{d} lr", f"{d} wd",
+                                                                    f"{d} mu", f"{d} omd",
+                                                                    "int32 first"]
+    outs = [f"{d} p"] + ([f"{d} buf"] if momentum else [])
+    body = _clip_prologue(clip_value, clip_norm)
+    if weight_decay:
+        body += "gg = gg + wd * p;\n"
+    if momentum:
+        body += "REAL b = first ? gg : mu * buf + omd * gg;\nbuf = b;\n"
+        body += "gg = gg + mu * b;\n" if nesterov else "gg = b;\n"
+    body += "p = p - lr * gg;"
+    return cupy.ElementwiseKernel(", ".join(params), ", ".join(outs), body.replace("REAL", t),
+                                  f"bpgpu_sgd_{d}")
+
+
+@functools.lru_cache(maxsize=None)
+def _rmsprop_kernel(dtype, clip_value, clip_norm, weight_decay, momentum, centered):
+    d, t = _names(dtype)
+    params = [f"{d} g"] + _clip_params(d, clip_value, clip_norm) + [
+        f"{d} lr", f"{d} wd", f"{d} a", f"{d} oma", f"{d} eps", f"{d} mu"]
+    outs = [f"{d} p", f"{d} v"] + ([f"{d} avg"] if centered else []) \
+        + ([f"{d} buf"] if momentum else [])
+    body = _clip_prologue(clip_value, clip_norm)
+    if weight_decay:
+        body += "gg = gg + wd * p;\n"
+    body += "REAL vv = a * v + oma * (gg * gg);\nv = vv;\n"
+    if centered:
+        body += "REAL aa = a * avg + oma * gg;\navg = aa;\nREAL denom = sqrt(vv - aa * aa) + eps;\n"
+    else:
+        body += "REAL denom = sqrt(vv) + eps;\n"
+    if momentum:
+        body += "REAL b = mu * buf + gg / denom;\nbuf = b;\np = p - lr * b;"
+    else:
+        body += "p = p - lr * (gg / denom);"
+    return cupy.ElementwiseKernel(", ".join(params), ", ".join(outs), body.replace("REAL", t),
+                                  f"bpgpu_rmsprop_{d}")
+
+
+@functools.lru_cache(maxsize=None)
+def _adam_kernel(dtype, clip_value, clip_norm, decay_mode):
+    """decay_mode: 0 none, 1 L2 (Adam), 2 decoupled (AdamW)."""
+    d, t = _names(dtype)
+    params = [f"{d} g"] + _clip_params(d, clip_value, clip_norm) + [
+        f"{d} wd", f"{d} decay", f"{d} b1", f"{d} omb1", f"{d} b2", f"{d} omb2", f"{d} c",
+        f"{d} step", f"{d} eps"]
+    outs = [f"{d} p", f"{d} m", f"{d} v"]
+    body = _clip_prologue(clip_value, clip_norm) + "REAL pp = p;\n"
+    if decay_mode == 1:
+        body += "gg = gg + wd * pp;\n"
+    elif decay_mode == 2:
+        body += "pp = pp * decay;\n"
+    body += ("REAL mm = b1 * m + omb1 * gg;\nREAL vv = b2 * v + omb2 * (gg * gg);\nm = mm;\nv = vv;\n"
+             "p = pp - step * (mm / (sqrt(vv) / c + eps));")
+    return cupy.ElementwiseKernel(", ".join(params), ", ".join(outs), body.replace("REAL", t),
+                                  f"bpgpu_adam_{d}")
+
+
+def _clip_args(opt, g):
+    """(flags, extra kernel arguments) for the optimizer's clipping settings."""
+    clip_value = opt.clip_value is not None
+    clip_norm = opt.clip_norm is not None
+    args = []
+    if clip_value:
+        args.append(opt.clip_value)
+    if clip_norm:
+        scale = _norm_scale_kernel(clip_value, g.dtype.name)(
+            g, opt.clip_value if clip_value else 0.0, opt.clip_norm)
+        args.append(scale)
+    return clip_value, clip_norm, args
+
+
+def _sgd(opt, lr, p, g, state, work):
+    cv, cn, clip = _clip_args(opt, g)
+    kernel = _sgd_kernel(p.dtype.name, cv, cn, bool(opt.weight_decay), bool(opt.momentum),
+                         opt.nesterov)
+    outs = (p, state["momentum_buffer"]) if opt.momentum else (p,)
+    kernel(g, *clip, lr, opt.weight_decay, opt.momentum, 1.0 - opt.dampening,
+           int(opt.step_count == 1), *outs)
+
+
+def _rmsprop(opt, lr, p, g, state, work):
+    cv, cn, clip = _clip_args(opt, g)
+    kernel = _rmsprop_kernel(p.dtype.name, cv, cn, bool(opt.weight_decay), bool(opt.momentum),
+                             opt.centered)
+    outs = [p, state["square_avg"]]
+    if opt.centered:
+        outs.append(state["grad_avg"])
+    if opt.momentum:
+        outs.append(state["momentum_buffer"])
+    kernel(g, *clip, lr, opt.weight_decay, opt.alpha, 1.0 - opt.alpha, opt.eps, opt.momentum,
+           *outs)
+
+
+def _adam(opt, lr, p, g, state, work):
+    cv, cn, clip = _clip_args(opt, g)
+    b1, b2 = opt.betas
+    t = opt.step_count
+    mode = 0 if not opt.weight_decay else (2 if opt.decoupled else 1)
+    kernel = _adam_kernel(p.dtype.name, cv, cn, mode)
+    kernel(g, *clip, opt.weight_decay, 1.0 - lr * opt.weight_decay, b1, 1.0 - b1, b2, 1.0 - b2,
+           math.sqrt(1.0 - b2 ** t), lr / (1.0 - b1 ** t), opt.eps,
+           p, state["exp_avg"], state["exp_avg_sq"])
+
+
+_KERNEL_RULES = {SGD: _sgd, RMSprop: _rmsprop, Adam: _adam, AdamW: _adam}
+
+
+class CuPyKernels:
+    """The CuPy kernel set used by :class:`~bpgpu.kernels.plan.TrainStep`."""
+
+    name = "cupy"
+    activations = ("relu", "leaky_relu", "tanh", "sigmoid")
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    @staticmethod
+    def zeros(n, dtype):
+        """A zeroed 1-D device buffer (CuPy's pool aligns allocations to 512 bytes)."""
+        return cupy.zeros(n, dtype=dtype)
+
+    @staticmethod
+    def view(flat, offset, shape):
+        return flat[offset:offset + math.prod(shape)].reshape(shape)
+
+    @staticmethod
+    def copy(dst, src):
+        cupy.copyto(dst, src)
+
+    @staticmethod
+    def dense_op(layer, act, W, dW, b, db):
+        return _Dense(layer, act, W, dW, b, db)
+
+    @staticmethod
+    def loss_op(loss):
+        kind = type(loss)
+        if kind is CrossEntropy:
+            return _SoftmaxCrossEntropy()
+        if kind is MSE:
+            return _MeanSquaredError()
+        return None
+
+    @staticmethod
+    def update_rule(optimizer):
+        """The fused update for ``optimizer``, or None (same support rules as NumPy's)."""
+        entry = _RULES.get(type(optimizer))
+        if entry is None or not set(optimizer.get_config()) <= entry[1]:
+            return None
+        return _KERNEL_RULES[type(optimizer)]
+
+    @staticmethod
+    def clip(optimizer, g, work):
+        """Clipping happens inside the update kernels; the raw flat gradient goes in."""
+        return g

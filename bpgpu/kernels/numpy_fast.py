@@ -1,0 +1,331 @@
+"""NumPy fast path: the reference formulas with ``out=`` buffers, in place, float32 throughout.
+
+Every operation below repeats a formula of the reference code (named in its docstring) in the
+same order of floating-point operations, so most results are bit-identical; the exceptions, all
+within rounding, are the bias gradient (a BLAS matrix-vector product instead of ``sum``) and
+Adam's denominator (``sqrt(v)/c + eps`` computed as ``(sqrt(v) + eps c) / c``, one pass fewer).
+Buffers are allocated once per batch size (the two most recent sizes are kept).
+"""
+
+import math
+
+import numpy as np
+
+from ..losses import MSE, CrossEntropy
+from ..optimizers import SGD, Adam, AdamW, RMSprop
+
+__all__ = ["NumPyKernels"]
+
+
+def _cached(store, n, make):
+    """``store[n]``, created with ``make(n)``; keeps the two most recently created sizes."""
+    value = store.get(n)
+    if value is None:
+        if len(store) >= 2:
+            del store[next(iter(store))]
+        value = store[n] = make(n)
+    return value
+
+
+class _Dense:
+    """``Dense`` and the activation after it. Reference: ``Dense.forward/backward``,
+    ``ReLU``/``LeakyReLU``/``Tanh`` forward/backward.
+
+    Forward: z = x @ W + b, y = act(z) in place. Backward: dz = dy * act'(y) (the ReLU mask
+    y > 0 equals z > 0), dW = x^T dz (+ 2 l2 W), db = 1^T dz, dx = dz W^T.
+    """
+
+    def __init__(self, layer, act, W, dW, b, db):
+        self.layer, self.W, self.dW, self.b, self.db = layer, W, dW, b, db
+        self.act, self.slope = act if act is not None else (None, 0.0)
+        self.l2 = layer.l2
+        self.zero_row = np.zeros(W.shape[1], dtype=W.dtype)
+        self.l2_term = np.empty_like(W) if self.l2 else None
+        self.buffers = {}
+        self.x = self.y = None
+
+    def _make(self, n):
+        shape, dtype = (n, self.W.shape[1]), self.W.dtype
+        return {"y": np.empty(shape, dtype),
+                "mask": np.empty(shape, bool) if self.act in ("relu", "leaky_relu") else None,
+                "dz": np.empty(shape, dtype) if self.act else None,
+                "ones": np.ones(n, dtype),
+                "dx": None}
+
+    def forward(self, x):
+        buf = _cached(self.buffers, x.shape[0], self._make)
+        y = buf["y"]
+        np.matmul(x, self.W, out=y)
+        if self.b is not None:
+            np.add(y, self.b, out=y)
+        act = self.act
+        if act == "relu":
+            np.maximum(y, self.zero_row, out=y)
+        elif act == "leaky_relu":
+            np.maximum(y, np.multiply(y, self.slope), out=y)  # = where(z > 0, z, a z), 0 <= a <= 1
+        elif act == "tanh":
+            np.tanh(y, out=y)
+        self.x, self.y, self.buf = x, y, buf
+        return y
+
+    def backward(self, dy):
+        buf, y, act = self.buf, self.y, self.act
+        if act is None:
+            dz = dy
+        elif act == "relu":
+            mask, dz = buf["mask"], buf["dz"]
+            np.greater(y, 0.0, out=mask)
+            np.multiply(dy, mask, out=dz)
+        elif act == "leaky_relu":
+            mask, dz = buf["mask"], buf["dz"]
+            np.greater(y, 0.0, out=mask)
+            np.copyto(dz, np.where(mask, dy, self.slope * dy))
+        else:  # tanh: dy (1 - y^2)
+            dz = buf["dz"]
+            np.multiply(y, y, out=dz)
+            np.subtract(1.0, dz, out=dz)
+            np.multiply(dy, dz, out=dz)
+        np.matmul(self.x.T, dz, out=self.dW)
+        if self.l2:
+            np.multiply(self.W, 2.0 * self.l2, out=self.l2_term)
+            np.add(self.dW, self.l2_term, out=self.dW)
+        grads = self.layer.grads
+        grads["W"] = self.dW
+        if self.b is not None:
+            np.matmul(buf["ones"], dz, out=self.db)
+            grads["b"] = self.db
+        if not self.layer.input_grad:
+            return None
+        dx = buf["dx"]
+        if dx is None:
+            dx = buf["dx"] = np.empty((dz.shape[0], self.W.shape[0]), dz.dtype)
+        np.matmul(dz, self.W.T, out=dx)
+        return dx
+
+
+class _SoftmaxCrossEntropy:
+    """Reference: ``CrossEntropy.forward/backward``. With s = z - max_c z and e = exp(s):
+    loss = sum_n(t_sum log(sum_c e) - sum_c t s) / N, grad = (e / sum_c e * t_sum - t) / N;
+    for class ids, t is one-hot and t_sum = 1."""
+
+    def __init__(self):
+        self.buffers = {}
+        self.grad = None
+
+    @staticmethod
+    def _make(key):
+        (n, c), dtype = key
+        return np.empty((n, c), dtype), np.empty((n, 1), dtype), np.arange(n)
+
+    def forward(self, z, t):
+        n = z.shape[0]
+        s, m, rows = _cached(self.buffers, (z.shape, z.dtype), self._make)
+        np.max(z, axis=1, keepdims=True, out=m)
+        np.subtract(z, m, out=s)
+        if t.ndim == 1:
+            picked = s[rows, t]
+            np.exp(s, out=s)
+            np.sum(s, axis=1, keepdims=True, out=m)
+            np.divide(s, m, out=s)
+            np.log(m, out=m)
+            np.subtract(m[:, 0], picked, out=picked)
+            value = np.sum(picked) / n
+            s[rows, t] -= 1.0
+        else:
+            t_sum = np.sum(t, axis=1, keepdims=True)
+            dot = np.sum(t * s, axis=1, keepdims=True)
+            np.exp(s, out=s)
+            np.sum(s, axis=1, keepdims=True, out=m)
+            np.divide(s, m, out=s)
+            np.log(m, out=m)
+            value = np.sum(t_sum * m - dot) / n
+            np.multiply(s, t_sum, out=s)
+            np.subtract(s, t, out=s)
+        np.divide(s, n, out=s)
+        self.grad = s
+        return value
+
+
+class _MeanSquaredError:
+    """Reference: ``MSE.forward/backward``: loss = sum(d^2) / size, grad = d (2 / size), d = p - t."""
+
+    def __init__(self):
+        self.buffers = {}
+        self.grad = None
+
+    @staticmethod
+    def _make(key):
+        return np.empty(key[0], key[1]), np.empty(key[0], key[1])
+
+    def forward(self, pred, t):
+        d, sq = _cached(self.buffers, (pred.shape, pred.dtype), self._make)
+        size = d.size
+        np.subtract(pred, t, out=d)
+        np.multiply(d, d, out=sq)
+        value = np.sum(sq) / size
+        np.multiply(d, 2.0 / size, out=d)
+        self.grad = d
+        return value
+
+
+# -- update rules on flat buffers (reference: the ``_update`` methods in bpgpu.optimizers) ----------
+def _decayed(optimizer, p, g, work):
+    """g + weight_decay p (L2 weight decay added to the gradient)."""
+    out = work("decayed")
+    np.multiply(p, optimizer.weight_decay, out=out)
+    np.add(g, out, out=out)
+    return out
+
+
+def _sgd(opt, lr, p, g, state, work):
+    t = work("t")
+    if opt.weight_decay:
+        g = _decayed(opt, p, g, work)
+    if opt.momentum:
+        buf = state["momentum_buffer"]
+        if opt.step_count == 1:
+            np.copyto(buf, g)
+        else:
+            np.multiply(buf, opt.momentum, out=buf)
+            np.multiply(g, 1.0 - opt.dampening, out=t)
+            np.add(buf, t, out=buf)
+        if opt.nesterov:
+            np.multiply(buf, opt.momentum, out=t)
+            np.add(g, t, out=t)
+            g = t
+        else:
+            g = buf
+    np.multiply(g, lr, out=t)
+    np.subtract(p, t, out=p)
+
+
+def _rmsprop(opt, lr, p, g, state, work):
+    t, a = work("t"), opt.alpha
+    if opt.weight_decay:
+        g = _decayed(opt, p, g, work)
+    v = state["square_avg"]
+    np.multiply(g, g, out=t)
+    np.multiply(t, 1.0 - a, out=t)
+    np.multiply(v, a, out=v)
+    np.add(v, t, out=v)
+    if opt.centered:
+        avg = state["grad_avg"]
+        np.multiply(avg, a, out=avg)
+        np.multiply(g, 1.0 - a, out=t)
+        np.add(avg, t, out=avg)
+        np.multiply(avg, avg, out=t)
+        np.subtract(v, t, out=t)
+        np.sqrt(t, out=t)
+    else:
+        np.sqrt(v, out=t)
+    np.add(t, opt.eps, out=t)
+    np.divide(g, t, out=t)
+    if opt.momentum:
+        buf = state["momentum_buffer"]
+        np.multiply(buf, opt.momentum, out=buf)
+        np.add(buf, t, out=buf)
+        np.multiply(buf, lr, out=t)
+    else:
+        np.multiply(t, lr, out=t)
+    np.subtract(p, t, out=p)
+
+
+def _adam(opt, lr, p, g, state, work):
+    t = work("t")
+    b1, b2 = opt.betas
+    if opt.weight_decay:
+        if opt.decoupled:
+            np.multiply(p, 1.0 - lr * opt.weight_decay, out=p)
+        else:
+            g = _decayed(opt, p, g, work)
+    m, v = state["exp_avg"], state["exp_avg_sq"]
+    np.multiply(m, b1, out=m)
+    np.multiply(g, 1.0 - b1, out=t)
+    np.add(m, t, out=m)
+    np.multiply(g, g, out=t)
+    np.multiply(t, 1.0 - b2, out=t)
+    np.multiply(v, b2, out=v)
+    np.add(v, t, out=v)
+    c = math.sqrt(1.0 - b2 ** opt.step_count)
+    step_size = lr / (1.0 - b1 ** opt.step_count)
+    np.sqrt(v, out=t)
+    np.add(t, opt.eps * c, out=t)
+    np.divide(m, t, out=t)
+    np.multiply(t, step_size * c, out=t)
+    np.subtract(p, t, out=p)
+
+
+#: Exact optimizer classes with a flat rule, and the configuration keys the rule knows (an
+#: optimizer grown new options falls back to its reference rule until its rule learns them).
+_RULES = {
+    SGD: (_sgd, {"lr", "clip_norm", "clip_value", "momentum", "dampening", "weight_decay",
+                 "nesterov"}),
+    RMSprop: (_rmsprop, {"lr", "clip_norm", "clip_value", "alpha", "eps", "weight_decay",
+                         "momentum", "centered"}),
+    Adam: (_adam, {"lr", "clip_norm", "clip_value", "betas", "eps", "weight_decay"}),
+    AdamW: (_adam, {"lr", "clip_norm", "clip_value", "betas", "eps", "weight_decay"}),
+}
+
+
+def update_rule(optimizer):
+    """The flat update rule for ``optimizer``, or None when it has none."""
+    entry = _RULES.get(type(optimizer))
+    if entry is None or not set(optimizer.get_config()) <= entry[1]:
+        return None
+    return entry[0]
+
+
+class NumPyKernels:
+    """The NumPy kernel set used by :class:`~bpgpu.kernels.plan.TrainStep`."""
+
+    name = "numpy"
+    activations = ("relu", "leaky_relu", "tanh")
+
+    @staticmethod
+    def zeros(n, dtype):
+        """A zeroed 1-D buffer whose first element is 64-byte aligned."""
+        dtype = np.dtype(dtype)
+        raw = np.zeros(n + 64 // dtype.itemsize, dtype)
+        skip = (-raw.ctypes.data % 64) // dtype.itemsize
+        return raw[skip:skip + n]
+
+    @staticmethod
+    def view(flat, offset, shape):
+        return flat[offset:offset + math.prod(shape)].reshape(shape)
+
+    @staticmethod
+    def copy(dst, src):
+        np.copyto(dst, src)
+
+    @staticmethod
+    def dense_op(layer, act, W, dW, b, db):
+        return _Dense(layer, act, W, dW, b, db)
+
+    @staticmethod
+    def loss_op(loss):
+        kind = type(loss)
+        if kind is CrossEntropy:
+            return _SoftmaxCrossEntropy()
+        if kind is MSE:
+            return _MeanSquaredError()
+        return None
+
+    update_rule = staticmethod(update_rule)
+
+    @staticmethod
+    def clip(optimizer, g, work):
+        """Reference: ``Optimizer.clip`` on the flat gradient, into a scratch buffer (the layers'
+        gradients stay unclipped, as on the reference path)."""
+        if optimizer.clip_value is None and optimizer.clip_norm is None:
+            return g
+        out = work("clipped")
+        if optimizer.clip_value is not None:
+            c = optimizer.clip_value
+            np.maximum(g, -c, out=out)
+            np.minimum(out, c, out=out)
+            g = out
+        if optimizer.clip_norm is not None:
+            total = np.sqrt(np.dot(g, g))
+            scale = np.minimum(optimizer.clip_norm / (total + 1e-6), 1.0)
+            np.multiply(g, scale, out=out)
+        return out

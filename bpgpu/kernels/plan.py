@@ -1,0 +1,219 @@
+"""The fast training step: flat parameter and gradient buffers, a list of operations, one update.
+
+:class:`TrainStep` serves one :class:`~bpgpu.Network` (see :func:`bpgpu.kernels.train_step_for`).
+At construction every parameter is copied into one flat buffer and each layer's ``params`` entry
+becomes a view into it; gradients get a second flat buffer laid out the same way. The layers then
+become operations: ``Dense`` (with the activation after it fused in, where the kernels support
+it) gets the backend's fast operation, every other layer runs its own reference
+``forward``/``backward`` and has its gradients copied into the flat buffer. The loss is fast for
+softmax cross-entropy and MSE, reference otherwise. The optimizer updates the flat buffer in
+place through :meth:`~bpgpu.optimizers.Optimizer.step`.
+
+Before each step the parameters are checked by identity: a parameter replaced from outside
+(``set_weights``, a reference-path update, restoring a snapshot) is copied back into its view, and
+optimizer state replaced from outside (``load_state_dict``) is copied into its flat buffer.
+"""
+
+import math
+
+from ..layers.activations import LeakyReLU, ReLU, Sigmoid, Tanh
+from ..layers.dense import Dense
+
+__all__ = ["TrainStep", "FlatList"]
+
+#: Each parameter starts on a multiple of this many elements, so BLAS and SIMD loads see aligned
+#: matrices; the gaps stay zero and every update rule maps zero state and gradient to zero.
+ALIGN = 16
+
+
+class FlatList(list):
+    """Parameter (or gradient) views into one flat buffer, in ``Network._slots`` order.
+
+    ``fast_update``: None, or ``f(optimizer, lr)`` that updates the whole buffer in place;
+    :meth:`Optimizer.step <bpgpu.optimizers.Optimizer.step>` calls it instead of its reference rule.
+    """
+
+    fast_update = None
+
+
+def _activation(layer, supported):
+    """``(name, slope)`` of an activation layer the kernels can fuse into Dense, else None."""
+    kind = type(layer)
+    if kind is ReLU and "relu" in supported:
+        return "relu", 0.0
+    if kind is LeakyReLU and "leaky_relu" in supported and 0.0 <= layer.negative_slope <= 1.0:
+        return "leaky_relu", layer.negative_slope
+    if kind is Tanh and "tanh" in supported:
+        return "tanh", 0.0
+    if kind is Sigmoid and "sigmoid" in supported:
+        return "sigmoid", 0.0
+    return None
+
+
+class _LayerOp:
+    """A layer without a fast version: its own forward/backward, gradients copied to the flat
+    buffer."""
+
+    def __init__(self, kernels, layer, grad_views):
+        self.kernels, self.layer, self.grad_views = kernels, layer, grad_views
+
+    def forward(self, x):
+        return self.layer.forward(x, training=True)
+
+    def backward(self, dy):
+        dx = self.layer.backward(dy)
+        copy = self.kernels.copy
+        for sub, key, view in self.grad_views:
+            copy(view, sub.grads[key])
+        return dx
+
+
+class _LossOp:
+    """A loss without a fast version: its own forward/backward."""
+
+    def __init__(self, loss):
+        self.loss = loss
+        self.grad = None
+
+    def forward(self, out, target):
+        value = self.loss.forward(out, target)
+        self.grad = self.loss.backward()
+        return value
+
+
+class TrainStep:
+    """Forward, loss, backward and update of one network on flat buffers (module docstring)."""
+
+    @classmethod
+    def build(cls, net, kernels):
+        """A TrainStep for ``net``, or None where the fast path does not apply (a final Sigmoid
+        fused with BinaryCrossEntropy keeps the reference path)."""
+        if net._fuse_sigmoid_bce:
+            return None
+        return cls(net, kernels)
+
+    def __init__(self, net, kernels):
+        self.net, self.kernels = net, kernels
+        slots = net._slots
+        self.shapes = [tuple(layer.params[key].shape) for layer, key in slots]
+        self.offsets, total = [], 0
+        for shape in self.shapes:
+            self.offsets.append(total)
+            total += -(-math.prod(shape) // ALIGN) * ALIGN
+        self.size = total
+        self.flat_params = kernels.zeros(total, net.dtype)
+        self.flat_grads = kernels.zeros(total, net.dtype)
+        self.params = FlatList(self._views(self.flat_params))
+        self.grads = FlatList(self._views(self.flat_grads))
+        self.sync_params()
+        self.ops = self._build_ops(net, kernels)
+        self.loss_op = kernels.loss_op(net.loss) or _LossOp(net.loss)
+        self._owner = None      # the optimizer whose state lives in self._state
+        self._state = {}        # state name -> (flat buffer, views)
+        self._work = {}         # scratch buffers of the update rules, by name
+        self._rule = (None, None)
+
+    def _views(self, flat):
+        view = self.kernels.view
+        return [view(flat, o, s) for o, s in zip(self.offsets, self.shapes)]
+
+    def _build_ops(self, net, kernels):
+        index = {(id(layer), key): i for i, (layer, key) in enumerate(net._slots)}
+        ops, layers, i = [], net.layers, 0
+        while i < len(layers):
+            layer = layers[i]
+            if type(layer) is Dense:
+                act = _activation(layers[i + 1], kernels.activations) \
+                    if i + 1 < len(layers) else None
+                iw = index[(id(layer), "W")]
+                ib = index.get((id(layer), "b"))
+                ops.append(kernels.dense_op(
+                    layer, act, self.params[iw], self.grads[iw],
+                    None if ib is None else self.params[ib], None if ib is None else self.grads[ib]))
+                i += 2 if act is not None else 1
+                continue
+            grad_views = [(sub, key, self.grads[index[(id(sub), key)]])
+                          for sub in layer.walk() for key in sub.params]
+            ops.append(_LayerOp(kernels, layer, grad_views))
+            i += 1
+        return ops
+
+    # -- keeping the views and the network in step -----------------------------------------------
+    def sync_params(self):
+        """Point every parameter slot at its view, copying in values replaced from outside."""
+        copy = self.kernels.copy
+        for (layer, key), view in zip(self.net._slots, self.params):
+            value = layer.params[key]
+            if value is not view:
+                copy(view, value)
+                layer.params[key] = view
+
+    def _flat_state(self, optimizer, name):
+        """The flat buffer holding ``optimizer.state[name]``, (re)packed when it was replaced."""
+        current = optimizer.state[name]
+        entry = self._state.get(name)
+        if entry is None or len(current) != len(entry[1]) \
+                or any(a is not b for a, b in zip(current, entry[1])):
+            flat = self.kernels.zeros(self.size, self.net.dtype) if entry is None else entry[0]
+            views = self._views(flat)
+            for view, value in zip(views, current):
+                if value is not view:
+                    self.kernels.copy(view, value)
+            optimizer.state[name] = list(views)
+            entry = self._state[name] = (flat, views)
+        return entry[0]
+
+    def work(self, name):
+        """A scratch buffer the size of the flat parameters (allocated on first use)."""
+        buf = self._work.get(name)
+        if buf is None:
+            buf = self._work[name] = self.kernels.zeros(self.size, self.net.dtype)
+        return buf
+
+    # -- the step ---------------------------------------------------------------------------------
+    def __call__(self, xb, yb):
+        """One training step on device arrays; the loss before the update (0-d, on the device)."""
+        self.sync_params()
+        x = xb
+        for op in self.ops:
+            x = op.forward(x)
+        value = self.loss_op.forward(x, yb)
+        for layer in self.net._penalized:
+            term = layer.penalty()
+            if term is not None:
+                value = value + term
+        dy = self.loss_op.grad
+        for op in reversed(self.ops):
+            dy = op.backward(dy)
+        self._update()
+        return value
+
+    def apply_gradients(self):
+        """The update alone, from the gradients in the layers' ``grads`` (after a reference
+        backward pass)."""
+        self.sync_params()
+        copy = self.kernels.copy
+        for (layer, key), view in zip(self.net._slots, self.grads):
+            value = layer.grads[key]
+            if value is not view:
+                copy(view, value)
+        self._update()
+
+    def _update(self):
+        optimizer = self.net.optimizer
+        if self._rule[0] is not optimizer:
+            self._rule = (optimizer, self.kernels.update_rule(optimizer))
+        self.params.fast_update = None if self._rule[1] is None else self._fast_update
+        new = optimizer.step(self.params, self.grads)
+        if new is not self.params:  # reference rule: copy the new values into the views
+            copy = self.kernels.copy
+            for view, value in zip(self.params, new):
+                if value is not view:
+                    copy(view, value)
+
+    def _fast_update(self, optimizer, lr):
+        if optimizer is not self._owner:
+            self._owner, self._state = optimizer, {}
+        state = {name: self._flat_state(optimizer, name) for name in list(optimizer.state)}
+        grads = self.kernels.clip(optimizer, self.flat_grads, self.work)
+        self._rule[1](optimizer, lr, self.flat_params, grads, state, self.work)
