@@ -8,7 +8,7 @@
 # Environment:
 #   BPGPU_CUDA_EXTRA   which CuPy build to install when CuPy is missing and nvidia-smi is present:
 #                      cuda12 (default) or cuda13
-#   BPGPU_CI_TORCH     1 (default): install PyTorch's CPU build when torch is missing, so the
+#   BPGPU_CI_TORCH     1 (default): install PyTorch when torch is missing, so the
 #                      comparisons against PyTorch run too; 0: skip them
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +25,7 @@ elif ! "$PYTHON" -c "import bpgpu, pytest, array_api_strict" 2>/dev/null; then
     "$PYTHON" -m pip install -q -e ".[test]"
 fi
 if [ "${BPGPU_CI_TORCH:-1}" = 1 ] && ! "$PYTHON" -c "import torch" 2>/dev/null; then
-    "$PYTHON" -m pip install -q torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
+    "$PYTHON" -m pip install -q torch
 fi
 
 # What this host offers, for the log (the run below fails on its own if CuPy is unusable).
