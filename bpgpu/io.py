@@ -15,7 +15,7 @@ counter and the history. Version 1 files still load (with a fresh training state
 
 import json
 import os
-import tempfile
+import secrets
 import zipfile
 
 import numpy as np
@@ -53,15 +53,20 @@ def save(net, path):
         for name, value in layer.buffers.items():
             arrays[f"buffer:{j}:{name}"] = net.backend.to_numpy(value)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".bpgpu-", suffix=".tmp", dir=folder)
+    # A fresh name in the same folder, so the rename is atomic; opened with "x" (never an existing
+    # file) rather than by tempfile.mkstemp, whose files are private to their owner: the
+    # checkpoint gets the permissions of any new file.
+    tmp = os.path.join(folder, f".bpgpu-{os.getpid()}-{secrets.token_hex(8)}.tmp")
+    created = False
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
+            created = True
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
+        if created and os.path.exists(tmp):
             os.unlink(tmp)
         raise
 

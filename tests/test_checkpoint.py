@@ -273,3 +273,12 @@ def test_device_state_of_another_kind_is_left_seeded(tmp_path):
     fresh = bpgpu.Network.from_sizes([5, 12, 8, 1], backend="numpy", seed=21)
     assert loaded.backend.rng_state(loaded.device_rng) == fresh.backend.rng_state(fresh.device_rng)
     assert loaded.optimizer.step_count == net.optimizer.step_count
+
+
+def test_saved_file_has_the_permissions_of_any_new_file(tmp_path):
+    """The temporary file is not made private (as tempfile.mkstemp would): after the rename the
+    checkpoint is as readable as a file opened the ordinary way."""
+    _, path = _saved(tmp_path)
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(b"")
+    assert os.stat(path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777
