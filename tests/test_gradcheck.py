@@ -89,6 +89,25 @@ def test_layer_check_includes_the_layers_penalty(backend):
     assert bpgpu.gradient_errors(_built(ForgetsPenaltyGradient(3, 4, l2=0.3), backend), X3)["W"] > 1e-3
 
 
+def test_truly_zero_gradient_agrees_within_noise_and_a_false_one_is_caught(backend):
+    """A bias feeding a BatchNorm has exactly zero gradient: its numeric estimate is rounding
+    noise, which must not read as disagreement; a backward claiming a non-zero gradient fails."""
+    from bpgpu.layers import BatchNorm, Sequential
+
+    X3 = np.random.default_rng(3).standard_normal((6, 3))
+    errors = bpgpu.gradient_errors(_built(Sequential([Dense(3, 4), BatchNorm(4)]), backend), X3)
+    assert errors["0.b"] == 0.0 and max(errors.values()) < 1e-8, errors
+
+    class PhantomBiasGradient(Dense):
+        def backward(self, dy):
+            dx = super().backward(dy)
+            self.grads["b"] = self.grads["b"] + 0.5
+            return dx
+
+    block = Sequential([PhantomBiasGradient(3, 4), BatchNorm(4)])
+    assert bpgpu.gradient_errors(_built(block, backend), X3)["0.b"] > 0.5
+
+
 def test_wrong_activation_derivative_is_caught(backend):
     assert bpgpu.gradcheck(_built(WrongTanh(), backend), X) > 1e-2
     assert bpgpu.gradcheck(_built(Tanh(), backend), X) < 1e-8
