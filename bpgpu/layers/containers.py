@@ -60,33 +60,22 @@ class Sequential(Layer):
         return f"Sequential([{', '.join(map(repr, self.layers))}])"
 
 
-class Residual(Layer):
-    """y = x + block(x);  dx = dy + (d block / dx)^T dy. The block must keep the shape of x."""
+class _BlockWrapper(Layer):
+    """A layer around one ``block`` (several layers: wrap them in Sequential). Subclasses give
+    forward and backward; shapes, nesting and (de)serialisation are the block's."""
 
     def __init__(self, block):
         super().__init__()
-        self.block = _check_layer(block, "Residual (wrap several layers in Sequential)")
+        self.block = _check_layer(block, f"{type(self).__name__} (wrap several layers in Sequential)")
 
     def children(self):
         return [self.block]
-
-    def forward(self, x, training=False):
-        return x + self.block.forward(x, training=training)
-
-    def backward(self, dy):
-        self.block.input_grad = self.input_grad
-        dx = self.block.backward(dy)
-        return dy + dx if self.input_grad else None
 
     def input_shape(self):
         return self.block.input_shape()
 
     def output_shape(self, input_shape):
-        out = tuple(self.block.output_shape(input_shape))
-        if out != tuple(input_shape):
-            raise ValueError(f"Residual block maps per-sample shape {tuple(input_shape)} to {out}; "
-                             "x + block(x) needs the block to keep the shape")
-        return out
+        return self.block.output_shape(input_shape)
 
     def get_config(self):
         return {"block": serialize_layer(self.block)}
@@ -96,7 +85,26 @@ class Residual(Layer):
         return cls(deserialize_layer(config["block"]))
 
     def __repr__(self):
-        return f"Residual({self.block!r})"
+        return f"{type(self).__name__}({self.block!r})"
+
+
+class Residual(_BlockWrapper):
+    """y = x + block(x);  dx = dy + (d block / dx)^T dy. The block must keep the shape of x."""
+
+    def forward(self, x, training=False):
+        return x + self.block.forward(x, training=training)
+
+    def backward(self, dy):
+        self.block.input_grad = self.input_grad
+        dx = self.block.backward(dy)
+        return dy + dx if self.input_grad else None
+
+    def output_shape(self, input_shape):
+        out = tuple(self.block.output_shape(input_shape))
+        if out != tuple(input_shape):
+            raise ValueError(f"Residual block maps per-sample shape {tuple(input_shape)} to {out}; "
+                             "x + block(x) needs the block to keep the shape")
+        return out
 
 
 # Attributes every Layer has; Checkpoint never touches them when it frees activations.
@@ -124,7 +132,7 @@ def _forget(layers, snapshots):
 _MISSING = object()
 
 
-class Checkpoint(Layer):
+class Checkpoint(_BlockWrapper):
     """Gradient checkpointing: y = block(x), keeping only x between the passes.
 
     Forward runs the block, then frees what the block's layers cached for their backward pass
@@ -137,13 +145,6 @@ class Checkpoint(Layer):
     Layers written for it keep per-pass data in attributes they rebind (``self._x = x``) and
     long-lived caches in objects created at build time (a dict filled in place survives).
     """
-
-    def __init__(self, block):
-        super().__init__()
-        self.block = _check_layer(block, "Checkpoint (wrap several layers in Sequential)")
-
-    def children(self):
-        return [self.block]
 
     def forward(self, x, training=False):
         backend, rng = self.backend, self.device_rng
@@ -179,19 +180,3 @@ class Checkpoint(Layer):
         dx = self.block.backward(dy)
         _forget(layers, snapshots)
         return dx
-
-    def input_shape(self):
-        return self.block.input_shape()
-
-    def output_shape(self, input_shape):
-        return self.block.output_shape(input_shape)
-
-    def get_config(self):
-        return {"block": serialize_layer(self.block)}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(deserialize_layer(config["block"]))
-
-    def __repr__(self):
-        return f"Checkpoint({self.block!r})"
