@@ -133,6 +133,31 @@ def test_dense_with_each_activation_matches_reference(backend, act, dtype):
     _assert_same(fast, ref, dtype, losses)
 
 
+@pytest.mark.parametrize("optimizer", ["adam_l2_clipnorm", "adamw_clipvalue",
+                                       "sgd_momentum_dampening_wd", "rmsprop_centered_momentum_wd"])
+def test_update_in_blocks_matches_reference(monkeypatch, optimizer):
+    """Large networks update their flat buffer block by block (NumPy): shrink the block so a
+    small network takes that path, with a ragged last block."""
+    from bpgpu.kernels import numpy_fast
+
+    monkeypatch.setattr(numpy_fast, "BLOCK", 48)
+    fast, ref = _pair(_mlp(), "numpy", optimizer=optimizer)
+    assert train_step_for(fast).size > 2 * numpy_fast.BLOCK
+    X, y = _data(5, 3, 24, "cross_entropy", seed=14)
+    losses = _train((fast, ref), X, y, steps=4, batch=8)
+    _assert_same(fast, ref, "float64", losses)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "cross_entropy_rows"])
+def test_many_classes_match_reference(backend, loss):
+    """More classes than the column-by-column row maximum handles (NumPy: axis reduction)."""
+    _needs_fast(backend)
+    fast, ref = _pair(_mlp(sizes=(4, 8, 40)), backend, loss=loss)
+    X, y = _data(4, 40, 30, loss, seed=15)
+    losses = _train((fast, ref), X, y, steps=3)
+    _assert_same(fast, ref, "float64", losses)
+
+
 def test_dense_without_bias_and_with_l2_matches_reference(backend):
     _needs_fast(backend)
     fast, ref = _pair(_mlp(bias=False, l2=0.01), backend, optimizer="sgd_momentum_dampening_wd")

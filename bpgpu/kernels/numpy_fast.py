@@ -7,6 +7,7 @@ Adam's denominator (``sqrt(v)/c + eps`` computed as ``(sqrt(v) + eps c) / c``, o
 Buffers are allocated once per batch size (the two most recent sizes are kept).
 """
 
+import functools
 import math
 
 import numpy as np
@@ -106,7 +107,9 @@ class _Dense:
 class _SoftmaxCrossEntropy:
     """Reference: ``CrossEntropy.forward/backward``. With s = z - max_c z and e = exp(s):
     loss = sum_n(t_sum log(sum_c e) - sum_c t s) / N, grad = (e / sum_c e * t_sum - t) / N;
-    for class ids, t is one-hot and t_sum = 1."""
+    for class ids, t is one-hot and t_sum = 1. Row maxima of a few classes are taken column by
+    column and row sums by a matrix-vector product: NumPy's axis reductions are slow on short
+    rows."""
 
     def __init__(self):
         self.buffers = {}
@@ -115,31 +118,36 @@ class _SoftmaxCrossEntropy:
     @staticmethod
     def _make(key):
         (n, c), dtype = key
-        return np.empty((n, c), dtype), np.empty((n, 1), dtype), np.arange(n)
+        return np.empty((n, c), dtype), np.empty(n, dtype), np.ones(c, dtype), np.arange(n)
 
     def forward(self, z, t):
-        n = z.shape[0]
-        s, m, rows = _cached(self.buffers, (z.shape, z.dtype), self._make)
-        np.max(z, axis=1, keepdims=True, out=m)
-        np.subtract(z, m, out=s)
+        n, c = z.shape
+        s, m, ones, rows = _cached(self.buffers, (z.shape, z.dtype), self._make)
+        if c <= 16:
+            np.copyto(m, z[:, 0])
+            for j in range(1, c):
+                np.maximum(m, z[:, j], out=m)
+        else:
+            np.max(z, axis=1, out=m)
+        np.subtract(z, m[:, None], out=s)
         if t.ndim == 1:
             picked = s[rows, t]
             np.exp(s, out=s)
-            np.sum(s, axis=1, keepdims=True, out=m)
-            np.divide(s, m, out=s)
+            np.matmul(s, ones, out=m)
+            np.divide(s, m[:, None], out=s)
             np.log(m, out=m)
-            np.subtract(m[:, 0], picked, out=picked)
-            value = np.sum(picked) / n
+            np.subtract(m, picked, out=picked)
+            value = np.add.reduce(picked) / n
             s[rows, t] -= 1.0
         else:
-            t_sum = np.sum(t, axis=1, keepdims=True)
-            dot = np.sum(t * s, axis=1, keepdims=True)
+            t_sum = np.matmul(t, ones)
+            dot = np.add.reduce(t * s, axis=1)
             np.exp(s, out=s)
-            np.sum(s, axis=1, keepdims=True, out=m)
-            np.divide(s, m, out=s)
+            np.matmul(s, ones, out=m)
+            np.divide(s, m[:, None], out=s)
             np.log(m, out=m)
-            value = np.sum(t_sum * m - dot) / n
-            np.multiply(s, t_sum, out=s)
+            value = np.add.reduce(t_sum * m - dot) / n
+            np.multiply(s, t_sum[:, None], out=s)
             np.subtract(s, t, out=s)
         np.divide(s, n, out=s)
         self.grad = s
@@ -162,7 +170,7 @@ class _MeanSquaredError:
         size = d.size
         np.subtract(pred, t, out=d)
         np.multiply(d, d, out=sq)
-        value = np.sum(sq) / size
+        value = np.add.reduce(sq, axis=None) / size
         np.multiply(d, 2.0 / size, out=d)
         self.grad = d
         return value
@@ -272,7 +280,28 @@ def update_rule(optimizer):
     entry = _RULES.get(type(optimizer))
     if entry is None or not set(optimizer.get_config()) <= entry[1]:
         return None
-    return entry[0]
+    return functools.partial(_in_blocks, entry[0])
+
+
+#: Elements per block of the update (1 MiB per float32 array).
+BLOCK = 1 << 18
+
+
+def _in_blocks(rule, opt, lr, p, g, state, work):
+    """Run the element-wise ``rule`` block by block, so that its dozen passes over each block run
+    from the CPU cache instead of main memory (large networks); one block for small ones."""
+    size = p.shape[0]
+    if size <= 2 * BLOCK:
+        return rule(opt, lr, p, g, state, work)
+    scratch = {"t": work("block t", BLOCK)}
+    if opt.weight_decay and not getattr(opt, "decoupled", False):
+        scratch["decayed"] = work("block decayed", BLOCK)
+    names = list(state)
+    for lo in range(0, size, BLOCK):
+        hi = min(lo + BLOCK, size)
+        n = hi - lo
+        rule(opt, lr, p[lo:hi], g[lo:hi], {k: state[k][lo:hi] for k in names},
+             lambda name: scratch[name][:n])
 
 
 class NumPyKernels:

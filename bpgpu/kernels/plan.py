@@ -163,11 +163,13 @@ class TrainStep:
             entry = self._state[name] = (flat, views)
         return entry[0]
 
-    def work(self, name):
-        """A scratch buffer the size of the flat parameters (allocated on first use)."""
+    def work(self, name, size=None):
+        """A scratch buffer of ``size`` elements (default: the flat parameters' size), allocated
+        on first use."""
         buf = self._work.get(name)
         if buf is None:
-            buf = self._work[name] = self.kernels.zeros(self.size, self.net.dtype)
+            buf = self._work[name] = self.kernels.zeros(self.size if size is None else size,
+                                                        self.net.dtype)
         return buf
 
     # -- the step ---------------------------------------------------------------------------------
