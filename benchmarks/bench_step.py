@@ -7,9 +7,9 @@
 One training step = forward, softmax cross-entropy, backward, Adam update (lr 1e-3), float32,
 ReLU MLPs, data already on the device. Both libraries start from the same weights (the first
 losses are compared as a sanity check). bpgpu and PyTorch alternate inside one process over
-several rounds (the order flips every round); each round times a block of steps after a warm-up,
-and a case's figure is the median over rounds of the per-step time. The ratio is
-bpgpu / PyTorch: lower is better.
+several rounds (the order flips every round); each round times a block of steps after a warm-up.
+A case's times are medians over rounds of the per-step time; its ratio is the median over rounds
+of bpgpu / PyTorch within the round (lower is better).
 
 While each block runs the script also measures how busy the CPUs were with OTHER processes
 (/proc/stat); blocks taken while that exceeded --max-foreign-load are set aside, and the medians
@@ -207,13 +207,21 @@ def calibrate(fn, sync, block_s):
     return max(3, int(block_s / per))
 
 
-def measure_case(contenders, rounds, block_s, meter, pause_s):
-    """contenders: {label: (fn, sync)}. Returns {label: [(seconds per step, foreign load)]}."""
+def measure_case(contenders, rounds, block_s, meter, pause_s, max_foreign, wait_s):
+    """contenders: {label: (fn, sync)}. Returns {label: [(seconds per step, foreign load)]}.
+
+    Each round runs every contender once (order reversed every other round). With wait_s > 0, a
+    round whose blocks saw more than max_foreign of the CPUs busy elsewhere makes the next round
+    wait (up to wait_s seconds) until the machine is quiet."""
     steps = {label: calibrate(fn, sync, block_s) for label, (fn, sync) in contenders.items()}
     samples = {label: [] for label in contenders}
     labels = list(contenders)
+    busy = False
     for r in range(rounds):
+        if busy and wait_s > 0:
+            wait_until_quiet(meter, max_foreign, wait_s)
         order = labels if r % 2 == 0 else labels[::-1]
+        busy = False
         for label in order:
             fn, sync = contenders[label]
             time.sleep(pause_s)               # let the other library's idle threads park
@@ -222,22 +230,41 @@ def measure_case(contenders, rounds, block_s, meter, pause_s):
             sync()
             meter.start()
             t = time_block(fn, steps[label], sync)
-            samples[label].append((t, meter.foreign()))
+            foreign = meter.foreign()
+            busy = busy or (foreign is not None and foreign > max_foreign)
+            samples[label].append((t, foreign))
     return samples
 
 
+def wait_until_quiet(meter, max_foreign, wait_s):
+    deadline = time.perf_counter() + wait_s
+    while time.perf_counter() < deadline:
+        meter.start()
+        time.sleep(0.5)
+        foreign = meter.foreign()
+        if foreign is None or foreign <= max_foreign:
+            return
+
+
 def summarise(samples, max_foreign):
-    """Median seconds per step over quiet rounds (all rounds when fewer than half are quiet)."""
+    """Medians over quiet rounds (all rounds when fewer than half are quiet), and the median of
+    the per-round ratios to "torch" (each round pairs blocks run seconds apart, so the ratio
+    follows the machine's drifting speed less than a ratio of overall medians)."""
     out = {}
     n_rounds = len(next(iter(samples.values())))
     quiet_rounds = [r for r in range(n_rounds)
                     if all(s[r][1] is None or s[r][1] <= max_foreign for s in samples.values())]
     use = quiet_rounds if len(quiet_rounds) * 2 >= n_rounds else list(range(n_rounds))
+    torch_times = [samples["torch"][r][0] for r in use]
     for label, values in samples.items():
         times = [values[r][0] for r in use]
         out[label] = {"median_s": statistics.median(times), "min_s": min(times),
                       "max_s": max(times), "rounds_used": len(use), "rounds": n_rounds,
+                      "per_round_s": [round(v[0], 7) for v in values],
                       "foreign_load": [None if v[1] is None else round(v[1], 3) for v in values]}
+        if label != "torch":
+            ratios = [t / u for t, u in zip(times, torch_times)]
+            out[label]["ratio_to_torch"] = statistics.median(ratios)
     return out, len(quiet_rounds)
 
 
@@ -494,7 +521,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     parser.add_argument("--quick", action="store_true", help="few rounds, short blocks, small fit")
-    parser.add_argument("--rounds", type=int, help="timing rounds per case (default 9, quick 3)")
+    parser.add_argument("--rounds", type=int, help="timing rounds per case (default 15, quick 3)")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), help="run only these cases")
     parser.add_argument("--reference", action="store_true",
                         help="also time bpgpu's reference path (fast=False)")
@@ -503,6 +530,9 @@ def main(argv=None):
     parser.add_argument("--max-foreign-load", type=float, default=0.15,
                         help="a round counts as quiet when other processes used at most this "
                              "share of all CPUs during it (default 0.15)")
+    parser.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                        help="after a busy round, wait up to this long for a quiet machine")
+    parser.add_argument("--no-steps", action="store_true", help="skip the per-step cases")
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--out", help="results path without extension "
                                       "(default benchmarks/results/<backend>-<date>)")
@@ -523,8 +553,8 @@ def main(argv=None):
         sys.exit("--backend cupy compares against PyTorch CUDA, but torch.cuda.is_available() "
                  "is False")
     backend = bpgpu.get_backend(args.backend)
-    rounds = args.rounds or (3 if args.quick else 9)
-    block_s = 0.08 if args.quick else 0.3
+    rounds = args.rounds or (3 if args.quick else 15)
+    block_s = 0.08 if args.quick else 0.25
     meter = CpuMeter()
 
     def bp_sync():
@@ -538,7 +568,7 @@ def main(argv=None):
               "method": {"rounds": rounds, "block_seconds": block_s,
                          "max_foreign_load": args.max_foreign_load,
                          "step": "forward, softmax cross-entropy, backward, Adam(lr=1e-3); float32"}}
-    names = args.cases or list(CASES)
+    names = [] if args.no_steps else (args.cases or list(CASES))
     for name in names:
         sizes, batch = CASES[name]
         rng = np.random.default_rng(0)
@@ -555,9 +585,9 @@ def main(argv=None):
             contenders["matmuls"] = (matmul_job(sizes, batch), lambda: None)
         print(f"{name}: timing {', '.join(contenders)} over {rounds} rounds ...", flush=True)
         samples = measure_case(contenders, rounds, block_s, meter,
-                               pause_s=0.05 if args.quick else 0.1)
+                               0.05 if args.quick else 0.1, args.max_foreign_load, args.wait_quiet)
         times, quiet = summarise(samples, args.max_foreign_load)
-        ratio = times["bpgpu"]["median_s"] / times["torch"]["median_s"]
+        ratio = times["bpgpu"]["ratio_to_torch"]
         target = TARGETS[args.backend][name]
         case = {"sizes": sizes, "batch": batch, "times": times, "ratio": ratio, "target": target,
                 "met": ratio <= target, "quiet_rounds": quiet,
@@ -565,10 +595,11 @@ def main(argv=None):
         if abs(first_bp - first_t) > 1e-4 * max(1.0, abs(first_t)):
             print(f"  warning: first losses differ: bpgpu {first_bp} torch {first_t}")
         if "matmuls" in times:
-            case["matmul_share"] = times["matmuls"]["median_s"] / times["bpgpu"]["median_s"]
+            case["matmul_share"] = statistics.median(
+                m / b for m, b in zip(times["matmuls"]["per_round_s"], times["bpgpu"]["per_round_s"]))
         if "bpgpu_reference" in times:
-            case["fast_over_reference"] = (times["bpgpu"]["median_s"]
-                                           / times["bpgpu_reference"]["median_s"])
+            case["fast_over_reference"] = (times["bpgpu"]["ratio_to_torch"]
+                                           / times["bpgpu_reference"]["ratio_to_torch"])
         result["cases"][name] = case
         print(f"  bpgpu {fmt_time(times['bpgpu']['median_s'])}  torch "
               f"{fmt_time(times['torch']['median_s'])}  ratio {ratio:.2f} (target {target})",

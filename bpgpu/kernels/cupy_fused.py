@@ -428,8 +428,12 @@ class CuPyKernels:
         cupy.copyto(dst, src)
 
     @staticmethod
-    def dense_op(layer, act, W, dW, b, db):
+    def dense_op(layer, act, W, dW, b, db, joint):
         return _Dense(layer, act, W, dW, b, db)
+
+    @staticmethod
+    def link(ops, loss_op):
+        """Nothing to chain: each fused kernel already makes one pass."""
 
     @staticmethod
     def loss_op(loss):

@@ -34,67 +34,92 @@ class _Dense:
 
     Forward: z = x @ W + b, y = act(z) in place. Backward: dz = dy * act'(y) (the ReLU mask
     y > 0 equals z > 0), dW = x^T dz (+ 2 l2 W), db = 1^T dz, dx = dz W^T.
+
+    Chains (set up by :meth:`NumPyKernels.link`): a layer feeding another fast Dense with a bias
+    keeps a column of ones after its output, and the next layer multiplies [x 1] by [W; b], so the
+    bias and its gradient ride along in that layer's matrix products. The ReLU mask is taken in
+    the forward pass, while y is in cache, and the gradient is masked in place when its buffer
+    belongs to the step.
     """
 
-    def __init__(self, layer, act, W, dW, b, db):
-        self.layer, self.W, self.dW, self.b, self.db = layer, W, dW, b, db
+    def __init__(self, layer, act, W, dW, b, db, joint):
+        self.layer, self.W, self.dW, self.b, self.db, self.joint = layer, W, dW, b, db, joint
         self.act, self.slope = act if act is not None else (None, 0.0)
         self.l2 = layer.l2
-        self.zero_row = np.zeros(W.shape[1], dtype=W.dtype)
         self.l2_term = np.empty_like(W) if self.l2 else None
+        self.producer = None        # the _Dense whose [y 1] buffer is this layer's [x 1]
+        self.ones_column = False    # keep [y 1] for the next layer
+        self.owns_dy = False        # the incoming gradient's buffer may be overwritten
         self.buffers = {}
-        self.x = self.y = None
+        self.x = self.y = self.full = self.buf = None
 
     def _make(self, n):
-        shape, dtype = (n, self.W.shape[1]), self.W.dtype
-        return {"y": np.empty(shape, dtype),
-                "mask": np.empty(shape, bool) if self.act in ("relu", "leaky_relu") else None,
-                "dz": np.empty(shape, dtype) if self.act else None,
-                "ones": np.ones(n, dtype),
-                "dx": None}
+        out, dtype = self.W.shape[1], self.W.dtype
+        full = y = None
+        if self.ones_column:
+            full = np.empty((n, out + 1), dtype)
+            full[:, out] = 1.0
+            y = full[:, :out]
+        else:
+            y = np.empty((n, out), dtype)
+        masked = self.act in ("relu", "leaky_relu")
+        whole = full if full is not None else y  # contiguous: element-wise passes run flat
+        return {"y": y, "full": full, "whole": whole.reshape(-1),
+                "zeros": np.zeros(whole.size, dtype) if self.act == "relu" else None,
+                "mask": np.empty(whole.shape, bool) if masked else None,
+                "dz": np.empty((n, out), dtype) if self.act and not (masked and self.owns_dy)
+                else None,
+                "ones": np.ones(n, dtype), "dx": None}
 
     def forward(self, x):
         buf = _cached(self.buffers, x.shape[0], self._make)
         y = buf["y"]
-        np.matmul(x, self.W, out=y)
-        if self.b is not None:
-            np.add(y, self.b, out=y)
+        if self.producer is not None:
+            np.matmul(self.producer.full, self.joint[0], out=y)
+        else:
+            np.matmul(x, self.W, out=y)
+            if self.b is not None:
+                np.add(y, self.b, out=y)
         act = self.act
-        if act == "relu":
-            np.maximum(y, self.zero_row, out=y)
-        elif act == "leaky_relu":
-            np.maximum(y, np.multiply(y, self.slope), out=y)  # = where(z > 0, z, a z), 0 <= a <= 1
+        if act == "relu":  # over [y 1] when it exists: max(1, 0) keeps the ones
+            whole = buf["whole"]
+            np.maximum(whole, buf["zeros"], out=whole)
+            np.greater(whole, 0.0, out=buf["mask"].reshape(-1))
+        elif act == "leaky_relu":  # where(z > 0, z, a z) = max(z, a z) for 0 <= a <= 1
+            whole = buf["whole"]
+            np.maximum(whole, np.multiply(whole, self.slope), out=whole)
+            np.greater(whole, 0.0, out=buf["mask"].reshape(-1))
         elif act == "tanh":
             np.tanh(y, out=y)
-        self.x, self.y, self.buf = x, y, buf
+        self.x, self.y, self.full, self.buf = x, y, buf["full"], buf
         return y
 
     def backward(self, dy):
-        buf, y, act = self.buf, self.y, self.act
-        if act is None:
-            dz = dy
-        elif act == "relu":
-            mask, dz = buf["mask"], buf["dz"]
-            np.greater(y, 0.0, out=mask)
-            np.multiply(dy, mask, out=dz)
-        elif act == "leaky_relu":
-            mask, dz = buf["mask"], buf["dz"]
-            np.greater(y, 0.0, out=mask)
-            np.copyto(dz, np.where(mask, dy, self.slope * dy))
-        else:  # tanh: dy (1 - y^2)
-            dz = buf["dz"]
-            np.multiply(y, y, out=dz)
+        buf, act = self.buf, self.act
+        dz = dy if act is None or (self.owns_dy and act != "tanh") else buf["dz"]
+        if act in ("relu", "leaky_relu"):
+            mask = buf["mask"][:, :dz.shape[1]]
+            if act == "relu":
+                np.multiply(dy, mask, out=dz)
+            else:
+                np.copyto(dz, np.where(mask, dy, self.slope * dy))
+        elif act == "tanh":  # dy (1 - y^2)
+            np.multiply(self.y, self.y, out=dz)
             np.subtract(1.0, dz, out=dz)
             np.multiply(dy, dz, out=dz)
-        np.matmul(self.x.T, dz, out=self.dW)
+        grads = self.layer.grads
+        if self.producer is not None:
+            np.matmul(self.producer.full.T, dz, out=self.joint[1])
+        else:
+            np.matmul(self.x.T, dz, out=self.dW)
+            if self.b is not None:
+                np.matmul(buf["ones"], dz, out=self.db)
+        grads["W"] = self.dW
+        if self.b is not None:
+            grads["b"] = self.db
         if self.l2:
             np.multiply(self.W, 2.0 * self.l2, out=self.l2_term)
             np.add(self.dW, self.l2_term, out=self.dW)
-        grads = self.layer.grads
-        grads["W"] = self.dW
-        if self.b is not None:
-            np.matmul(buf["ones"], dz, out=self.db)
-            grads["b"] = self.db
         if not self.layer.input_grad:
             return None
         dx = buf["dx"]
@@ -327,8 +352,19 @@ class NumPyKernels:
         np.copyto(dst, src)
 
     @staticmethod
-    def dense_op(layer, act, W, dW, b, db):
-        return _Dense(layer, act, W, dW, b, db)
+    def dense_op(layer, act, W, dW, b, db, joint):
+        return _Dense(layer, act, W, dW, b, db, joint)
+
+    @staticmethod
+    def link(ops, loss_op):
+        """Chain adjacent fast Dense operations (see :class:`_Dense`)."""
+        for op, nxt in zip(ops, ops[1:] + [None]):
+            if not isinstance(op, _Dense):
+                continue
+            if isinstance(nxt, _Dense) and nxt.joint is not None:
+                op.ones_column, nxt.producer = True, op
+            op.owns_dy = isinstance(nxt, _Dense) if nxt is not None else \
+                isinstance(loss_op, (_SoftmaxCrossEntropy, _MeanSquaredError))
 
     @staticmethod
     def loss_op(loss):

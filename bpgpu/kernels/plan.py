@@ -96,18 +96,22 @@ class TrainStep:
         self.net, self.kernels = net, kernels
         slots = net._slots
         self.shapes = [tuple(layer.params[key].shape) for layer, key in slots]
-        self.offsets, total = [], 0
-        for shape in self.shapes:
+        self.offsets, total, previous = [], 0, None
+        for (layer, _), shape in zip(slots, self.shapes):
+            if layer is not previous:  # a layer's parameters are adjacent, each layer aligned
+                total = -(-total // ALIGN) * ALIGN
+                previous = layer
             self.offsets.append(total)
-            total += -(-math.prod(shape) // ALIGN) * ALIGN
-        self.size = total
-        self.flat_params = kernels.zeros(total, net.dtype)
-        self.flat_grads = kernels.zeros(total, net.dtype)
+            total += math.prod(shape)
+        self.size = -(-total // ALIGN) * ALIGN
+        self.flat_params = kernels.zeros(self.size, net.dtype)
+        self.flat_grads = kernels.zeros(self.size, net.dtype)
         self.params = FlatList(self._views(self.flat_params))
         self.grads = FlatList(self._views(self.flat_grads))
         self.sync_params()
         self.ops = self._build_ops(net, kernels)
         self.loss_op = kernels.loss_op(net.loss) or _LossOp(net.loss)
+        kernels.link(self.ops, self.loss_op)
         self._owner = None      # the optimizer whose state lives in self._state
         self._state = {}        # state name -> (flat buffer, views)
         self._work = {}         # scratch buffers of the update rules, by name
@@ -127,9 +131,16 @@ class TrainStep:
                     if i + 1 < len(layers) else None
                 iw = index[(id(layer), "W")]
                 ib = index.get((id(layer), "b"))
+                joint = None  # W with b as one more row: (in + 1, out), when b follows W
+                if ib is not None and self.offsets[ib] == self.offsets[iw] + layer.in_features \
+                        * layer.out_features:
+                    shape = (layer.in_features + 1, layer.out_features)
+                    joint = (kernels.view(self.flat_params, self.offsets[iw], shape),
+                             kernels.view(self.flat_grads, self.offsets[iw], shape))
                 ops.append(kernels.dense_op(
                     layer, act, self.params[iw], self.grads[iw],
-                    None if ib is None else self.params[ib], None if ib is None else self.grads[ib]))
+                    None if ib is None else self.params[ib], None if ib is None else self.grads[ib],
+                    joint))
                 i += 2 if act is not None else 1
                 continue
             grad_views = [(sub, key, self.grads[index[(id(sub), key)]])
