@@ -161,8 +161,8 @@ extern "C" __global__ void bpgpu_xent_{variant}_{d}(const T* z, const {target_ty
 {{
     const int i = blockDim.x * blockIdx.x + threadIdx.x;
     if (i >= n) return;
-    const T* zi = z + (size_t)i * c;
-    T* gi = grad + (size_t)i * c;
+    const T* zi = z + (long long)i * c;
+    T* gi = grad + (long long)i * c;
     T m = zi[0];
     for (int j = 1; j < c; ++j) {{ if (zi[j] > m) m = zi[j]; }}
     T s = 0;
@@ -183,7 +183,7 @@ _XENT_IDS = r"""
 
 # Probability rows: loss_i = t_sum log(s) - sum_j t_j (z_j - m); grad = (softmax t_sum - t) / N.
 _XENT_ROWS = r"""
-    const T* ti = y + (size_t)i * c;
+    const T* ti = y + (long long)i * c;
     T t_sum = 0, dot = 0;
     for (int j = 0; j < c; ++j) { t_sum += ti[j]; dot += ti[j] * (zi[j] - m); }
     row_loss[i] = t_sum * log(s) - dot;
@@ -292,7 +292,7 @@ def _norm_scale_kernel(clip_value, dtype):
     return cupy.ReductionKernel(
         params, f"{d} out", f"{mapped} * {mapped}", "a + b",
         f"out = min(max_norm / (sqrt(a) + ({t})1e-6), ({t})1)", "0",
-        f"bpgpu_clip_scale_{'v' if clip_value else ''}_{d}")
+        f"bpgpu_clip_scale_{int(clip_value)}_{d}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -309,8 +309,9 @@ def _sgd_kernel(dtype, clip_value, clip_norm, weight_decay, momentum, nesterov):
         body += "REAL b = first ? gg : mu * buf + omd * gg;\nbuf = b;\n"
         body += "gg = gg + mu * b;\n" if nesterov else "gg = b;\n"
     body += "p = p - lr * gg;"
+    flags = f"{int(clip_value)}{int(clip_norm)}{int(weight_decay)}{int(momentum)}{int(nesterov)}"
     return cupy.ElementwiseKernel(", ".join(params), ", ".join(outs), body.replace("REAL", t),
-                                  f"bpgpu_sgd_{d}")
+                                  f"bpgpu_sgd_{flags}_{d}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -332,8 +333,9 @@ def _rmsprop_kernel(dtype, clip_value, clip_norm, weight_decay, momentum, center
         body += "REAL b = mu * buf + gg / denom;\nbuf = b;\np = p - lr * b;"
     else:
         body += "p = p - lr * (gg / denom);"
+    flags = f"{int(clip_value)}{int(clip_norm)}{int(weight_decay)}{int(momentum)}{int(centered)}"
     return cupy.ElementwiseKernel(", ".join(params), ", ".join(outs), body.replace("REAL", t),
-                                  f"bpgpu_rmsprop_{d}")
+                                  f"bpgpu_rmsprop_{flags}_{d}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -351,8 +353,9 @@ def _adam_kernel(dtype, clip_value, clip_norm, decay_mode):
         body += "pp = pp * decay;\n"
     body += ("REAL mm = b1 * m + omb1 * gg;\nREAL vv = b2 * v + omb2 * (gg * gg);\nm = mm;\nv = vv;\n"
              "p = pp - step * (mm / (sqrt(vv) / c + eps));")
+    flags = f"{int(clip_value)}{int(clip_norm)}{decay_mode}"
     return cupy.ElementwiseKernel(", ".join(params), ", ".join(outs), body.replace("REAL", t),
-                                  f"bpgpu_adam_{d}")
+                                  f"bpgpu_adam_{flags}_{d}")
 
 
 def _clip_args(opt, g):
