@@ -177,10 +177,10 @@ class TrainStep:
     def work(self, name, size=None):
         """A scratch buffer of ``size`` elements (default: the flat parameters' size), allocated
         on first use."""
+        size = self.size if size is None else size
         buf = self._work.get(name)
-        if buf is None:
-            buf = self._work[name] = self.kernels.zeros(self.size if size is None else size,
-                                                        self.net.dtype)
+        if buf is None or buf.shape[0] < size:
+            buf = self._work[name] = self.kernels.zeros(size, self.net.dtype)
         return buf
 
     # -- the step ---------------------------------------------------------------------------------
