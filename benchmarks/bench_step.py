@@ -16,9 +16,10 @@ While each block runs the script also measures how busy the CPUs were with OTHER
 use the quiet rounds when at least half of them were quiet. The numbers of quiet rounds are
 reported.
 
-"matmul share" (CPU): the same matrix products the step performs (forward x W, backward x^T dz
-and dz W^T, same shapes, layouts and dtype, NumPy with preallocated outputs) timed alone in the
-same rounds, divided by bpgpu's step time: how close the step runs to its matrix products.
+"matmul share" (CPU): the matrix products bpgpu's step performs (see ``matmul_job``: same
+shapes, layouts and dtype, NumPy with preallocated outputs) timed alone in the same rounds,
+divided by bpgpu's step time (median over rounds): how close the step runs to its matrix
+products.
 
 fit: ``Network.fit`` on a synthetic 60000 x 784 float32 set handed in as NumPy (1 epoch, batch
 128, 784-256-256-10), against the equivalent PyTorch loop (``torch.from_numpy`` once, ``randperm``
@@ -163,17 +164,22 @@ def build_torch(net, data, device):
 
 
 def matmul_job(sizes, batch):
-    """The step's matrix products alone (NumPy, float32, preallocated outputs, same layouts)."""
+    """The matrix products of one fast-path step alone (NumPy, float32, preallocated outputs,
+    the same shapes and layouts): the first layer x W, x^T dz and 1^T dz (bias gradient); every
+    later layer [x 1] [W; b], [x 1]^T dz (weight and bias gradients at once) and dz W^T."""
     rng = np.random.default_rng(1)
     jobs = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        x = rng.standard_normal((batch, n_in)).astype(np.float32)
-        W = rng.standard_normal((n_in, n_out)).astype(np.float32)
+        k = n_in if i == 0 else n_in + 1
+        x = rng.standard_normal((batch, k)).astype(np.float32)
+        W = rng.standard_normal((k, n_out)).astype(np.float32)
         dz = rng.standard_normal((batch, n_out)).astype(np.float32)
-        jobs.append((x, W, np.empty((batch, n_out), np.float32)))           # z = x W
-        jobs.append((x.T, dz, np.empty((n_in, n_out), np.float32)))         # dW = x^T dz
-        if i > 0:
-            jobs.append((dz, W.T, np.empty((batch, n_in), np.float32)))     # dx = dz W^T
+        jobs.append((x, W, np.empty((batch, n_out), np.float32)))
+        jobs.append((x.T, dz, np.empty((k, n_out), np.float32)))
+        if i == 0:
+            jobs.append((np.ones(batch, np.float32), dz, np.empty(n_out, np.float32)))
+        else:
+            jobs.append((dz, W[:n_in].T, np.empty((batch, n_in), np.float32)))
 
     def run():
         for a, b, out in jobs:
@@ -448,8 +454,9 @@ def metadata(backend, torch):
         info["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         info["cupy"] = cupy.__version__
         info["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
-        info["tf32"] = {"bpgpu": "off (exact float32; CUPY_TF32 unset)"
-                        if os.environ.get("CUPY_TF32", "0") in ("", "0") else "on",
+        from cupy._core import _routines_linalg as linalg
+
+        info["tf32"] = {"bpgpu": linalg.get_compute_type(np.float32) == linalg.COMPUTE_TYPE_TF32,
                         "torch": bool(torch.backends.cuda.matmul.allow_tf32)}
     return info
 
