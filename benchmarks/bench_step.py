@@ -223,7 +223,7 @@ def measure_case(contenders, rounds, block_s, meter, pause_s, max_foreign, wait_
     steps = {label: calibrate(fn, sync, block_s) for label, (fn, sync) in contenders.items()}
     samples = {label: [] for label in contenders}
     labels = list(contenders)
-    busy = False
+    busy = wait_s > 0
     for r in range(rounds):
         if busy and wait_s > 0:
             wait_until_quiet(meter, max_foreign, wait_s)
@@ -244,13 +244,19 @@ def measure_case(contenders, rounds, block_s, meter, pause_s, max_foreign, wait_
 
 
 def wait_until_quiet(meter, max_foreign, wait_s):
+    """Probe with half a second of matrix products on every core (time the hypervisor steals
+    shows only while this machine computes) until others take at most max_foreign of it."""
+    a = np.ones((384, 384), np.float32)
     deadline = time.perf_counter() + wait_s
     while time.perf_counter() < deadline:
         meter.start()
-        time.sleep(0.5)
+        t_end = time.perf_counter() + 0.5
+        while time.perf_counter() < t_end:
+            a @ a
         foreign = meter.foreign()
         if foreign is None or foreign <= max_foreign:
             return
+        time.sleep(2.0)
 
 
 def summarise(samples, max_foreign):
