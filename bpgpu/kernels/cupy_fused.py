@@ -31,6 +31,7 @@ import numpy as np
 from ..losses import MSE, CrossEntropy
 from ..optimizers import SGD, Adam, AdamW, RMSprop
 from .numpy_fast import _RULES
+from .plan import KernelSet
 
 __all__ = ["CuPyKernels"]
 
@@ -408,11 +409,12 @@ def _adam(opt, lr, p, g, state, work):
 _KERNEL_RULES = {SGD: _sgd, RMSprop: _rmsprop, Adam: _adam, AdamW: _adam}
 
 
-class CuPyKernels:
+class CuPyKernels(KernelSet):
     """The CuPy kernel set used by :class:`~bpgpu.kernels.plan.TrainStep`."""
 
     name = "cupy"
     activations = ("relu", "leaky_relu", "tanh", "sigmoid")
+    loss_ops = {CrossEntropy: _SoftmaxCrossEntropy, MSE: _MeanSquaredError}
 
     def __init__(self, backend):
         self.backend = backend
@@ -421,10 +423,6 @@ class CuPyKernels:
     def zeros(n, dtype):
         """A zeroed 1-D device buffer (CuPy's pool aligns allocations to 512 bytes)."""
         return cupy.zeros(n, dtype=dtype)
-
-    @staticmethod
-    def view(flat, offset, shape):
-        return flat[offset:offset + math.prod(shape)].reshape(shape)
 
     @staticmethod
     def copy(dst, src):
@@ -437,15 +435,6 @@ class CuPyKernels:
     @staticmethod
     def link(ops, loss_op):
         """Nothing to chain: each fused kernel already makes one pass."""
-
-    @staticmethod
-    def loss_op(loss):
-        kind = type(loss)
-        if kind is CrossEntropy:
-            return _SoftmaxCrossEntropy()
-        if kind is MSE:
-            return _MeanSquaredError()
-        return None
 
     @staticmethod
     def update_rule(optimizer):

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..losses import MSE, CrossEntropy
 from ..optimizers import SGD, Adam, AdamW, RMSprop
+from .plan import KernelSet
 
 __all__ = ["NumPyKernels"]
 
@@ -329,11 +330,12 @@ def _in_blocks(rule, opt, lr, p, g, state, work):
              lambda name: scratch[name][:n])
 
 
-class NumPyKernels:
+class NumPyKernels(KernelSet):
     """The NumPy kernel set used by :class:`~bpgpu.kernels.plan.TrainStep`."""
 
     name = "numpy"
     activations = ("relu", "leaky_relu", "tanh")
+    loss_ops = {CrossEntropy: _SoftmaxCrossEntropy, MSE: _MeanSquaredError}
 
     @staticmethod
     def zeros(n, dtype):
@@ -342,10 +344,6 @@ class NumPyKernels:
         raw = np.zeros(n + 64 // dtype.itemsize, dtype)
         skip = (-raw.ctypes.data % 64) // dtype.itemsize
         return raw[skip:skip + n]
-
-    @staticmethod
-    def view(flat, offset, shape):
-        return flat[offset:offset + math.prod(shape)].reshape(shape)
 
     @staticmethod
     def copy(dst, src):
@@ -365,15 +363,6 @@ class NumPyKernels:
                 op.ones_column, nxt.producer = True, op
             op.owns_dy = isinstance(nxt, _Dense) if nxt is not None else \
                 isinstance(loss_op, (_SoftmaxCrossEntropy, _MeanSquaredError))
-
-    @staticmethod
-    def loss_op(loss):
-        kind = type(loss)
-        if kind is CrossEntropy:
-            return _SoftmaxCrossEntropy()
-        if kind is MSE:
-            return _MeanSquaredError()
-        return None
 
     update_rule = staticmethod(update_rule)
 

@@ -19,11 +19,29 @@ import math
 from ..layers.activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from ..layers.dense import Dense
 
-__all__ = ["TrainStep", "FlatList"]
+__all__ = ["TrainStep", "FlatList", "KernelSet"]
 
 #: Each parameter starts on a multiple of this many elements, so BLAS and SIMD loads see aligned
 #: matrices; the gaps stay zero and every update rule maps zero state and gradient to zero.
 ALIGN = 16
+
+
+class KernelSet:
+    """What :class:`TrainStep` asks of one backend's kernels. Subclasses give ``zeros``, ``copy``,
+    ``dense_op``, ``link``, ``update_rule``, ``clip`` and ``loss_ops`` (loss class -> the class of
+    its fast operation)."""
+
+    loss_ops = {}
+
+    @staticmethod
+    def view(flat, offset, shape):
+        """The ``shape``-d view of the 1-D buffer ``flat`` starting at element ``offset``."""
+        return flat[offset:offset + math.prod(shape)].reshape(shape)
+
+    def loss_op(self, loss):
+        """A fast operation for ``loss`` (exact class match), or None: the reference loss runs."""
+        op = self.loss_ops.get(type(loss))
+        return op() if op is not None else None
 
 
 class FlatList(list):
