@@ -7,7 +7,7 @@ All use PyTorch's default ``reduction="mean"``, so numbers compare one to one wi
 import numpy as np
 from array_api_compat import array_namespace, device
 
-from .layers.activations import stable_sigmoid, stable_softmax
+from .layers.activations import stable_sigmoid
 from .validation import as_numeric, check_finite
 
 __all__ = ["Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "get_loss", "LOSSES",
