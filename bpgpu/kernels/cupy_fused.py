@@ -31,7 +31,7 @@ import numpy as np
 from ..losses import MSE, CrossEntropy
 from ..optimizers import SGD, Adam, AdamW, RMSprop
 from .numpy_fast import _RULES
-from .plan import KernelSet
+from .plan import KernelSet, cached as _cached
 
 __all__ = ["CuPyKernels"]
 
@@ -142,16 +142,6 @@ class _Dense:
             dx = buf["dx"] = cupy.empty((dz.shape[0], self.W.shape[0]), dz.dtype)
         cupy.matmul(dz, self.W.T, out=dx)
         return dx
-
-
-def _cached(store, n, make):
-    """``store[n]``, created with ``make(n)``; keeps the two most recently created sizes."""
-    value = store.get(n)
-    if value is None:
-        if len(store) >= 2:
-            del store[next(iter(store))]
-        value = store[n] = make(n)
-    return value
 
 
 # -- losses ---------------------------------------------------------------------------------------------

@@ -14,19 +14,9 @@ import numpy as np
 
 from ..losses import MSE, CrossEntropy
 from ..optimizers import SGD, Adam, AdamW, RMSprop
-from .plan import KernelSet
+from .plan import KernelSet, cached as _cached
 
 __all__ = ["NumPyKernels"]
-
-
-def _cached(store, n, make):
-    """``store[n]``, created with ``make(n)``; keeps the two most recently created sizes."""
-    value = store.get(n)
-    if value is None:
-        if len(store) >= 2:
-            del store[next(iter(store))]
-        value = store[n] = make(n)
-    return value
 
 
 class _Dense:

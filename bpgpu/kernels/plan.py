@@ -19,11 +19,21 @@ import math
 from ..layers.activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from ..layers.dense import Dense
 
-__all__ = ["TrainStep", "FlatList", "KernelSet"]
+__all__ = ["TrainStep", "FlatList", "KernelSet", "cached"]
 
 #: Each parameter starts on a multiple of this many elements, so BLAS and SIMD loads see aligned
 #: matrices; the gaps stay zero and every update rule maps zero state and gradient to zero.
 ALIGN = 16
+
+
+def cached(store, n, make):
+    """``store[n]``, created with ``make(n)``; keeps the two most recently created sizes."""
+    value = store.get(n)
+    if value is None:
+        if len(store) >= 2:
+            del store[next(iter(store))]
+        value = store[n] = make(n)
+    return value
 
 
 class KernelSet:
