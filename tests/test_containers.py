@@ -2,17 +2,17 @@
 backend, nested parameters seen by get_weights / gradients / optimizers / save-load (against a
 PyTorch model), and checkpointing equal to the plain block while holding no activations."""
 
+import functools
+
 import numpy as np
 import pytest
 
 import bpgpu
 from bpgpu.layers import (AvgPool2D, BatchNorm, Checkpoint, Conv2D, Dense, Dropout, Flatten,
                           LayerNorm, MaxPool2D, ReLU, Reshape, Residual, Sequential, Tanh)
+from layer_helpers import build_layer
 
-
-def _build(layer, backend, seed=0, device_seed=7):
-    return layer.build(backend, backend.dtype("float64"), np.random.default_rng(seed),
-                       backend.make_rng(device_seed))
+_build = functools.partial(build_layer, device_seed=7)
 
 
 def _x(shape, seed=0):

@@ -7,6 +7,7 @@ import pytest
 import bpgpu
 from bpgpu.layers import Conv2D, Dense, Flatten, ReLU
 from bpgpu.layers.im2col import Windows
+from layer_helpers import build_layer as _build, rel_error as _rel
 
 # (in_channels, out_channels, kernel_size, stride, padding, input H x W)
 GEOMETRIES = [
@@ -17,16 +18,6 @@ GEOMETRIES = [
     (2, 2, 3, 3, 2, (4, 4)),   # stride > kernel and padding: pixels no window reads
     (1, 2, 4, 1, 0, (4, 4)),   # kernel = image: one window
 ]
-
-
-def _build(layer, backend, seed=0):
-    return layer.build(backend, backend.dtype("float64"), np.random.default_rng(seed),
-                       backend.make_rng(seed))
-
-
-def _rel(a, b):
-    b = np.asarray(b)
-    return float(np.max(np.abs(np.asarray(a) - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=str)

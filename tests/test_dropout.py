@@ -8,11 +8,7 @@ import pytest
 
 import bpgpu
 from bpgpu.layers import Dense, Dropout
-
-
-def _build(layer, backend, seed=0, dtype="float64"):
-    return layer.build(backend, backend.dtype(dtype), np.random.default_rng(seed),
-                       backend.make_rng(seed))
+from layer_helpers import build_layer as _build
 
 
 @pytest.mark.parametrize("p", [0.2, 0.5, 0.8])

@@ -7,6 +7,7 @@ import pytest
 import bpgpu
 from bpgpu.layers import Dense, Layer, Sigmoid, Tanh
 from bpgpu.losses import MSE
+from layer_helpers import build_layer as _built
 
 X = np.random.default_rng(0).standard_normal((5, 3))
 
@@ -54,10 +55,6 @@ class Pair(Layer):
 
     def backward(self, dy):
         return self.first.backward(self.second.backward(dy))
-
-
-def _built(layer, backend):
-    return layer.build(backend, backend.dtype("float64"), np.random.default_rng(0))
 
 
 def test_correct_layer_has_a_small_error(backend):

@@ -11,6 +11,7 @@ import bpgpu
 from bpgpu import initializers
 from bpgpu.layers import (ACTIVATIONS, GELU, Dense, Identity, LeakyReLU, ReLU, Sigmoid, SiLU,
                           Softmax, Swish, Tanh, get_activation)
+from layer_helpers import build_layer as _build
 
 INITS = ["he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "xavier_normal",
          "xavier_uniform", "lecun_normal", "lecun_uniform", "zeros"]
@@ -31,10 +32,6 @@ def _inputs(shape=(4, 5), seed=0):
     """Standard-normal inputs kept at least 0.05 away from 0 (the kink of ReLU/LeakyReLU)."""
     x = np.random.default_rng(seed).standard_normal(shape)
     return np.where(np.abs(x) < 0.05, 0.05 * np.sign(x) + 0.05 * (x == 0), x)
-
-
-def _build(layer, backend, dtype="float64", seed=0):
-    return layer.build(backend, backend.dtype(dtype), np.random.default_rng(seed))
 
 
 # -- gradient checks --------------------------------------------------------------------------------

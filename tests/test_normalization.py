@@ -6,17 +6,7 @@ import pytest
 
 import bpgpu
 from bpgpu.layers import BatchNorm, Conv2D, Dense, Flatten, LayerNorm, ReLU
-
-
-def _build(layer, backend, seed=0):
-    return layer.build(backend, backend.dtype("float64"), np.random.default_rng(seed),
-                       backend.make_rng(seed))
-
-
-def _rel(a, b):
-    """Largest absolute difference relative to the largest magnitude of the reference."""
-    b = np.asarray(b)
-    return float(np.max(np.abs(np.asarray(a) - b)) / max(np.max(np.abs(b)), 1e-300))
+from layer_helpers import build_layer as _build, rel_error as _rel
 
 
 def _set(layer, backend, **arrays):

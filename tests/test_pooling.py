@@ -6,6 +6,7 @@ import pytest
 
 import bpgpu
 from bpgpu.layers import AvgPool2D, MaxPool2D
+from layer_helpers import build_layer as _build
 
 # (kernel_size, stride, input H x W)
 GEOMETRIES = [
@@ -16,10 +17,6 @@ GEOMETRIES = [
     (2, 3, (7, 7)),             # stride > kernel: some pixels in no window
 ]
 POOLS = {"max": (MaxPool2D, "MaxPool2d"), "avg": (AvgPool2D, "AvgPool2d")}
-
-
-def _build(layer, backend):
-    return layer.build(backend, backend.dtype("float64"), np.random.default_rng(0))
 
 
 def _run_both(backend, torch, kind, kernel, stride, x, dy_seed=1):
