@@ -56,6 +56,20 @@ def _assert_same_state(a, b):
     assert a.shuffle_rng.bit_generator.state == b.shuffle_rng.bit_generator.state
 
 
+def _assert_resumes_exactly(make, tmp_path, backend=None):
+    """Training 4 epochs equals training 2, saving, loading (on ``backend``) and training 2 more."""
+    full = make()
+    _fit(full, 4)
+    half = make()
+    _fit(half, 2)
+    half.save(tmp_path / "c.npz")
+    resumed = bpgpu.load(tmp_path / "c.npz", backend=backend)
+    if backend is not None:
+        assert resumed.backend.name == backend.name
+    _fit(resumed, 2)
+    _assert_same_state(resumed, full)
+
+
 RESUMES = {
     "cosine-per-epoch-float32": (lambda: CosineAnnealingLR(0.01, T_max=10), "float32", {"epochs": 5}),
     "warmup-per-batch-float64": (lambda: LinearWarmup(6, ExponentialLR(0.01, 0.995, per="batch")),
@@ -92,14 +106,7 @@ def test_every_optimizer_resumes_exactly(tmp_path, optimizer):
         return bpgpu.Network.from_sizes([5, 8, 1], optimizer=optimizer(lr=ExponentialLR(0.01, 0.9), **kwargs),
                                         backend="numpy", seed=2)
 
-    full = make()
-    _fit(full, 4)
-    half = make()
-    _fit(half, 2)
-    half.save(tmp_path / "c.npz")
-    resumed = bpgpu.load(tmp_path / "c.npz")
-    _fit(resumed, 2)
-    _assert_same_state(resumed, full)
+    _assert_resumes_exactly(make, tmp_path)
 
 
 def test_dropout_resumes_exactly_on_numpy(tmp_path):
@@ -107,27 +114,14 @@ def test_dropout_resumes_exactly_on_numpy(tmp_path):
     def make():
         return _net(0.01, layers=[Dense(5, 16), ReLU(), Dropout(0.3), Dense(16, 1)])
 
-    full = make()
-    _fit(full, 4)
-    half = make()
-    _fit(half, 2)
-    half.save(tmp_path / "c.npz")
-    resumed = bpgpu.load(tmp_path / "c.npz")
-    _fit(resumed, 2)
-    _assert_same_state(resumed, full)
+    _assert_resumes_exactly(make, tmp_path)
 
 
 def test_resume_on_the_same_backend_equals_never_stopping(backend, tmp_path):
-    schedule = lambda: CosineAnnealingLR(0.02, T_max=6, per="batch")  # noqa: E731
-    full = _net(schedule(), backend=backend, dtype="float64")
-    _fit(full, 4)
-    half = _net(schedule(), backend=backend, dtype="float64")
-    _fit(half, 2)
-    half.save(tmp_path / "c.npz")
-    resumed = bpgpu.load(tmp_path / "c.npz", backend=backend)
-    assert resumed.backend.name == backend.name
-    _fit(resumed, 2)
-    _assert_same_state(resumed, full)
+    def make():
+        return _net(CosineAnnealingLR(0.02, T_max=6, per="batch"), backend=backend, dtype="float64")
+
+    _assert_resumes_exactly(make, tmp_path, backend)
 
 
 @pytest.mark.parametrize("direction", ["from-numpy", "to-numpy"])
