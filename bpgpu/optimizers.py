@@ -79,15 +79,13 @@ class Optimizer:
         if not self.state:
             self.state = self._init_state(params)
         self.step_count += 1
+        lr = self.learning_rate()
+        self.advance_schedule("batch")
         fast_update = getattr(params, "fast_update", None)
         if fast_update is not None:
-            lr = self.learning_rate()
-            self.advance_schedule("batch")
             fast_update(self, lr)
             return params
         grads = self.clip(grads)
-        lr = self.learning_rate()
-        self.advance_schedule("batch")
         return [self._update(i, p, g, lr) for i, (p, g) in enumerate(zip(params, grads))]
 
     def clip(self, grads):
