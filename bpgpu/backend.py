@@ -145,15 +145,11 @@ class _HostRNG:
         return self.backend.asarray(host, dtype=dtype)
 
     def get_state(self):
-        return {"kind": "numpy", "state": _jsonable_state(self.generator.bit_generator.state)}
+        # NumPy bit-generator states hold only ints, strings and dicts: JSON-safe as they are.
+        return {"kind": "numpy", "state": self.generator.bit_generator.state}
 
     def set_state(self, state):
         self.generator.bit_generator.state = state["state"]
-
-
-def _jsonable_state(state):
-    """NumPy bit-generator states hold only ints, strings and dicts: JSON-safe as they are."""
-    return {k: (_jsonable_state(v) if isinstance(v, dict) else v) for k, v in state.items()}
 
 
 def _numpy_dtype(backend, dtype):
