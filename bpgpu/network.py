@@ -77,6 +77,7 @@ class Network:
         self._refresh_structure()
         self.input_shape = self.layers[0].input_shape()
         self.output_shape = self._output_shape(self.input_shape) if self.input_shape else None
+        self._data_output_shape = None  # set by _input when the input shape comes from the data
         self._fuse_sigmoid_bce = (isinstance(self.layers[-1], Sigmoid)
                                   and isinstance(self.loss, BinaryCrossEntropy)
                                   and not self.loss.from_logits)
@@ -169,7 +170,7 @@ class Network:
         return y
 
     def _output_shape_from_data(self):
-        if getattr(self, "_data_output_shape", None) is not None:
+        if self._data_output_shape is not None:
             return self._data_output_shape
         raise ValueError("the network's input shape is unknown (its first layer does not declare "
                          "one); start it with a Dense layer or another layer with input_shape()")
