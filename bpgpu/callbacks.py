@@ -22,6 +22,7 @@ import os
 import warnings
 
 from .schedules import Schedule
+from .validation import check_number
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
            "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"]
@@ -107,13 +108,6 @@ def _mode(mode, monitor):
     return mode
 
 
-def _nonnegative(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 \
-            or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return value
-
-
 def _monitored(logs, monitor, who):
     value = (logs or {}).get(monitor)
     if value is None:
@@ -140,7 +134,7 @@ class EarlyStopping(Callback):
             raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
         self.monitor = monitor
         self.patience = patience
-        self.min_delta = float(_nonnegative(min_delta, "min_delta"))
+        self.min_delta = check_number(min_delta, "min_delta")
         self.mode = _mode(mode, monitor)
         self.restore_best_weights = bool(restore_best_weights)
 
@@ -278,10 +272,10 @@ class ReduceLROnPlateau(Callback):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
         self.factor, self.patience, self.monitor = float(factor), patience, monitor
         self.mode = _mode(mode, monitor)
-        self.threshold = float(_nonnegative(threshold, "threshold"))
+        self.threshold = check_number(threshold, "threshold")
         self.threshold_mode, self.cooldown = threshold_mode, cooldown
-        self.min_lr = float(_nonnegative(min_lr, "min_lr"))
-        self.eps = float(_nonnegative(eps, "eps"))
+        self.min_lr = check_number(min_lr, "min_lr")
+        self.eps = check_number(eps, "eps")
         self.reset()
 
     def reset(self):

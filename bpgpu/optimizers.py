@@ -20,6 +20,7 @@ of every epoch of ``Network.fit`` (through :meth:`Optimizer.advance_schedule`) w
 import math
 
 from .schedules import Schedule, deserialize_schedule, serialize_schedule
+from .validation import check_number
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "get_optimizer", "OPTIMIZERS",
            "serialize_optimizer", "deserialize_optimizer"]
@@ -30,15 +31,6 @@ def _check(condition, message):
         raise ValueError(message)
 
 
-def _number(value, name, low=0.0, high=None, high_open=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and value >= low and (high is None or (value < high if high_open else value <= high))
-    if not ok:
-        bound = f"in [{low}, {high}{')' if high_open else ']'}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
 class Optimizer:
     """Base class: hyperparameter checks, clipping, state bookkeeping.
 
@@ -46,9 +38,9 @@ class Optimizer:
     """
 
     def __init__(self, lr, clip_norm=None, clip_value=None):
-        self.lr = lr if isinstance(lr, Schedule) else _number(lr, "lr")
-        self.clip_norm = None if clip_norm is None else _number(clip_norm, "clip_norm")
-        self.clip_value = None if clip_value is None else _number(clip_value, "clip_value")
+        self.lr = lr if isinstance(lr, Schedule) else check_number(lr, "lr", 0.0)
+        self.clip_norm = None if clip_norm is None else check_number(clip_norm, "clip_norm", 0.0)
+        self.clip_value = None if clip_value is None else check_number(clip_value, "clip_value", 0.0)
         self.xp = None
         self.step_count = 0
         self.schedule_step = 0
@@ -149,9 +141,9 @@ class SGD(Optimizer):
     def __init__(self, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False,
                  **clipping):
         super().__init__(lr, **clipping)
-        self.momentum = _number(momentum, "momentum")
-        self.dampening = _number(dampening, "dampening")
-        self.weight_decay = _number(weight_decay, "weight_decay")
+        self.momentum = check_number(momentum, "momentum", 0.0)
+        self.dampening = check_number(dampening, "dampening", 0.0)
+        self.weight_decay = check_number(weight_decay, "weight_decay", 0.0)
         self.nesterov = bool(nesterov)
         _check(not nesterov or (self.momentum > 0 and self.dampening == 0),
                "nesterov momentum requires momentum > 0 and dampening = 0")
@@ -190,10 +182,10 @@ class RMSprop(Optimizer):
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, **clipping):
         super().__init__(lr, **clipping)
-        self.alpha = _number(alpha, "alpha", 0.0, 1.0)
-        self.eps = _number(eps, "eps")
-        self.weight_decay = _number(weight_decay, "weight_decay")
-        self.momentum = _number(momentum, "momentum")
+        self.alpha = check_number(alpha, "alpha", 0.0, 1.0)
+        self.eps = check_number(eps, "eps", 0.0)
+        self.weight_decay = check_number(weight_decay, "weight_decay", 0.0)
+        self.momentum = check_number(momentum, "momentum", 0.0)
         self.centered = bool(centered)
 
     def _init_state(self, params):
@@ -244,10 +236,10 @@ class Adam(Optimizer):
         super().__init__(lr, **clipping)
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_number(betas[0], "betas[0]", 0.0, 1.0, high_open=True),
-                      _number(betas[1], "betas[1]", 0.0, 1.0, high_open=True))
-        self.eps = _number(eps, "eps")
-        self.weight_decay = _number(weight_decay, "weight_decay")
+        self.betas = (check_number(betas[0], "betas[0]", 0.0, 1.0, high_open=True),
+                      check_number(betas[1], "betas[1]", 0.0, 1.0, high_open=True))
+        self.eps = check_number(eps, "eps", 0.0)
+        self.weight_decay = check_number(weight_decay, "weight_decay", 0.0)
 
     def _init_state(self, params):
         return {"exp_avg": self._zeros(params), "exp_avg_sq": self._zeros(params)}

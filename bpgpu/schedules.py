@@ -27,6 +27,8 @@ and is then saved and loaded with the network like the built-in ones (classes re
 
 import math
 
+from .validation import check_number
+
 __all__ = ["Schedule", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
            "ReduceLROnPlateau", "serialize_schedule", "deserialize_schedule"]
 
@@ -35,11 +37,12 @@ _UNITS = ("epoch", "batch")
 
 
 def _positive(value, name, integer=False):
-    ok = isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
-    if not (ok and math.isfinite(value) and value > 0):
-        kind = "an integer >= 1" if integer else "a finite number > 0"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-    return int(value) if integer else float(value)
+    """``value`` as a float > 0, or with ``integer`` as an int >= 1 (a Python int)."""
+    if not integer:
+        return check_number(value, name, 0, low_open=True)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return value
 
 
 class Schedule:

@@ -4,9 +4,11 @@ Host data (NumPy arrays, lists, anything NumPy can read) is checked with NumPy; 
 on the backend are checked with the backend's own reductions (one device read each).
 """
 
+import math
+
 import numpy as np
 
-__all__ = ["as_numeric", "check_finite", "check_batch_size", "check_positive_int"]
+__all__ = ["as_numeric", "check_finite", "check_batch_size", "check_positive_int", "check_number"]
 
 _NUMERIC_KINDS = ("bool", "integral", "real floating")
 
@@ -41,6 +43,22 @@ def check_finite(x, name, backend):
     xp = backend.xp
     if xp.isdtype(x.dtype, "real floating") and not bool(xp.all(xp.isfinite(x))):
         raise ValueError(f"{name} contains NaN or infinite values; expected finite numbers")
+
+
+def check_number(value, name, low=0, high=None, low_open=False, high_open=False):
+    """``value`` as a float; ValueError unless it is a finite real number (not a bool) from
+    ``low`` up to ``high`` (None: no upper bound), each end open or closed as asked. The message
+    states the bound as given: ``"lr must be a finite number >= 0.0, got -1"``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low)
+    ok = ok and (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        if high is None:
+            bound = f"{'>' if low_open else '>='} {low}"
+        else:
+            bound = f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
 
 
 def check_positive_int(value, name):

@@ -13,17 +13,10 @@ import math
 
 import numpy as np
 
-from ..validation import check_positive_int
+from ..validation import check_number, check_positive_int
 from .base import Layer
 
 __all__ = ["BatchNorm", "LayerNorm"]
-
-
-def _check_eps(eps, owner):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0.0 \
-            or not math.isfinite(eps):
-        raise ValueError(f"{owner} eps must be a finite number > 0, got {eps!r}")
-    return float(eps)
 
 
 def _normalize(xp, x, axes, eps):
@@ -66,7 +59,7 @@ class BatchNorm(Layer):
                 or not 0.0 <= momentum <= 1.0:
             raise ValueError(f"BatchNorm momentum must be a number in [0, 1], got {momentum!r}")
         self.momentum = float(momentum)
-        self.eps = _check_eps(eps, "BatchNorm")
+        self.eps = check_number(eps, "BatchNorm eps", 0, low_open=True)
 
     def init_params(self, rng):
         c = self.num_features
@@ -145,7 +138,7 @@ class LayerNorm(Layer):
                              f"tuple of them, got {normalized_shape!r}")
         self.normalized_shape = tuple(check_positive_int(s, "every LayerNorm normalized_shape entry")
                                       for s in normalized_shape)
-        self.eps = _check_eps(eps, "LayerNorm")
+        self.eps = check_number(eps, "LayerNorm eps", 0, low_open=True)
 
     def init_params(self, rng):
         self.add_param("weight", np.ones(self.normalized_shape))
