@@ -25,6 +25,7 @@ metric that is not a per-sample mean, subclass :class:`Metric`.
 import math
 
 import numpy as np
+from array_api_compat import device
 
 __all__ = ["Metric", "Accuracy", "BinaryAccuracy", "MAE", "RMSE", "R2", "FunctionMetric",
            "get_metric", "METRICS"]
@@ -196,7 +197,7 @@ class FunctionMetric(Metric):
         xp = self.xp
         value = self.fn(target, pred)
         if not hasattr(value, "dtype") or not hasattr(value, "shape") or value.shape != ():
-            value = xp.asarray(float(value), dtype=pred.dtype, device=_device(pred))
+            value = xp.asarray(float(value), dtype=pred.dtype, device=device(pred))
         else:
             value = xp.astype(xp.asarray(value), pred.dtype)
         n = pred.shape[0]
@@ -208,12 +209,6 @@ class FunctionMetric(Metric):
 
     def __repr__(self):
         return f"FunctionMetric({self.name!r})"
-
-
-def _device(x):
-    from array_api_compat import device
-
-    return device(x)
 
 
 METRICS = {"accuracy": Accuracy, "acc": Accuracy, "binary_accuracy": BinaryAccuracy,
