@@ -419,7 +419,7 @@ class CuPyKernels(KernelSet):
         cupy.copyto(dst, src)
 
     @staticmethod
-    def dense_op(layer, act, W, dW, b, db, joint):
+    def dense_op(layer, act, W, dW, b, db, joint, primary):
         return _Dense(layer, act, W, dW, b, db)
 
     @staticmethod

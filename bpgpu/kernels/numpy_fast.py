@@ -14,6 +14,7 @@ import numpy as np
 
 from ..losses import MSE, CrossEntropy
 from ..optimizers import SGD, Adam, AdamW, RMSprop
+from . import cpu_threads
 from .plan import KernelSet, cached as _cached
 
 __all__ = ["NumPyKernels"]
@@ -31,12 +32,16 @@ class _Dense:
     bias and its gradient ride along in that layer's matrix products. The ReLU mask is taken in
     the forward pass, while y is in cache, and the gradient is masked in place when its buffer
     belongs to the step.
+
+    Only a primary operation publishes its gradients in ``layer.grads`` and adds the L2 term; the
+    copies serving row shards 1..k-1 write their partial gradients only.
     """
 
-    def __init__(self, layer, act, W, dW, b, db, joint):
+    def __init__(self, layer, act, W, dW, b, db, joint, primary):
         self.layer, self.W, self.dW, self.b, self.db, self.joint = layer, W, dW, b, db, joint
         self.act, self.slope = act if act is not None else (None, 0.0)
-        self.l2 = layer.l2
+        self.primary = primary
+        self.l2 = layer.l2 if primary else 0.0
         self.l2_term = np.empty_like(W) if self.l2 else None
         self.producer = None        # the _Dense whose [y 1] buffer is this layer's [x 1]
         self.ones_column = False    # keep [y 1] for the next layer
@@ -98,16 +103,17 @@ class _Dense:
             np.multiply(self.y, self.y, out=dz)
             np.subtract(1.0, dz, out=dz)
             np.multiply(dy, dz, out=dz)
-        grads = self.layer.grads
         if self.producer is not None:
             np.matmul(self.producer.full.T, dz, out=self.joint[1])
         else:
             np.matmul(self.x.T, dz, out=self.dW)
             if self.b is not None:
                 np.matmul(buf["ones"], dz, out=self.db)
-        grads["W"] = self.dW
-        if self.b is not None:
-            grads["b"] = self.db
+        if self.primary:
+            grads = self.layer.grads
+            grads["W"] = self.dW
+            if self.b is not None:
+                grads["b"] = self.db
         if self.l2:
             np.multiply(self.W, 2.0 * self.l2, out=self.l2_term)
             np.add(self.dW, self.l2_term, out=self.dW)
@@ -125,7 +131,7 @@ class _SoftmaxCrossEntropy:
     loss = sum_n(t_sum log(sum_c e) - sum_c t s) / N, grad = (e / sum_c e * t_sum - t) / N;
     for class ids, t is one-hot and t_sum = 1. Row maxima of a few classes are taken column by
     column and row sums by a matrix-vector product: NumPy's axis reductions are slow on short
-    rows."""
+    rows. ``total``: N when z holds a block of a batch's rows (a row shard); default z's rows."""
 
     def __init__(self):
         self.buffers = {}
@@ -136,7 +142,7 @@ class _SoftmaxCrossEntropy:
         (n, c), dtype = key
         return np.empty((n, c), dtype), np.empty(n, dtype), np.ones(c, dtype), np.arange(n)
 
-    def forward(self, z, t):
+    def forward(self, z, t, total=None):
         n, c = z.shape
         s, m, ones, rows = _cached(self.buffers, (z.shape, z.dtype), self._make)
         if c <= 16:
@@ -153,7 +159,7 @@ class _SoftmaxCrossEntropy:
             np.divide(s, m[:, None], out=s)
             np.log(m, out=m)
             np.subtract(m, picked, out=picked)
-            value = np.add.reduce(picked) / n
+            value = np.add.reduce(picked) / (total or n)
             s[rows, t] -= 1.0
         else:
             t_sum = np.matmul(t, ones)
@@ -162,16 +168,17 @@ class _SoftmaxCrossEntropy:
             np.matmul(s, ones, out=m)
             np.divide(s, m[:, None], out=s)
             np.log(m, out=m)
-            value = np.add.reduce(t_sum * m - dot) / n
+            value = np.add.reduce(t_sum * m - dot) / (total or n)
             np.multiply(s, t_sum[:, None], out=s)
             np.subtract(s, t, out=s)
-        np.divide(s, n, out=s)
+        np.divide(s, total or n, out=s)
         self.grad = s
         return value
 
 
 class _MeanSquaredError:
-    """Reference: ``MSE.forward/backward``: loss = sum(d^2) / size, grad = d (2 / size), d = p - t."""
+    """Reference: ``MSE.forward/backward``: loss = sum(d^2) / size, grad = d (2 / size), d = p - t.
+    ``total``: the batch's rows when pred holds a block of them (a row shard); size counts them."""
 
     def __init__(self):
         self.buffers = {}
@@ -181,9 +188,9 @@ class _MeanSquaredError:
     def _make(key):
         return np.empty(key[0], key[1]), np.empty(key[0], key[1])
 
-    def forward(self, pred, t):
+    def forward(self, pred, t, total=None):
         d, sq = _cached(self.buffers, (pred.shape, pred.dtype), self._make)
-        size = d.size
+        size = d.size if total is None else d.size // d.shape[0] * total
         np.subtract(pred, t, out=d)
         np.multiply(d, d, out=sq)
         value = np.add.reduce(sq, axis=None) / size
@@ -340,8 +347,8 @@ class NumPyKernels(KernelSet):
         np.copyto(dst, src)
 
     @staticmethod
-    def dense_op(layer, act, W, dW, b, db, joint):
-        return _Dense(layer, act, W, dW, b, db, joint)
+    def dense_op(layer, act, W, dW, b, db, joint, primary):
+        return _Dense(layer, act, W, dW, b, db, joint, primary)
 
     @staticmethod
     def link(ops, loss_op):
@@ -355,6 +362,13 @@ class NumPyKernels(KernelSet):
                 isinstance(loss_op, (_SoftmaxCrossEntropy, _MeanSquaredError))
 
     update_rule = staticmethod(update_rule)
+    shard_count = staticmethod(cpu_threads.shard_count)
+    one_blas_thread = staticmethod(cpu_threads.one_blas_thread)
+    run_parallel = staticmethod(cpu_threads.run_parallel)
+
+    @staticmethod
+    def accumulate(dst, src):
+        np.add(dst, src, out=dst)
 
     @staticmethod
     def clip(optimizer, g, work):

@@ -12,8 +12,17 @@ place through :meth:`~bpgpu.optimizers.Optimizer.step`.
 Before each step the parameters are checked by identity: a parameter replaced from outside
 (``set_weights``, a reference-path update, restoring a snapshot) is copied back into its view, and
 optimizer state replaced from outside (``load_state_dict``) is copied into its flat buffer.
+
+Row shards (kernel sets with ``shard_count``, i.e. NumPy; see :mod:`bpgpu.kernels.cpu_threads`):
+when every layer and the loss have fast operations and the batch is large, the batch splits into
+k blocks of rows. Block i runs forward, loss and backward through its own copies of the
+operations (sharing the weights) in its own thread, writing its gradient into flat buffer i
+(block 0 into the step's own); each block's loss and gradient are divided by the whole batch's
+size, so the buffers sum to the batch's gradient and the blocks' losses to its loss. The sum and
+the optimizer update then run over k ranges of the flat buffers, again one per thread.
 """
 
+import functools
 import math
 
 from ..layers.activations import LeakyReLU, ReLU, Sigmoid, Tanh
@@ -39,9 +48,12 @@ def cached(store, n, make):
 class KernelSet:
     """What :class:`TrainStep` asks of one backend's kernels. Subclasses give ``zeros``, ``copy``,
     ``dense_op``, ``link``, ``update_rule``, ``clip`` and ``loss_ops`` (loss class -> the class of
-    its fast operation)."""
+    its fast operation). Kernel sets that can run row shards also give ``shard_count(rows,
+    parameters)``, ``one_blas_thread()``, ``run_parallel(jobs)`` and ``accumulate(dst, src)``
+    (dst += src), and loss operations taking the whole batch's row count as a third argument."""
 
     loss_ops = {}
+    shard_count = None
 
     @staticmethod
     def view(flat, offset, shape):
@@ -137,9 +149,14 @@ class TrainStep:
         self.params = FlatList(self._views(self.flat_params))
         self.grads = FlatList(self._views(self.flat_grads))
         self.sync_params()
-        self.ops = self._build_ops(net, kernels)
+        self.ops = self._build_ops(self.flat_grads, primary=True)
         self.loss_op = kernels.loss_op(net.loss) or _LossOp(net.loss)
         kernels.link(self.ops, self.loss_op)
+        self.shardable = kernels.shard_count is not None and not isinstance(
+            self.loss_op, _LossOp) and not any(isinstance(op, _LayerOp) for op in self.ops)
+        self.parameter_count = sum(math.prod(shape) for shape in self.shapes)
+        self._shards = [(self.ops, self.loss_op, self.flat_grads)]  # block i's operations
+        self._split = 1         # threads sharing the current step's sum and update
         self._owner = None      # the optimizer whose state lives in self._state
         self._state = {}        # state name -> (flat buffer, views)
         self._work = {}         # scratch buffers of the update rules, by name
@@ -149,7 +166,12 @@ class TrainStep:
         view = self.kernels.view
         return [view(flat, o, s) for o, s in zip(self.offsets, self.shapes)]
 
-    def _build_ops(self, net, kernels):
+    def _build_ops(self, flat_grads, primary):
+        """The operations of every layer, writing gradients into ``flat_grads``. Only the primary
+        set publishes its gradients in the layers' ``grads`` and adds L2 terms; the others serve
+        row shards 1..k-1 and exist only for networks of fast operations."""
+        net, kernels = self.net, self.kernels
+        grads = self._views(flat_grads)
         index = {(id(layer), key): i for i, (layer, key) in enumerate(net._slots)}
         ops, layers, i = [], net.layers, 0
         while i < len(layers):
@@ -164,14 +186,14 @@ class TrainStep:
                         * layer.out_features:
                     shape = (layer.in_features + 1, layer.out_features)
                     joint = (kernels.view(self.flat_params, self.offsets[iw], shape),
-                             kernels.view(self.flat_grads, self.offsets[iw], shape))
+                             kernels.view(flat_grads, self.offsets[iw], shape))
                 ops.append(kernels.dense_op(
-                    layer, act, self.params[iw], self.grads[iw],
-                    None if ib is None else self.params[ib], None if ib is None else self.grads[ib],
-                    joint))
+                    layer, act, self.params[iw], grads[iw],
+                    None if ib is None else self.params[ib], None if ib is None else grads[ib],
+                    joint, primary))
                 i += 2 if act is not None else 1
                 continue
-            grad_views = [(sub, key, self.grads[index[(id(sub), key)]])
+            grad_views = [(sub, key, grads[index[(id(sub), key)]])
                           for sub in layer.walk() for key in sub.params]
             ops.append(_LayerOp(kernels, layer, grad_views))
             i += 1
@@ -215,19 +237,67 @@ class TrainStep:
     def __call__(self, xb, yb):
         """One training step on device arrays; the loss before the update (0-d, on the device)."""
         self.sync_params()
+        k = self.kernels.shard_count(xb.shape[0], self.parameter_count) if self.shardable else 1
+        if k > 1:
+            with self.kernels.one_blas_thread():
+                return self._sharded_step(xb, yb, k)
         x = xb
         for op in self.ops:
             x = op.forward(x)
-        value = self.loss_op.forward(x, yb)
-        for layer in self.net._penalized:
-            term = layer.penalty()
-            if term is not None:
-                value = value + term
+        value = self._penalised(self.loss_op.forward(x, yb))
         dy = self.loss_op.grad
         for op in reversed(self.ops):
             dy = op.backward(dy)
         self._update()
         return value
+
+    def _penalised(self, value):
+        for layer in self.net._penalized:
+            term = layer.penalty()
+            if term is not None:
+                value = value + term
+        return value
+
+    # -- row shards (module docstring) ------------------------------------------------------------
+    def _sharded_step(self, xb, yb, k):
+        while len(self._shards) < k:
+            flat_grads = self.kernels.zeros(self.size, self.net.dtype)
+            ops = self._build_ops(flat_grads, primary=False)
+            loss_op = self.kernels.loss_op(self.net.loss)
+            self.kernels.link(ops, loss_op)
+            self._shards.append((ops, loss_op, flat_grads))
+        n = xb.shape[0]
+        cuts = [n * i // k for i in range(k + 1)]
+        values = self.kernels.run_parallel([
+            functools.partial(_block_step, ops, loss_op, xb[a:b], yb[a:b], n)
+            for (ops, loss_op, _), a, b in zip(self._shards, cuts, cuts[1:])])
+        value = self._penalised(sum(values[1:], values[0]))
+        self._split = k
+        try:
+            self._update()
+        finally:
+            self._split = 1
+        return value
+
+    def _sum_shards(self, ranges):
+        """Add the gradients of row shards 1..k-1 into the step's flat gradient, range by range
+        in parallel; with ``ranges`` given, the caller does it inside its own range jobs."""
+        partials = [flat for _, _, flat in self._shards[1:self._split]]
+        jobs = [functools.partial(_sum_range, self.kernels.accumulate, self.flat_grads, partials,
+                                  a, b) for a, b in ranges]
+        self.kernels.run_parallel(jobs)
+
+    def _ranges(self, k):
+        """About k consecutive ranges covering the flat buffers, cut at multiples of 4096."""
+        length = -(-self.size // (4096 * k)) * 4096
+        return [(a, min(a + length, self.size)) for a in range(0, self.size, length)]
+
+    def _range_work(self, j, n):
+        """``work`` for range j of n elements: scratch buffers of its own."""
+        def work(name, size=None):
+            size = n if size is None else size
+            return self.work(f"{name} [range {j}]", size)[:size]
+        return work
 
     def apply_gradients(self):
         """The update alone, from the gradients in the layers' ``grads`` (after a reference
@@ -244,6 +314,8 @@ class TrainStep:
         optimizer = self.net.optimizer
         if self._rule[0] is not optimizer:
             self._rule = (optimizer, self.kernels.update_rule(optimizer))
+        if self._split > 1 and self._rule[1] is None:
+            self._sum_shards(self._ranges(self._split))  # the reference rule reads self.grads
         self.params.fast_update = None if self._rule[1] is None else self._fast_update
         new = optimizer.step(self.params, self.grads)
         if new is not self.params:  # reference rule: copy the new values into the views
@@ -256,5 +328,46 @@ class TrainStep:
         if optimizer is not self._owner:
             self._owner, self._state = optimizer, {}
         state = {name: self._flat_state(optimizer, name) for name in list(optimizer.state)}
+        rule = self._rule[1]
+        if self._split == 1:
+            grads = self.kernels.clip(optimizer, self.flat_grads, self.work)
+            rule(optimizer, lr, self.flat_params, grads, state, self.work)
+            return
+        ranges = self._ranges(self._split)
+        clipping = optimizer.clip_value is not None or optimizer.clip_norm is not None
+        if clipping:  # the clip reads the whole summed gradient first
+            self._sum_shards(ranges)
         grads = self.kernels.clip(optimizer, self.flat_grads, self.work)
-        self._rule[1](optimizer, lr, self.flat_params, grads, state, self.work)
+        partials = [] if clipping else [flat for _, _, flat in self._shards[1:self._split]]
+        self.kernels.run_parallel([
+            functools.partial(_sum_and_update, self.kernels.accumulate,
+                              [flat[a:b] for flat in partials], rule, optimizer,
+                              lr, self.flat_params[a:b], grads[a:b],
+                              {name: flat[a:b] for name, flat in state.items()},
+                              self._range_work(j, b - a))
+            for j, (a, b) in enumerate(ranges)])
+
+
+def _block_step(ops, loss_op, x, t, rows):
+    """Forward, loss and backward of one block of ``rows`` rows; the block's share of the loss."""
+    for op in ops:
+        x = op.forward(x)
+    value = loss_op.forward(x, t, rows)
+    dy = loss_op.grad
+    for op in reversed(ops):
+        dy = op.backward(dy)
+    return value
+
+
+def _sum_range(accumulate, flat, partials, a, b):
+    """flat[a:b] += every partial[a:b]."""
+    for partial in partials:
+        accumulate(flat[a:b], partial[a:b])
+
+
+def _sum_and_update(accumulate, partials, rule, optimizer, lr, p, g, state, work):
+    """One range of a sharded update: g += the shards' partial gradients (the same range of
+    each), then the rule."""
+    for partial in partials:
+        accumulate(g, partial)
+    rule(optimizer, lr, p, g, state, work)

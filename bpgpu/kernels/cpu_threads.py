@@ -1,0 +1,109 @@
+"""CPU cores for one NumPy training step: how many row shards, BLAS pinned to one thread, a pool.
+
+NumPy's BLAS runs each matrix product on every core, but the element-wise work between products
+(activations and their gradients, the loss, the optimizer update) runs on one core, and the
+other cores cannot help with it: OpenBLAS's idle threads spin for about 0.1 s after each product.
+A sharded step (:class:`bpgpu.kernels.plan.TrainStep`) instead splits the batch into blocks of
+rows, runs each block's forward and backward in its own thread with BLAS pinned to one thread,
+and splits the gradient sum and the optimizer update over the same threads, so every core works
+through the whole step.
+
+When: the network is made of fast operations only, BLAS has T >= 2 threads (what
+``OPENBLAS_NUM_THREADS`` / ``OMP_NUM_THREADS`` / threadpoolctl set; threadpoolctl must find the
+BLAS), and the step is large enough to pay for the hand-offs: at least ``MIN_ROWS`` rows per shard
+and ``rows x parameters >= MIN_WORK``. Shards: ``min(T, rows // MIN_ROWS)``.
+``BPGPU_CPU_SHARDS=k`` sets k regardless of size (``1`` turns sharding off).
+"""
+
+import contextlib
+import contextvars
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+__all__ = ["shard_count", "one_blas_thread", "run_parallel", "MIN_ROWS", "MIN_WORK"]
+
+#: Fewest rows per shard: below this, single-threaded matrix products lose too much efficiency.
+MIN_ROWS = 64
+#: Fewest multiply-adds in one forward pass (rows x parameters) worth sharding: handing work to
+#: a thread and back costs 50-200 us on a virtual machine, a few percent of such a step.
+MIN_WORK = 1 << 27
+
+_blas = None          # threadpoolctl's controller over the loaded BLAS libraries, or False
+_pool = None          # ThreadPoolExecutor with _pool_size workers
+_pool_size = 0
+
+
+def _blas_controller():
+    global _blas
+    if _blas is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _blas = False
+        else:
+            controller = ThreadpoolController().select(user_api="blas")
+            _blas = controller if controller.lib_controllers else False
+    return _blas
+
+
+def _forced():
+    """``BPGPU_CPU_SHARDS`` as a positive int, or None when unset."""
+    text = os.environ.get("BPGPU_CPU_SHARDS", "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"BPGPU_CPU_SHARDS must be a positive integer, got {text!r}")
+    return value
+
+
+def shard_count(rows, parameters):
+    """How many row shards a step of ``rows`` rows over ``parameters`` weights should use (1:
+    no sharding)."""
+    forced = _forced()
+    if forced is not None:
+        return max(1, min(forced, rows))
+    if rows < 2 * MIN_ROWS or rows * parameters < MIN_WORK:
+        return 1
+    blas = _blas_controller()
+    if not blas:
+        return 1
+    threads = max(lib.num_threads for lib in blas.lib_controllers)
+    return max(1, min(threads, rows // MIN_ROWS))
+
+
+def one_blas_thread():
+    """A context in which BLAS runs every product in the calling thread (restored on exit)."""
+    blas = _blas_controller()
+    return blas.limit(limits=1) if blas else contextlib.nullcontext()
+
+
+def run_parallel(jobs):
+    """Run the callables ``jobs`` at once: the first in this thread, the rest in the pool, each
+    in a copy of this thread's context (``numpy.errstate`` included). Returns their results in
+    order; the first exception is raised after every job has finished."""
+    global _pool, _pool_size
+    if len(jobs) == 1:
+        return [jobs[0]()]
+    if len(jobs) - 1 > _pool_size:
+        if _pool is not None:
+            _pool.shutdown(wait=True)
+        _pool_size = len(jobs) - 1
+        _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="bpgpu-shard")
+    futures = [_pool.submit(contextvars.copy_context().run, job) for job in jobs[1:]]
+    results, error = [], None
+    try:
+        results.append(jobs[0]())
+    except BaseException as exc:  # noqa: BLE001 - re-raised below, after the workers finish
+        error = exc
+    for future in futures:
+        try:
+            results.append(future.result())
+        except BaseException as exc:  # noqa: BLE001
+            error = error or exc
+    if error is not None:
+        raise error
+    return results
