@@ -18,9 +18,14 @@ use the quiet rounds when at least half of them were quiet. The numbers of quiet
 reported.
 
 "matmul share" (CPU): the matrix products bpgpu's step performs (see ``matmul_job``: same
-shapes, layouts and dtype, NumPy with preallocated outputs) timed alone in the same rounds,
-divided by bpgpu's step time (median over rounds): how close the step runs to its matrix
-products.
+shapes, layouts and dtype, NumPy with preallocated outputs, the whole batch at once on BLAS's own
+threads) timed alone in the same rounds, divided by bpgpu's step time (median over rounds): how
+close the step runs to its matrix products. "shards": how many row shards (threads) bpgpu's
+NumPy step used (bpgpu.kernels.cpu_threads).
+
+Before each block the script sleeps 0.25 s (0.05 s with --quick) so that the other contender's
+idle threads have parked: OpenBLAS's spin for about 0.1 s after a product and would otherwise
+take a core from PyTorch's first steps, and PyTorch's OpenMP threads from bpgpu's.
 
 fit: ``Network.fit`` on a synthetic 60000 x 784 float32 set handed in as NumPy (1 epoch, batch
 128, 784-256-256-10), against the equivalent PyTorch loop (``torch.from_numpy`` once, ``randperm``
@@ -135,6 +140,16 @@ def build_bpgpu(sizes, batch, backend, rng, fast=True):
         return net._train_batch(Xd, yd)
 
     return net, step, (X, y)
+
+
+def bpgpu_shards(net, batch):
+    """Row shards bpgpu's fast step uses for ``batch`` rows (1: none, or no fast step)."""
+    from bpgpu.kernels import train_step_for
+
+    step = train_step_for(net)
+    if step is None or not step.shardable:
+        return 1
+    return step.kernels.shard_count(batch, step.parameter_count)
 
 
 def build_torch(net, data, device):
@@ -489,8 +504,8 @@ def render(result):
         head += " reference path | fast / reference |"
         sep += "---:|---:|"
     if backend == "numpy":
-        head += " matmuls alone | matmul share (median, best) |"
-        sep += "---:|---:|"
+        head += " matmuls alone | matmul share (median, best) | shards |"
+        sep += "---:|---:|---:|"
     lines += [head + " quiet rounds |", sep + "---:|"]
     for name, case in result["cases"].items():
         t = case["times"]
@@ -503,7 +518,7 @@ def render(result):
                     f"{case['fast_over_reference']:.2f} |" if "bpgpu_reference" in t else " | |")
         if backend == "numpy":
             row += (f" {fmt_time(t['matmuls']['median_s'])} | {case['matmul_share']:.0%}, "
-                    f"{case['matmul_share_best']:.0%} |")
+                    f"{case['matmul_share_best']:.0%} | {case.get('bpgpu_shards', 1)} |")
         row += f" {case['quiet_rounds']}/{t['bpgpu']['rounds']} |"
         lines.append(row)
     if "fit" in result:
@@ -593,6 +608,7 @@ def main(argv=None):
         first_bp = float(backend.to_float(bp_step()))
         first_t = float(t_step().item())
         contenders = {"bpgpu": (bp_step, bp_sync), "torch": (t_step, torch_sync)}
+        shards = bpgpu_shards(net, batch)
         if args.reference:
             _, ref_step, _ = build_bpgpu(sizes, batch, backend, np.random.default_rng(0),
                                          fast=False)
@@ -601,12 +617,12 @@ def main(argv=None):
             contenders["matmuls"] = (matmul_job(sizes, batch), lambda: None)
         print(f"{name}: timing {', '.join(contenders)} over {rounds} rounds ...", flush=True)
         samples = measure_case(contenders, rounds, block_s, meter,
-                               0.05 if args.quick else 0.1, args.max_foreign_load, args.wait_quiet)
+                               0.05 if args.quick else 0.25, args.max_foreign_load, args.wait_quiet)
         times, quiet = summarise(samples, args.max_foreign_load)
         ratio = times["bpgpu"]["ratio_to_torch"]
         target = TARGETS[args.backend][name]
         case = {"sizes": sizes, "batch": batch, "times": times, "ratio": ratio, "target": target,
-                "met": ratio <= target, "quiet_rounds": quiet,
+                "met": ratio <= target, "quiet_rounds": quiet, "bpgpu_shards": shards,
                 "first_loss": {"bpgpu": first_bp, "torch": first_t}}
         if abs(first_bp - first_t) > 1e-4 * max(1.0, abs(first_t)):
             print(f"  warning: first losses differ: bpgpu {first_bp} torch {first_t}")

@@ -5,9 +5,11 @@
 
 Phases: forward (layers), loss (value and gradient), backward (layers), update (optimizer). The
 matrix products of the step are also timed alone (NumPy, the reference layouts), so the last
-column says how much of the step is not matrix products. Both paths run in this process,
-alternating over the rounds; the figures are medians. With --pyinstrument (installed) a
-statistical profile of each path follows.
+column says how much of the step is not matrix products. The fast path's phases are timed in one
+piece (no row shards); where the step would use row shards (bpgpu.kernels.cpu_threads), a third
+row times the whole sharded step, whose phases overlap across threads. All paths run in this
+process, alternating over the rounds; the figures are medians. With --pyinstrument (installed)
+a statistical profile of each path follows.
 """
 
 import argparse
@@ -60,6 +62,12 @@ def _fast_phases(step, xb, yb):
     return t1 - t0, t2 - t1, t3 - t2, t4 - t3
 
 
+def _sharded(step, xb, yb):
+    t0 = time.perf_counter()
+    step(xb, yb)
+    return None, None, None, time.perf_counter() - t0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=list(CASES), default="784-1024-1024-10")
@@ -79,6 +87,9 @@ def main(argv=None):
     step = train_step_for(nets[True])
     runs = {"reference": lambda: _reference_phases(nets[False], xb, yb),
             "fast": lambda: _fast_phases(step, xb, yb)}
+    shards = step.kernels.shard_count(batch, step.parameter_count) if step.shardable else 1
+    if shards > 1:
+        runs[f"{shards} shards"] = lambda: _sharded(step, xb, yb)
     matmuls = matmul_job(sizes, batch)
     t0 = time.perf_counter()
     runs["reference"]()
@@ -86,7 +97,8 @@ def main(argv=None):
     samples = {name: [] for name in runs}
     mm = []
     for r in range(args.rounds):
-        for name in (("reference", "fast") if r % 2 == 0 else ("fast", "reference")):
+        for name in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
+            time.sleep(0.25)  # idle OpenBLAS threads spin ~0.1 s: let them park between paths
             for _ in range(n):
                 samples[name].append(runs[name]())
         t = time.perf_counter()
@@ -99,9 +111,12 @@ def main(argv=None):
     print(f"{'path':10s} {'forward':>9s} {'loss':>9s} {'backward':>9s} {'update':>9s} "
           f"{'step':>9s} {'matmuls alone':>14s} {'rest':>9s}")
     for name, values in samples.items():
-        phases = [statistics.median(v[i] for v in values) for i in range(4)]
-        total = statistics.median(sum(v) for v in values)
-        print(f"{name:10s} " + " ".join(f"{p * 1e3:8.2f}ms" for p in phases)
+        if values[0][0] is None:  # one piece: no phases
+            cells, total = ["-".rjust(10)] * 4, statistics.median(v[3] for v in values)
+        else:
+            cells = [f"{statistics.median(v[i] for v in values) * 1e3:8.2f}ms" for i in range(4)]
+            total = statistics.median(sum(v) for v in values)
+        print(f"{name:10s} " + " ".join(cells)
               + f" {total * 1e3:8.2f}ms {mm_s * 1e3:13.2f}ms {(total - mm_s) * 1e3:8.2f}ms")
     if args.pyinstrument:
         from pyinstrument import Profiler
