@@ -172,14 +172,19 @@ def test_networks_with_reference_layers_are_not_sharded(shards, layers):
     _assert_same(nets, losses)
 
 
+def _blas_threads():
+    from threadpoolctl import threadpool_info
+
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
 def test_blas_threads_are_restored_after_a_sharded_step(shards):
-    threadpoolctl = pytest.importorskip("threadpoolctl")
-    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+    before = _blas_threads()
     shards(2)
     net = bpgpu.Network(_layers(), loss="cross_entropy", backend="numpy", seed=0)
     X, y = _data(20)
     net.train_step(X, y)
-    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before
+    assert _blas_threads() == before
 
 
 # -- how many shards --------------------------------------------------------------------------------
@@ -251,3 +256,29 @@ def test_run_parallel_carries_numpy_errstate_into_workers():
     with np.errstate(over="raise"):
         with pytest.raises(FloatingPointError):
             cpu_threads.run_parallel([lambda: None, overflow])
+
+
+def test_concurrent_pins_restore_the_original_thread_counts():
+    """Two trainings in two threads overlap their pinned sections; the last one out restores."""
+    import threading
+
+    before = _blas_threads()
+    inside, leave = threading.Barrier(2, timeout=10), threading.Event()
+    seen = []
+
+    def hold():
+        with cpu_threads.one_blas_thread():
+            inside.wait()
+            seen.append(_blas_threads())
+            leave.wait(10)
+
+    worker = threading.Thread(target=hold)
+    worker.start()
+    with cpu_threads.one_blas_thread():
+        inside.wait()
+    still_pinned = _blas_threads()
+    leave.set()
+    worker.join()
+    if cpu_threads._blas_controller():
+        assert seen == [[1] * len(before)] and still_pinned == [1] * len(before)
+    assert _blas_threads() == before

@@ -18,6 +18,7 @@ and ``rows x parameters >= MIN_WORK``. Shards: ``min(T, rows // MIN_ROWS)``.
 import contextlib
 import contextvars
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 __all__ = ["shard_count", "one_blas_thread", "run_parallel", "MIN_ROWS", "MIN_WORK"]
@@ -29,6 +30,9 @@ MIN_ROWS = 64
 MIN_WORK = 1 << 27
 
 _blas = None          # threadpoolctl's controller over the loaded BLAS libraries, or False
+_pin_lock = threading.Lock()
+_pin_depth = 0        # steps inside one_blas_thread() now (several networks may train at once)
+_pin_limiter = None   # threadpoolctl's limiter that holds the original thread counts
 _pool = None          # ThreadPoolExecutor with _pool_size workers
 _pool_size = 0
 
@@ -75,10 +79,28 @@ def shard_count(rows, parameters):
     return max(1, min(threads, rows // MIN_ROWS))
 
 
+@contextlib.contextmanager
 def one_blas_thread():
-    """A context in which BLAS runs every product in the calling thread (restored on exit)."""
+    """A context in which BLAS runs every product in the calling thread. Nested or concurrent
+    entries (networks training in several threads) share one limit; the last to leave restores
+    the thread counts found by the first."""
+    global _pin_depth, _pin_limiter
     blas = _blas_controller()
-    return blas.limit(limits=1) if blas else contextlib.nullcontext()
+    if not blas:
+        yield
+        return
+    with _pin_lock:
+        if _pin_depth == 0:
+            _pin_limiter = blas.limit(limits=1)
+        _pin_depth += 1
+    try:
+        yield
+    finally:
+        with _pin_lock:
+            _pin_depth -= 1
+            if _pin_depth == 0:
+                _pin_limiter.restore_original_limits()
+                _pin_limiter = None
 
 
 def run_parallel(jobs):
