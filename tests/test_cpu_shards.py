@@ -282,3 +282,38 @@ def test_concurrent_pins_restore_the_original_thread_counts():
     if cpu_threads._blas_controller():
         assert seen == [[1] * len(before)] and still_pinned == [1] * len(before)
     assert _blas_threads() == before
+
+
+def test_networks_training_at_once_in_two_threads(shards):
+    """Sharded steps of two networks in two threads share the pool and the BLAS pin; each ends
+    where it would have ended alone."""
+    import threading
+
+    shards(3)
+    X, y = _data(90, seed=9)
+
+    def make():
+        return bpgpu.Network(_layers(), loss="cross_entropy", optimizer=Adam(1e-2),
+                             backend="numpy", dtype="float64", seed=4)
+
+    alone = make()
+    for _ in range(6):
+        alone.train_step(X, y)
+    pair = [make(), make()]
+    errors = []
+
+    def train(net):
+        try:
+            for _ in range(6):
+                net.train_step(X, y)
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+    threads = [threading.Thread(target=train, args=(net,)) for net in pair]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    for net in pair:
+        for a, b in zip(net.get_weights(), alone.get_weights()):
+            np.testing.assert_array_equal(a, b)

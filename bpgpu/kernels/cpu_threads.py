@@ -35,6 +35,7 @@ _pin_depth = 0        # steps inside one_blas_thread() now (several networks may
 _pin_limiter = None   # threadpoolctl's limiter that holds the original thread counts
 _pool = None          # ThreadPoolExecutor with _pool_size workers
 _pool_size = 0
+_pool_lock = threading.Lock()
 
 
 def _blas_controller():
@@ -110,12 +111,12 @@ def run_parallel(jobs):
     global _pool, _pool_size
     if len(jobs) == 1:
         return [jobs[0]()]
-    if len(jobs) - 1 > _pool_size:
-        if _pool is not None:
-            _pool.shutdown(wait=True)
-        _pool_size = len(jobs) - 1
-        _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="bpgpu-shard")
-    futures = [_pool.submit(contextvars.copy_context().run, job) for job in jobs[1:]]
+    with _pool_lock:
+        if len(jobs) - 1 > _pool_size:  # a bigger pool; the old one's threads end once unused
+            _pool_size = len(jobs) - 1
+            _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="bpgpu-shard")
+        pool = _pool
+    futures = [pool.submit(contextvars.copy_context().run, job) for job in jobs[1:]]
     results, error = [], None
     try:
         results.append(jobs[0]())
