@@ -21,7 +21,9 @@ reported.
 shapes, layouts and dtype, NumPy with preallocated outputs, the whole batch at once on BLAS's own
 threads) timed alone in the same rounds, divided by bpgpu's step time (median over rounds): how
 close the step runs to its matrix products. "shards": how many row shards (threads) bpgpu's
-NumPy step used (bpgpu.kernels.cpu_threads).
+NumPy step used (bpgpu.kernels.cpu_threads); where more than one, the same fast step run in one
+piece joins the rounds as a third contender, and "sharded / one piece" is the median over rounds
+of the ratio of the two (what the shards gain).
 
 Before each block the script sleeps 0.25 s (0.05 s with --quick) so that the other contender's
 idle threads have parked: OpenBLAS's spin for about 0.1 s after a product and would otherwise
@@ -504,8 +506,8 @@ def render(result):
         head += " reference path | fast / reference |"
         sep += "---:|---:|"
     if backend == "numpy":
-        head += " matmuls alone | matmul share (median, best) | shards |"
-        sep += "---:|---:|---:|"
+        head += " matmuls alone | matmul share (median, best) | shards | sharded / one piece |"
+        sep += "---:|---:|---:|---:|"
     lines += [head + " quiet rounds |", sep + "---:|"]
     for name, case in result["cases"].items():
         t = case["times"]
@@ -518,7 +520,9 @@ def render(result):
                     f"{case['fast_over_reference']:.2f} |" if "bpgpu_reference" in t else " | |")
         if backend == "numpy":
             row += (f" {fmt_time(t['matmuls']['median_s'])} | {case['matmul_share']:.0%}, "
-                    f"{case['matmul_share_best']:.0%} | {case.get('bpgpu_shards', 1)} |")
+                    f"{case['matmul_share_best']:.0%} | {case.get('bpgpu_shards', 1)} | "
+                    + (f"{case['shards_over_one_piece']:.2f} |" if "shards_over_one_piece" in case
+                       else "- |"))
         row += f" {case['quiet_rounds']}/{t['bpgpu']['rounds']} |"
         lines.append(row)
     if "fit" in result:
@@ -613,6 +617,13 @@ def main(argv=None):
             _, ref_step, _ = build_bpgpu(sizes, batch, backend, np.random.default_rng(0),
                                          fast=False)
             contenders["bpgpu_reference"] = (ref_step, bp_sync)
+        if shards > 1:  # the same fast step in one piece: what the shards gain
+            from bpgpu.kernels import train_step_for
+
+            one_net, one_step, _ = build_bpgpu(sizes, batch, backend, np.random.default_rng(0))
+            one_step()
+            train_step_for(one_net).shardable = False
+            contenders["bpgpu_one_piece"] = (one_step, bp_sync)
         if args.backend == "numpy":
             contenders["matmuls"] = (matmul_job(sizes, batch), lambda: None)
         print(f"{name}: timing {', '.join(contenders)} over {rounds} rounds ...", flush=True)
@@ -635,6 +646,11 @@ def main(argv=None):
         if "bpgpu_reference" in times:
             case["fast_over_reference"] = (times["bpgpu"]["ratio_to_torch"]
                                            / times["bpgpu_reference"]["ratio_to_torch"])
+        if "bpgpu_one_piece" in times:
+            used = times["bpgpu"]["rounds_used_index"]
+            case["shards_over_one_piece"] = statistics.median(
+                times["bpgpu"]["per_round_s"][r] / times["bpgpu_one_piece"]["per_round_s"][r]
+                for r in used)
         result["cases"][name] = case
         print(f"  bpgpu {fmt_time(times['bpgpu']['median_s'])}  torch "
               f"{fmt_time(times['torch']['median_s'])}  ratio {ratio:.2f} (target {target})",
