@@ -252,6 +252,7 @@ class TrainStep:
         return value
 
     def _penalised(self, value):
+        """``value`` plus the layers' penalty terms (L2)."""
         for layer in self.net._penalized:
             term = layer.penalty()
             if term is not None:
@@ -280,8 +281,8 @@ class TrainStep:
         return value
 
     def _sum_shards(self, ranges):
-        """Add the gradients of row shards 1..k-1 into the step's flat gradient, range by range
-        in parallel; with ``ranges`` given, the caller does it inside its own range jobs."""
+        """Add the gradients of row shards 1..k-1 into the step's flat gradient, one range per
+        thread."""
         partials = [flat for _, _, flat in self._shards[1:self._split]]
         jobs = [functools.partial(_sum_range, self.kernels.accumulate, self.flat_grads, partials,
                                   a, b) for a, b in ranges]
@@ -334,11 +335,12 @@ class TrainStep:
             rule(optimizer, lr, self.flat_params, grads, state, self.work)
             return
         ranges = self._ranges(self._split)
-        clipping = optimizer.clip_value is not None or optimizer.clip_norm is not None
-        if clipping:  # the clip reads the whole summed gradient first
-            self._sum_shards(ranges)
-        grads = self.kernels.clip(optimizer, self.flat_grads, self.work)
-        partials = [] if clipping else [flat for _, _, flat in self._shards[1:self._split]]
+        if optimizer.clip_value is not None or optimizer.clip_norm is not None:
+            self._sum_shards(ranges)  # the clip reads the whole summed gradient first
+            partials = []
+        else:  # each range job sums its own range, just before updating it
+            partials = [flat for _, _, flat in self._shards[1:self._split]]
+        grads = self.kernels.clip(optimizer, self.flat_grads, self.work)  # flat_grads if no clip
         self.kernels.run_parallel([
             functools.partial(_sum_and_update, self.kernels.accumulate,
                               [flat[a:b] for flat in partials], rule, optimizer,
