@@ -197,11 +197,14 @@ def test_shard_count_defaults(monkeypatch):
     big = cpu_threads.shard_count(rows, cpu_threads.MIN_WORK)
     if not blas:
         assert big == 1
-    else:
-        threads = max(lib.num_threads for lib in blas.lib_controllers)
-        assert big == max(1, min(threads, 4))
-        with blas.limit(limits=1):
-            assert cpu_threads.shard_count(rows, cpu_threads.MIN_WORK) == 1
+        return
+    threads = max(lib.num_threads for lib in blas.lib_controllers)
+    assert big == (threads if threads <= 4 else 1)
+    with blas.limit(limits=1):
+        assert cpu_threads.shard_count(rows, cpu_threads.MIN_WORK) == 1
+    with blas.limit(limits=3):  # 3 shards need 3 x MIN_ROWS rows, else BLAS keeps its threads
+        assert cpu_threads.shard_count(3 * cpu_threads.MIN_ROWS, cpu_threads.MIN_WORK) == 3
+        assert cpu_threads.shard_count(3 * cpu_threads.MIN_ROWS - 1, cpu_threads.MIN_WORK) == 1
 
 
 def test_shard_count_override(monkeypatch):
