@@ -289,6 +289,28 @@ def test_parameters_are_views_of_one_buffer(backend):
     assert step.size >= net.n_params
 
 
+@pytest.mark.parametrize("optimizer", ["adam_l2_clipnorm", "sgd"])
+def test_nan_gradient_spreads_through_clip_norm_as_in_reference(backend, optimizer):
+    """With clip_norm, one NaN gradient makes the global norm NaN and so every updated weight
+    NaN, as ``xp.minimum`` does on the reference path (CUDA's ``min`` would drop the NaN and
+    leave the other weights finite)."""
+    _needs_fast(backend)
+    make = (lambda: SGD(0.1, clip_norm=0.5)) if optimizer == "sgd" else optimizer
+    fast, ref = _pair(_mlp(), backend, optimizer=make)
+    X, y = _data(5, 3, 8, "cross_entropy", seed=21)
+    for net in (fast, ref):
+        net.compute_gradients(X, y)
+        grads = [layer.grads for layer in net._all_layers if layer.grads]
+        w = net.backend.to_numpy(grads[0]["W"]).copy()
+        w[0, 0] = np.nan
+        grads[0]["W"] = net.backend.asarray(w, dtype=net.dtype)
+        net.apply_gradients()
+    assert train_step_for(fast) is not None
+    for a, b in zip(fast.get_weights(), ref.get_weights()):
+        assert np.isnan(b).all()
+        assert np.isnan(a).all()
+
+
 # -- switches ---------------------------------------------------------------------------------------------
 def test_fast_false_and_env_var_force_the_reference_path(monkeypatch):
     net = bpgpu.Network(_mlp()(), backend="numpy", fast=False)

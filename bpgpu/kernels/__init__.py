@@ -7,9 +7,11 @@ library's own tools, where the standard has no way to say it:
 * every parameter lives in ONE flat buffer (each layer's ``params`` entries are views into it),
   and so does every gradient, so the optimizer update is a handful of whole-buffer operations
   however many parameters the network has (:mod:`bpgpu.kernels.plan`);
-* ``Dense`` followed by ``ReLU``, ``LeakyReLU`` or ``Tanh``, softmax cross-entropy and MSE write
-  into buffers that are allocated once per batch size and reused (no temporaries per step);
-* NumPy (:mod:`bpgpu.kernels.numpy_fast`): ``out=`` everywhere, BLAS for bias gradients;
+* ``Dense`` followed by ``ReLU``, ``LeakyReLU`` or ``Tanh`` (or ``Sigmoid``, on CuPy), softmax
+  cross-entropy and MSE write into buffers that are allocated once per batch size and reused (no
+  temporaries per step);
+* NumPy (:mod:`bpgpu.kernels.numpy_fast`): ``out=`` everywhere, BLAS for bias gradients, and
+  large steps split into row shards, one thread per core (:mod:`bpgpu.kernels.cpu_threads`);
 * CuPy (:mod:`bpgpu.kernels.cupy_fused`): one fused CUDA kernel per element-wise chain
   (bias + activation, activation gradient, softmax cross-entropy, the whole optimizer update over
   the flat buffer) and no host synchronisation inside a step.

@@ -220,9 +220,11 @@ class _SoftmaxCrossEntropy:
         ids = t.ndim == 1
         if ids and t.dtype != cupy.int64:
             t = t.astype(cupy.int64)
-        kernel = _xent_kernel(ids, z.dtype.name)
-        kernel(((n + _THREADS - 1) // _THREADS,), (_THREADS,),
-               (z, t, grad, rows, np.int32(n), np.int32(c)))
+        elif not ids and t.dtype != z.dtype:  # the raw kernel reads t as z's type
+            t = t.astype(z.dtype)
+        if n:  # a grid of zero blocks is a launch error; the mean of nothing stays NaN
+            _xent_kernel(ids, z.dtype.name)(((n + _THREADS - 1) // _THREADS,), (_THREADS,),
+                                            (z, t, grad, rows, np.int32(n), np.int32(c)))
         self.grad = grad
         return _mean_kernel(z.dtype.name)(rows, float(n))
 
@@ -276,13 +278,15 @@ def _clip_params(d, clip_value, clip_norm):
 
 @functools.lru_cache(maxsize=None)
 def _norm_scale_kernel(clip_value, dtype):
-    """min(max_norm / (||clip(g)|| + 1e-6), 1) as a 0-d array (reference: Optimizer.clip)."""
+    """min(max_norm / (||clip(g)|| + 1e-6), 1) as a 0-d array (reference: Optimizer.clip). NaN
+    propagates as in ``xp.minimum`` (CUDA's ``min`` is ``fmin``, which would drop it)."""
     d, t = _names(dtype)
     mapped = "(g < -cv ? -cv : (g > cv ? cv : g))" if clip_value else "g"
     params = f"{d} g, {d} cv, {d} max_norm"
+    scale = f"(max_norm / (sqrt(a) + ({t})1e-6))"
     return cupy.ReductionKernel(
         params, f"{d} out", f"{mapped} * {mapped}", "a + b",
-        f"out = min(max_norm / (sqrt(a) + ({t})1e-6), ({t})1)", "0",
+        f"out = !({scale} >= ({t})1) ? {scale} : ({t})1", "0",
         f"bpgpu_clip_scale_{int(clip_value)}_{d}")
 
 
