@@ -144,11 +144,16 @@ def build_bpgpu(sizes, batch, backend, rng, fast=True):
     return net, step, (X, y)
 
 
-def bpgpu_shards(net, batch):
-    """Row shards bpgpu's fast step uses for ``batch`` rows (1: none, or no fast step)."""
+def fast_step(net):
+    """bpgpu's fast TrainStep serving ``net`` (None on the reference path)."""
     from bpgpu.kernels import train_step_for
 
-    step = train_step_for(net)
+    return train_step_for(net)
+
+
+def bpgpu_shards(net, batch):
+    """Row shards bpgpu's fast step uses for ``batch`` rows (1: none, or no fast step)."""
+    step = fast_step(net)
     if step is None or not step.shardable:
         return 1
     return step.kernels.shard_count(batch, step.parameter_count)
@@ -618,11 +623,9 @@ def main(argv=None):
                                          fast=False)
             contenders["bpgpu_reference"] = (ref_step, bp_sync)
         if shards > 1:  # the same fast step in one piece: what the shards gain
-            from bpgpu.kernels import train_step_for
-
             one_net, one_step, _ = build_bpgpu(sizes, batch, backend, np.random.default_rng(0))
             one_step()
-            train_step_for(one_net).shardable = False
+            fast_step(one_net).shardable = False
             contenders["bpgpu_one_piece"] = (one_step, bp_sync)
         if args.backend == "numpy":
             contenders["matmuls"] = (matmul_job(sizes, batch), lambda: None)
