@@ -284,9 +284,9 @@ class TrainStep:
         """Add the gradients of row shards 1..k-1 into the step's flat gradient, one range per
         thread."""
         partials = [flat for _, _, flat in self._shards[1:self._split]]
-        jobs = [functools.partial(_sum_range, self.kernels.accumulate, self.flat_grads, partials,
-                                  a, b) for a, b in ranges]
-        self.kernels.run_parallel(jobs)
+        self.kernels.run_parallel([
+            functools.partial(_sum_into, self.kernels.accumulate, self.flat_grads[a:b],
+                              [flat[a:b] for flat in partials]) for a, b in ranges])
 
     def _ranges(self, k):
         """About k consecutive ranges covering the flat buffers, cut at multiples of 4096."""
@@ -361,15 +361,13 @@ def _block_step(ops, loss_op, x, t, rows):
     return value
 
 
-def _sum_range(accumulate, flat, partials, a, b):
-    """flat[a:b] += every partial[a:b]."""
+def _sum_into(accumulate, g, partials):
+    """g += every partial (one range of the flat gradient and the same range of each shard's)."""
     for partial in partials:
-        accumulate(flat[a:b], partial[a:b])
+        accumulate(g, partial)
 
 
 def _sum_and_update(accumulate, partials, rule, optimizer, lr, p, g, state, work):
-    """One range of a sharded update: g += the shards' partial gradients (the same range of
-    each), then the rule."""
-    for partial in partials:
-        accumulate(g, partial)
+    """One range of a sharded update: g += the shards' partial gradients, then the rule."""
+    _sum_into(accumulate, g, partials)
     rule(optimizer, lr, p, g, state, work)
