@@ -1,4 +1,4 @@
-"""Small helpers shared by the layer tests."""
+"""Small helpers shared by the tests."""
 
 import numpy as np
 
@@ -14,3 +14,14 @@ def rel_error(a, b):
     """Largest absolute difference relative to the largest magnitude of the reference ``b``."""
     b = np.asarray(b)
     return float(np.max(np.abs(np.asarray(a) - b)) / max(np.max(np.abs(b)), 1e-300))
+
+
+class CallCounter:
+    """Wraps ``fn`` and counts its calls (``.calls``)."""
+
+    def __init__(self, fn):
+        self.fn, self.calls = fn, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.fn(*args, **kwargs)

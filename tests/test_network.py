@@ -8,6 +8,7 @@ import bpgpu
 from bpgpu.layers import GELU, Dense, Identity, Layer, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from bpgpu.losses import BinaryCrossEntropy, CrossEntropy
 from bpgpu.optimizers import SGD
+from layer_helpers import CallCounter
 
 N = 8
 RNG = np.random.default_rng(0)
@@ -355,21 +356,12 @@ def test_float_native_inputs_are_cast_to_the_network_dtype(backend):
     assert out.dtype == backend.xp.float32
 
 
-class _Counter:
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.fn(*args, **kwargs)
-
-
 def _count_transfers(backend, epochs, batch_size, shuffle=True, validation=True):
     """(host->device copies, device->host reads) during one fit of 24 samples."""
     net, y = _net("ce_ids", backend, optimizer=SGD(lr=0.1))
     X, yy = np.tile(X4, (3, 1)), np.tile(y, 3)
-    to_device = net.backend.asarray = _Counter(net.backend.asarray)
-    reads = [_Counter(net.backend.to_float), _Counter(net.backend.to_numpy)]
+    to_device = net.backend.asarray = CallCounter(net.backend.asarray)
+    reads = [CallCounter(net.backend.to_float), CallCounter(net.backend.to_numpy)]
     net.backend.to_float, net.backend.to_numpy = reads
     net.fit(X, yy, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
             validation_data=(X4, y) if validation else None, verbose=0)

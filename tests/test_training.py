@@ -16,6 +16,7 @@ from bpgpu.layers import Dense, Sigmoid, Tanh
 from bpgpu.metrics import MAE, R2, FunctionMetric, Metric
 from bpgpu.optimizers import SGD, Adam, RMSprop
 from bpgpu.schedules import CosineAnnealingLR, LinearWarmup, StepLR
+from layer_helpers import CallCounter
 
 RNG = np.random.default_rng(42)
 X = RNG.normal(size=(37, 4))
@@ -278,15 +279,6 @@ def test_initial_epoch_follows_keras(backend):
 
 
 # -- reads from the device -----------------------------------------------------------------------------
-class _Counter:
-    def __init__(self, fn):
-        self.fn, self.calls = fn, 0
-
-    def __call__(self, *args, **kwargs):
-        self.calls += 1
-        return self.fn(*args, **kwargs)
-
-
 class _QuietBatchCallback(Callback):
     def __init__(self):
         self.losses = []
@@ -300,7 +292,7 @@ def test_one_device_read_per_epoch_whatever_the_batches(backend, batch_size):
     """Training loss, metrics and the weights' finiteness come back in one read per epoch (one
     more for validation), however many batches and batch callbacks there are."""
     net = _mlp(backend, loss="mse")
-    reads = [_Counter(net.backend.to_float), _Counter(net.backend.to_numpy)]
+    reads = [CallCounter(net.backend.to_float), CallCounter(net.backend.to_numpy)]
     net.backend.to_float, net.backend.to_numpy = reads
     quiet = _QuietBatchCallback()
     net.fit(X, Y_REG, epochs=3, batch_size=batch_size, metrics=["mae", "r2"], verbose=0,
