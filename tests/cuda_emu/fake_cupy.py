@@ -77,7 +77,8 @@ def asnumpy(a):
 
 def array(a, dtype=None, copy=True):
     out = empty(np.shape(a), dtype if dtype is not None else np.asarray(a).dtype)
-    out[...] = a  # host -> device at allocation
+    host = np.array(a, copy=True)
+    cuda.run("memcpy_htod", lambda: np.copyto(out, host))
     return out
 
 
