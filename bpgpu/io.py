@@ -44,6 +44,7 @@ def save(net, path):
         "dtype": net.dtype_name,
         "seed": net.seed,
         "epoch": net.epoch,
+        "input_shape": None if net.input_shape is None else list(net.input_shape),
     }
     meta["training"], arrays = _training_state(net)
     arrays["meta"] = np.array(json.dumps(meta))
@@ -122,7 +123,8 @@ def load(path, backend=None):
         layers = [deserialize_layer(spec) for spec in meta["layers"]]
         net = Network(layers, loss=deserialize_loss(meta["loss"]),
                       optimizer=deserialize_optimizer(meta["optimizer"]), backend=backend,
-                      dtype=meta["dtype"], seed=meta["seed"])
+                      dtype=meta["dtype"], seed=meta["seed"],
+                      input_shape=meta.get("input_shape"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{os.fspath(path)!r}: cannot rebuild the network: {exc}") from None
     n = len(net.structure.slots)

@@ -11,6 +11,7 @@ import numpy as np
 
 from ._engine import reference_forced, run_backward, run_forward, select_engine
 from ._structure import NetworkStructure
+from .architecture import check_input_shape, summary_table
 from .backend import get_backend
 from .history import History
 from .layers import Dense, Layer, Softmax, get_activation
@@ -38,6 +39,9 @@ class Network:
             buffers, fused kernels) where it applies; False forces the reference path. None:
             fast unless the environment variable ``BPGPU_REFERENCE=1``. Same numbers either way,
             to rounding; the fast path updates parameter arrays in place.
+        input_shape: the per-sample input shape, e.g. ``(1, 8, 8)`` for a CNN on one-channel
+            8x8 images: checked against every layer now (and against the data later), and shown
+            with every output shape by :meth:`summary`. None: the first layer's own, if any.
 
     Attributes: ``backend`` (its ``name``, ``device`` and the ``reason`` it was chosen),
     ``engine`` (what runs the steps: ``engine.fast`` and the ``engine.reason`` it was chosen, see
@@ -49,7 +53,7 @@ class Network:
     """
 
     def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
-                 seed=None, fast=None):
+                 seed=None, fast=None, input_shape=None):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
                             f"{type(layers).__name__}")
@@ -64,6 +68,9 @@ class Network:
         if fast is not None and not isinstance(fast, bool):
             raise TypeError(f"fast must be True, False or None, got {fast!r}")
         self.fast = not reference_forced() if fast is None else fast
+        self.input_shape = check_input_shape(layers, input_shape)
+        self.output_shape = self._output_shape(self.input_shape, layers) if self.input_shape \
+            else None
         self.layers = list(layers)
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer)
@@ -81,8 +88,6 @@ class Network:
             layer.build(self.backend, self.dtype, weights_rng, self.device_rng)
         self.layers[0].input_grad = False
         self._refresh_structure()
-        self.input_shape = self.layers[0].input_shape()
-        self.output_shape = self._output_shape(self.input_shape) if self.input_shape else None
         self._data_output_shape = None  # set by _input when the input shape comes from the data
         self.gradient_hooks = []
         self.engine_requirements = set()
@@ -134,8 +139,8 @@ class Network:
     def _all_layers(self):  # the pre-0.2 name of ``structure.all_layers``
         return self.structure.all_layers
 
-    def _output_shape(self, shape):
-        for layer in self.layers:
+    def _output_shape(self, shape, layers=None):
+        for layer in self.layers if layers is None else layers:
             shape = layer.output_shape(shape)
         return tuple(shape)
 
@@ -145,19 +150,11 @@ class Network:
         return sum(math.prod(layer.params[key].shape) for layer, key in self.structure.slots)
 
     def summary(self):
-        """A table of the layers, their output shapes and parameter counts, as a string."""
-        rows = [("layer", "output shape", "params")]
-        shape = self.input_shape
-        for layer in self.layers:
-            shape = layer.output_shape(shape) if shape is not None else None
-            count = sum(math.prod(p.shape) for sub in layer.walk() for p in sub.params.values())
-            rows.append((repr(layer), str(("N",) + tuple(shape)) if shape else "?", str(count)))
-        width = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, width)) for row in rows]
-        lines.append(f"total: {self.n_params} parameters; loss {self.loss.name}, optimizer "
-                     f"{self.optimizer!r}; backend {self.backend.name} ({self.backend.reason})")
-        lines.append(f"engine: {self.engine.reason}")
-        return "\n".join(lines)
+        """A compact table of the layers (nested ones indented), their output shapes and
+        parameter counts, and the totals. A string that displays as the table at an interactive
+        prompt; ``print(net.summary())`` anywhere. Output shapes need a known input shape
+        (``input_shape=`` or a first layer that implies one)."""
+        return summary_table(self)
 
     def __repr__(self):
         return (f"Network({len(self.layers)} layers, {self.n_params} params, "
