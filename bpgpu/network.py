@@ -4,6 +4,7 @@ Data crosses between the host and the device only here, at the API boundary: ``f
 data to the device once, gathers mini-batches there, and reads the loss back once per epoch.
 """
 
+import functools
 import math
 import warnings
 
@@ -22,6 +23,16 @@ from .validation import as_numeric, check_batch_size, check_finite, check_positi
 __all__ = ["Network"]
 
 
+def _on_device(method):
+    """Run a Network method with its backend's device current (``backend.activate()``), so on
+    ``"cupy:N"`` every array and kernel of the call lands on device N."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.backend.activate():
+            return method(self, *args, **kwargs)
+    return run
+
+
 class Network:
     """A feed-forward network trained by backpropagation.
 
@@ -29,8 +40,8 @@ class Network:
         layers: list of :class:`~bpgpu.layers.Layer` objects, applied in order.
         loss: a :class:`~bpgpu.losses.Loss` or its name (``"mse"``, ``"bce"``, ``"cross_entropy"``).
         optimizer: an :class:`~bpgpu.optimizers.Optimizer` or its name (``"sgd"``, ``"adam"``, ...).
-        backend: ``"auto"``, ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, a
-            :class:`~bpgpu.Backend`, or None for ``$BPGPU_BACKEND`` (default ``"auto"``).
+        backend: ``"auto"``, ``"numpy"``, ``"cupy"`` (``"cupy:N"``: CUDA device N), ``"torch"``,
+            ``"array_api_strict"``, a :class:`~bpgpu.Backend`, or None for ``$BPGPU_BACKEND`` (default ``"auto"``).
         dtype: ``"float32"`` (default) or ``"float64"``.
         seed: seeds the initial weights (drawn on the host, so equal on every backend), the
             shuffling in :meth:`fit` and the device random numbers (dropout). None: a fresh seed,
@@ -84,8 +95,9 @@ class Network:
         self.shuffle_rng = np.random.default_rng(seeds[0])
         self.device_rng = self.backend.make_rng(seeds[1])
         weights_rng = np.random.default_rng(self.seed)
-        for layer in self.layers:
-            layer.build(self.backend, self.dtype, weights_rng, self.device_rng)
+        with self.backend.activate():
+            for layer in self.layers:
+                layer.build(self.backend, self.dtype, weights_rng, self.device_rng)
         self.layers[0].input_grad = False
         self._refresh_structure()
         self._data_output_shape = None  # set by _input when the input shape comes from the data
@@ -200,32 +212,38 @@ class Network:
         return self.engine.train_step(xb, yb)
 
     # -- public step-level API ---------------------------------------------------------------------------
+    @_on_device
     def forward(self, X, training=False):
         """The network's output for ``X`` (n_samples, n_features), as a backend array.
         ``training=True`` runs training-mode layers (dropout, batch statistics)."""
         return run_forward(self.structure, self._input(X), training)
 
+    @_on_device
     def compute_loss(self, output, y):
         """The loss (0-d backend array) of ``output`` (from :meth:`forward`) against targets ``y``,
         penalties included; prepares :meth:`backward`."""
         target = self._target(y, output.shape[0])
         return self.structure.penalized_loss(self.loss.forward(output, target))
 
+    @_on_device
     def backward(self):
         """Backpropagate the gradient of the last :meth:`compute_loss` through every layer,
         filling each layer's ``grads``. Returns dL/dX, or None when the first layer skips it."""
         return run_backward(self.structure, self.loss)
 
+    @_on_device
     def apply_gradients(self):
         """Update the weights with the optimizer from the gradients of the last :meth:`backward`."""
         self.engine.apply_update()
 
+    @_on_device
     def train_step(self, X, y):
         """One forward, backward and update on the batch ``(X, y)``; returns the loss before the
         update as a float."""
         Xd, yd = self._data(X, y)
         return self.backend.to_float(self._train_batch(Xd, yd))
 
+    @_on_device
     def compute_gradients(self, X, y):
         """``(loss, grads)`` for the batch ``(X, y)`` without changing any weight or buffer: grads
         is a list of host NumPy arrays in :meth:`get_weights` order."""
@@ -240,6 +258,7 @@ class Network:
                 layer.buffers = buffers
         return self.backend.to_float(loss), self.gradients()
 
+    @_on_device
     def gradients(self):
         """The last computed gradients as host NumPy arrays, in :meth:`get_weights` order."""
         missing = [f"{type(layer).__name__}.{key}" for layer, key in self.structure.slots
@@ -250,11 +269,13 @@ class Network:
         return [self.backend.to_numpy(layer.grads[key]) for layer, key in self.structure.slots]
 
     # -- weights ---------------------------------------------------------------------------------------
+    @_on_device
     def get_weights(self):
         """Learnable parameters as host NumPy arrays: layer order, nested layers depth first,
         and within a layer its parameters in order (Dense: W then b)."""
         return [self.backend.to_numpy(layer.params[key]) for layer, key in self.structure.slots]
 
+    @_on_device
     def set_weights(self, weights):
         """Replace every learnable parameter (same order and shapes as :meth:`get_weights`).
         All arrays are checked first: a rejected call changes nothing."""
@@ -275,6 +296,7 @@ class Network:
             layer.params[key] = self.backend.asarray(w, dtype=self.dtype)
 
     # -- training loop -----------------------------------------------------------------------------------
+    @_on_device
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
             validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
         """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
@@ -315,6 +337,7 @@ class Network:
                    initial_epoch=initial_epoch)
 
     # -- inference ---------------------------------------------------------------------------------------
+    @_on_device
     def predict(self, X, batch_size=None):
         """Outputs for ``X`` as a host NumPy array (inference mode), computed ``batch_size`` rows
         at a time (None: all at once) by the engine's forward pass (the fast one reuses its
@@ -333,6 +356,7 @@ class Network:
             result[s:s + out.shape[0], ...] = out
         return result
 
+    @_on_device
     def evaluate(self, X, y):
         """``{"loss": float}`` on ``(X, y)`` in inference mode, plus ``"accuracy"`` for
         classification losses (argmax for cross-entropy; threshold 0.5 or logit 0 for BCE)."""
@@ -345,6 +369,7 @@ class Network:
         return logs
 
     # -- persistence -----------------------------------------------------------------------------------------
+    @_on_device
     def save(self, path):
         """Write the network (architecture, weights, buffers, loss and optimizer settings) and
         its training state (optimizer moments and counters, schedule position, random generator
