@@ -162,10 +162,24 @@ class FastEngine(Engine):
     def __init__(self, net: Any, structure: NetworkStructure, plan: Any) -> None:
         super().__init__(net, structure, "")
         self.plan = plan
+        self._graphs: Any = None  # CUDA graphs of the step (net.cuda_graphs), made on first use
 
     @property
     def reason(self) -> str:
-        return f"fast: {self.plan.describe()}"
+        graphs = self.graphs
+        return f"fast: {self.plan.describe()}" + (f"; {graphs.status}" if graphs else "")
+
+    @property
+    def graphs(self) -> Any:
+        """The :class:`~bpgpu.kernels.cuda_graphs.GraphedSteps` capturing the step when
+        ``net.cuda_graphs`` is set (CuPy), else None."""
+        if not getattr(self.net, "cuda_graphs", False):
+            return None
+        if self._graphs is None:
+            from .kernels.cuda_graphs import GraphedSteps
+
+            self._graphs = GraphedSteps(self.net, self.plan)
+        return self._graphs
 
     def forward(self, x: Any, training: bool = False) -> Any:
         return self.plan.forward(x, training)
@@ -174,6 +188,9 @@ class FastEngine(Engine):
         return self.structure.penalized_loss(self.plan.inference_loss(out, y))
 
     def train_step(self, x: Any, y: Any, output: bool = False) -> Any:
+        graphs = self.graphs
+        if graphs is not None and not output and not self.net.gradient_hooks:
+            return graphs.train_step(x, y)
         value, out = self.plan.compute(x, y, output)
         if self.net.gradient_hooks:
             allow = self._hooks_allow_update(self.plan.summed_gradients(), x.shape[0])
