@@ -1,7 +1,8 @@
 """bpgpu against PyTorch eager: one training step, fit throughput, peak memory, import time.
 
     python benchmarks/bench_step.py --backend numpy            # vs PyTorch on the CPU
-    python benchmarks/bench_step.py --backend cupy             # vs PyTorch on CUDA
+    python benchmarks/bench_step.py --backend cupy             # vs PyTorch on CUDA (and
+                                                               # bpgpu with CUDA graphs)
     python benchmarks/bench_step.py --backend numpy --quick    # a fast smoke run
 
 One training step = forward, softmax cross-entropy, backward, Adam update (lr 1e-3), float32,
@@ -128,12 +129,13 @@ class CpuMeter:
 
 
 # -- the two contenders --------------------------------------------------------------------------
-def build_bpgpu(sizes, batch, backend, rng, fast=True):
+def build_bpgpu(sizes, batch, backend, rng, fast=True, cuda_graphs=False):
     import bpgpu
     from bpgpu.optimizers import Adam
 
     net = bpgpu.Network.from_sizes(sizes, loss="cross_entropy", optimizer=Adam(1e-3),
-                                   backend=backend, dtype="float32", seed=0, fast=fast)
+                                   backend=backend, dtype="float32", seed=0, fast=fast,
+                                   cuda_graphs=cuda_graphs)
     X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
     y = rng.integers(0, sizes[-1], batch)
     Xd, yd = net._data(X, y)
@@ -631,6 +633,10 @@ def main(argv=None):
             contenders["bpgpu_one_piece"] = (one_step, bp_sync)
         if args.backend == "numpy":
             contenders["matmuls"] = (matmul_job(sizes, batch), lambda: None)
+        else:  # the same fast step captured once and replayed as a CUDA graph
+            _, graph_step, _ = build_bpgpu(sizes, batch, backend, np.random.default_rng(0),
+                                           cuda_graphs=True)
+            contenders["bpgpu_cuda_graphs"] = (graph_step, bp_sync)
         print(f"{name}: timing {', '.join(contenders)} over {rounds} rounds ...", flush=True)
         samples = measure_case(contenders, rounds, block_s, meter,
                                0.05 if args.quick else 0.25, args.max_foreign_load, args.wait_quiet)
