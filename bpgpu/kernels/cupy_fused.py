@@ -18,6 +18,10 @@ Nothing here reads a value back to the host: a step queues its kernels and retur
 0-d device array, so ``fit`` runs without host synchronisation until it reads the epoch's loss.
 Each kernel writes the reference formula in the same order of operations; the CUDA compiler may
 contract a multiply and an add into one FMA, so results agree with the reference path to rounding.
+One difference beyond rounding, float32 only: CuPy compiles every kernel with ``-ftz=true`` (and
+offers no way to turn it off), so a float32 value below 1.18e-38 (a subnormal) read or produced by
+a fused kernel becomes zero, where the reference path keeps it. Such values are far below
+anything a loss, a gradient or an update can resolve at float32 precision; float64 is unaffected.
 
 Matrix products go to cuBLAS through ``cupy.matmul(..., out=)``; TensorFloat-32 stays off unless
 enabled (exact float32, see ``CuPyBackend.set_tf32``).
