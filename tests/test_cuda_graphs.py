@@ -14,6 +14,7 @@ from bpgpu.optimizers import SGD, Adam
 from bpgpu.schedules import CosineAnnealingLR
 from cuda_emu import cuda
 from cuda_emu.backend import EmulatedCuPy, EmulatedCuPyBackend
+import test_kernels
 
 OWN_BACKEND_FIXTURE = True  # conftest: ``backend`` below is the emulated CuPy backend
 
@@ -138,13 +139,8 @@ def test_cuda_graphs_option_is_checked():
     assert bpgpu.Network([Dense(2, 1)], backend="numpy").cuda_graphs is False
 
 
-# -- on a GPU (ci/gpu_check.sh) --------------------------------------------------------------------
-@pytest.fixture
-def cupy_backend():
-    try:
-        return bpgpu.get_backend("cupy")
-    except bpgpu.BackendUnavailableError as exc:
-        pytest.skip(f"no CUDA device: CUDA graphs need a GPU ({exc.reason})")
+# -- on a GPU (ci/gpu_check.sh) ---------------------------------------------------------------------
+cupy_backend = test_kernels.cupy_backend  # the fixture: skipped with the reason without a GPU
 
 
 @pytest.mark.parametrize("optimizer", list(OPTIMIZERS))
