@@ -4,7 +4,7 @@ Neither the Array API standard nor NumPy has ``erf``, which the exact GELU needs
 evaluates it on any namespace (NumPy, CuPy, torch, array-api-strict) on the arrays' own device,
 accurate to about 2 ulp in float64 (to float32 rounding in float32).
 
-Method, for a = |x| (erf is odd): four pieces, each one polynomial of degree 14 in a variable s
+Method, for a = abs(x) (erf is odd): four pieces, each one polynomial of degree 14 in a variable s
 that runs over [-1, 1] on its piece,
 
 * a in [0, 1]:       erf(a) = a p0(s),                 s = 2 a^2 - 1;
