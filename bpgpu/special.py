@@ -105,7 +105,7 @@ def _native_erf(backend_name):
     """The array library's own erf for a backend name, or None (none, or not installed)."""
     try:
         if backend_name == "numpy":
-            from scipy.special import erf as native
+            from scipy.special import erf as scipy_erf
         elif backend_name == "torch":
             from torch.special import erf as native
         elif backend_name == "cupy":
@@ -114,6 +114,13 @@ def _native_erf(backend_name):
             return None
     except ImportError:
         return None
+    if backend_name != "numpy":
+        return native
+
+    def native(x):  # SciPy computes float16 in float32: keep the input's dtype
+        y = scipy_erf(x)
+        return y if y.dtype == x.dtype else y.astype(x.dtype)
+
     return native
 
 
