@@ -303,6 +303,14 @@ class Network:
 
         return state_dict(self, format=format)
 
+    def load_state_dict(self, state, format="torch"):
+        """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
+        (e.g. ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``); everything is
+        checked first, so a refused state changes nothing."""
+        from .export import load_state_dict
+
+        load_state_dict(self, state, format=format)
+
     def save_safetensors(self, path, metadata=None):
         """Write :meth:`state_dict` to a safetensors file (see :mod:`bpgpu.export`); read it back
         with :func:`bpgpu.export.load_safetensors` or ``safetensors.torch.load_file``."""
