@@ -25,15 +25,23 @@ little-endian bytes, back to back, in the header's order. :func:`save_safetensor
 every size and offset before reading any data) into a network of the same architecture.
 """
 
+from __future__ import annotations
+
 import json
 import math
 import os
 import secrets
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import numpy as np
 
 from .errors import ModelFileError
-from .layers import BatchNorm, Checkpoint, Conv2D, Dense, LayerNorm, Residual, Sequential
+from .layers import BatchNorm, Checkpoint, Conv2D, Dense, Layer, LayerNorm, Residual, Sequential
+
+if TYPE_CHECKING:
+    from .network import Network
+
+PathLike = str | os.PathLike[str]
 
 __all__ = ["STATE_DICT_FORMATS", "MAX_HEADER_BYTES", "state_dict", "load_state_dict",
            "save_safetensors", "read_safetensors", "load_safetensors"]
@@ -52,12 +60,13 @@ _DTYPE_NAMES = {np.dtype(v): k for k, v in _DTYPES.items()}
 class _Entry:
     """One exported tensor: where it lives in the network and how its layout differs."""
 
-    def __init__(self, name, layer, store, key, transpose=False):
+    def __init__(self, name: str, layer: Layer, store: str, key: str | None,
+                 transpose: bool = False) -> None:
         self.name, self.layer, self.store, self.key = name, layer, store, key
         self.transpose = transpose  # Dense W (in, out) is exported as (out, in)
 
 
-def _entries(layer, prefix):
+def _entries(layer: Layer, prefix: str) -> list[_Entry]:
     """The tensors of ``layer`` (and its nested layers) under torch names starting ``prefix``."""
     if isinstance(layer, Sequential):
         return [e for i, child in enumerate(layer.layers) for e in _entries(child, f"{prefix}{i}.")]
@@ -84,27 +93,27 @@ def _entries(layer, prefix):
                   for e in _entries(child, f"{prefix}{i}.")]
 
 
-def _network_entries(net, format):
+def _network_entries(net: Network, format: str) -> list[_Entry]:
     if format not in STATE_DICT_FORMATS:
         raise ValueError(f"state_dict format must be one of {STATE_DICT_FORMATS}, got {format!r}")
     return [e for i, layer in enumerate(net.layers) for e in _entries(layer, f"{i}.")]
 
 
-def _value(net, entry):
+def _value(net: Network, entry: _Entry) -> np.ndarray:
     if entry.store == "count":
         return np.asarray(net.optimizer.step_count, dtype=np.int64)
     value = net.backend.to_numpy(getattr(entry.layer, entry.store)[entry.key])
     return np.ascontiguousarray(value.T if entry.transpose else value)
 
 
-def state_dict(net, format="torch"):
+def state_dict(net: Network, format: str = "torch") -> dict[str, np.ndarray]:
     """``{name: host NumPy array}`` of every parameter and buffer of ``net``, with the names and
     layouts of the equivalent ``torch.nn`` modules (see the module docstring). Load it into
     them with ``model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``."""
     return {e.name: _value(net, e) for e in _network_entries(net, format)}
 
 
-def load_state_dict(net, state, format="torch"):
+def load_state_dict(net: Network, state: dict[str, Any], format: str = "torch") -> None:
     """Set ``net``'s parameters and buffers from ``state`` (``{name: array}`` in the names and
     layouts of :func:`state_dict`, e.g. a torch model's ``state_dict()`` converted with
     ``.numpy()``). Every name, shape and value is checked first: a rejected call changes
@@ -137,7 +146,7 @@ def load_state_dict(net, state, format="torch"):
         getattr(e.layer, e.store)[e.key] = net.backend.asarray(value, dtype=net.dtype)
 
 
-def _check_metadata(metadata):
+def _check_metadata(metadata: dict[str, str] | None) -> dict[str, str] | None:
     if metadata is None:
         return None
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
@@ -146,13 +155,15 @@ def _check_metadata(metadata):
     return dict(metadata)
 
 
-def save_safetensors(net, path, metadata=None):
+def save_safetensors(net: Network, path: PathLike,
+                     metadata: dict[str, str] | None = None) -> None:
     """Write ``state_dict(net, format="torch")`` to ``path`` as a safetensors file, with the
     optional ``metadata`` (str -> str) under ``__metadata__``. The file is written under a
     temporary name next to ``path`` and renamed over it once complete."""
     metadata = _check_metadata(metadata)
     tensors = state_dict(net)
-    header, offset = {}, 0
+    header: dict[str, Any] = {}
+    offset = 0
     for name, value in tensors.items():
         size = value.nbytes
         header[name] = {"dtype": _DTYPE_NAMES[value.dtype.newbyteorder("<")],
@@ -177,17 +188,18 @@ def save_safetensors(net, path, metadata=None):
             os.unlink(tmp)
 
 
-def _fail(path, what):
+def _fail(path: str, what: str) -> NoReturn:
     raise ModelFileError(f"{path!r} is not a readable safetensors file: {what}")
 
 
-def _counts(value):
+def _counts(value: object) -> bool:
     """Whether ``value`` is a JSON list of non-negative integers."""
     return isinstance(value, list) and all(
         isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
 
 
-def _parse_header(path, raw, data_size):
+def _parse_header(path: str, raw: bytes, data_size: int) -> tuple[
+        dict[str, tuple[np.dtype, tuple[int, ...], int, int]], dict[str, str] | None]:
     """``({name: (numpy dtype, shape, begin, end)}, metadata)`` from the header bytes, every
     entry checked: known dtype, non-negative shape, offsets that tile [0, data_size) exactly."""
     try:
@@ -227,7 +239,7 @@ def _parse_header(path, raw, data_size):
     return entries, metadata
 
 
-def read_safetensors(path):
+def read_safetensors(path: PathLike) -> tuple[dict[str, np.ndarray], dict[str, str] | None]:
     """``({name: host NumPy array}, metadata or None)`` from a safetensors file. The header
     (at most :data:`MAX_HEADER_BYTES`) and every entry's size and offsets are checked against
     the file's length before any data is read, so nothing is allocated beyond what the file
@@ -256,7 +268,7 @@ def read_safetensors(path):
     return tensors, metadata
 
 
-def load_safetensors(net, path):
+def load_safetensors(net: Network, path: PathLike) -> dict[str, str] | None:
     """Set ``net``'s weights from a safetensors file written by :func:`save_safetensors` (or
     by ``safetensors.torch.save_file`` from the equivalent torch model). Returns the file's
     metadata (or None). A file that does not fit the network raises

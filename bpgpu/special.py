@@ -23,8 +23,12 @@ is installed, ``torch.special.erf``, ``cupyx.scipy.special.erf``), else the refe
 compare each native erf with the reference.
 """
 
+from __future__ import annotations
+
 import math
+from collections.abc import Callable
 from itertools import pairwise
+from typing import Any
 
 __all__ = ["ErfTable", "erf", "erf_for", "normal_cdf"]
 
@@ -57,7 +61,7 @@ class ErfTable:
     """The coefficient tables of :func:`erf` as arrays of one namespace, dtype and device
     (build once, reuse for every call on such arrays)."""
 
-    def __init__(self, xp, dtype, device=None):
+    def __init__(self, xp: Any, dtype: Any, device: Any = None) -> None:
         def column(values):
             return xp.asarray(values, dtype=dtype, device=device)
 
@@ -69,7 +73,7 @@ class ErfTable:
                        for k in range(len(COEFFICIENTS[0]))]
 
 
-def erf(xp, x, table=None):
+def erf(xp: Any, x: Any, table: ErfTable | None = None) -> Any:
     """erf(x) = 2/sqrt(pi) * integral_0^x exp(-t^2) dt, element-wise, same shape and dtype as x.
 
     ``table``: an :class:`ErfTable` for x's namespace, dtype and device (built if omitted).
@@ -95,45 +99,47 @@ def erf(xp, x, table=None):
     return xp.reshape(xp.where(x < 0, -y, y), shape)
 
 
-def normal_cdf(erf_fn, x):
+def normal_cdf(erf_fn: Callable[[Any], Any], x: Any) -> Any:
     """Phi(x) = (1 + erf(x / sqrt(2))) / 2, the standard normal distribution function, with
     ``erf_fn`` one of :func:`erf_for`'s functions."""
     return 0.5 * (1.0 + erf_fn(x * _SQRT_HALF))
 
 
-def _native_erf(backend_name):
+def _native_erf(backend_name: str) -> Callable[[Any], Any] | None:
     """The array library's own erf for a backend name, or None (none, or not installed)."""
     try:
-        if backend_name == "numpy":
-            from scipy.special import erf as scipy_erf
-        elif backend_name == "torch":
-            from torch.special import erf as native
-        elif backend_name == "cupy":
-            from cupyx.scipy.special import erf as native
-        else:
+        if backend_name == "torch":
+            from torch.special import erf as torch_erf
+
+            return torch_erf
+        if backend_name == "cupy":
+            from cupyx.scipy.special import erf as cupy_erf
+
+            return cupy_erf
+        if backend_name != "numpy":
             return None
+        from scipy.special import erf as scipy_erf
     except ImportError:
         return None
-    if backend_name != "numpy":
-        return native
 
-    def native(x):  # SciPy computes float16 in float32: keep the input's dtype
+    def native(x: Any) -> Any:  # SciPy computes float16 in float32: keep the input's dtype
         y = scipy_erf(x)
         return y if y.dtype == x.dtype else y.astype(x.dtype)
 
     return native
 
 
-def erf_for(backend, native=True):
+def erf_for(backend: Any, native: bool = True) -> Callable[[Any], Any]:
     """A function ``x -> erf(x)`` for arrays of ``backend`` (any float dtype it has): the
     library's own erf where it has one and ``native`` is True, else the reference :func:`erf`
     with coefficient tables kept per dtype."""
     fast = _native_erf(backend.name) if native else None
     if fast is not None:
         return fast
-    xp, tables = backend.xp, {}
+    xp = backend.xp
+    tables: dict[Any, ErfTable] = {}
 
-    def reference(x):
+    def reference(x: Any) -> Any:
         table = tables.get(x.dtype)
         if table is None:
             table = tables[x.dtype] = ErfTable(xp, x.dtype, backend.device)
