@@ -115,6 +115,6 @@ def summary_table(net: Network) -> Summary:
     lines.append(rule)
     lines.append(f"input {_shape_text(shape)}, {net.n_params:,} parameters, dtype {net.dtype_name}")
     lines.append(f"loss {net.loss.name}, optimizer {net.optimizer!r}")
-    lines.append(f"backend {net.backend.name} ({net.backend.reason})")
     lines.append(f"engine: {net.engine.reason}")
+    lines.append(f"backend {net.backend.name} ({net.backend.reason})")
     return Summary("\n".join(lines))
