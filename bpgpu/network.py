@@ -295,6 +295,29 @@ class Network:
         for (layer, key), w in zip(self.structure.slots, checked):
             layer.params[key] = self.backend.asarray(w, dtype=self.dtype)
 
+    def state_dict(self, format="torch"):
+        """``{name: host NumPy array}`` of every parameter and buffer, named and laid out as the
+        equivalent ``torch.nn`` modules expect (``Dense`` -> ``nn.Linear`` weight (out, in), ...);
+        see :mod:`bpgpu.export` for the names of nested layers."""
+        from .export import state_dict
+
+        return state_dict(self, format=format)
+
+    def load_state_dict(self, state, format="torch"):
+        """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
+        (e.g. ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``); everything is
+        checked first, so a refused state changes nothing."""
+        from .export import load_state_dict
+
+        load_state_dict(self, state, format=format)
+
+    def save_safetensors(self, path, metadata=None):
+        """Write :meth:`state_dict` to a safetensors file (see :mod:`bpgpu.export`); read it back
+        with :func:`bpgpu.export.load_safetensors` or ``safetensors.torch.load_file``."""
+        from .export import save_safetensors
+
+        save_safetensors(self, path, metadata=metadata)
+
     # -- training loop -----------------------------------------------------------------------------------
     @_on_device
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
