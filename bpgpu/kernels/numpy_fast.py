@@ -13,9 +13,9 @@ import math
 import numpy as np
 
 from ..losses import MSE, CrossEntropy
-from ..optimizers import SGD, Adam, AdamW, RMSprop
 from . import cpu_threads
 from .plan import KernelSet, cached as _cached
+from .update_rules import flat_rule_name
 
 __all__ = ["NumPyKernels"]
 
@@ -286,24 +286,14 @@ def _adam(opt, lr, p, g, state, work):
     np.subtract(p, t, out=p)
 
 
-#: Exact optimizer classes with a flat rule, and the configuration keys the rule knows (an
-#: optimizer grown new options falls back to its reference rule until its rule learns them).
-_RULES = {
-    SGD: (_sgd, {"lr", "clip_norm", "clip_value", "momentum", "dampening", "weight_decay",
-                 "nesterov"}),
-    RMSprop: (_rmsprop, {"lr", "clip_norm", "clip_value", "alpha", "eps", "weight_decay",
-                         "momentum", "centered"}),
-    Adam: (_adam, {"lr", "clip_norm", "clip_value", "betas", "eps", "weight_decay"}),
-    AdamW: (_adam, {"lr", "clip_norm", "clip_value", "betas", "eps", "weight_decay"}),
-}
+#: The NumPy implementation of each rule named in :data:`~bpgpu.kernels.update_rules.FLAT_RULES`.
+_RULES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
 
 
 def update_rule(optimizer):
     """The flat update rule for ``optimizer``, or None when it has none."""
-    entry = _RULES.get(type(optimizer))
-    if entry is None or not set(optimizer.get_config()) <= entry[1]:
-        return None
-    return functools.partial(_in_blocks, entry[0])
+    name = flat_rule_name(optimizer)
+    return None if name is None else functools.partial(_in_blocks, _RULES[name])
 
 
 #: Elements per block of the update (1 MiB per float32 array).
