@@ -173,8 +173,9 @@ class Network:
                 f"backend={self.backend.name!r}, dtype={self.dtype_name!r})")
 
     # -- boundary: data in ---------------------------------------------------------------------------
-    def _input(self, X, name="X"):
-        """Validate features and move them to the device (a copy)."""
+    def _input(self, X, name="X", borrow=False):
+        """Validate features and move them to the device: a copy, unless ``borrow`` and the
+        backend can read ``X`` in place (``Backend.borrow``; the caller then only reads it)."""
         X = as_numeric(X, name, self.backend)
         if X.ndim < 2:
             raise ValueError(f"{name} must have shape (n_samples, n_features), got shape "
@@ -185,6 +186,8 @@ class Network:
         check_finite(X, name, self.backend)
         if self.input_shape is None:  # e.g. Conv2D first: the data's shape fixes the output's
             self._data_output_shape = self._output_shape(tuple(X.shape[1:]))
+        if borrow:
+            return self.backend.borrow(X, self.dtype)
         return self.backend.asarray(X, dtype=self.dtype)
 
     def _target(self, y, n_samples, name="y"):
@@ -201,8 +204,8 @@ class Network:
         raise ValueError("the network's input shape is unknown (its first layer does not declare "
                          "one); start it with a Dense layer or another layer with input_shape()")
 
-    def _data(self, X, y):
-        Xd = self._input(X)
+    def _data(self, X, y, borrow=False):
+        Xd = self._input(X, borrow=borrow)
         return Xd, self._target(y, Xd.shape[0])
 
     # -- the backprop chain (run by the engine, see bpgpu._engine) --------------------------------------
@@ -366,14 +369,14 @@ class Network:
         at a time (None: all at once) by the engine's forward pass (the fast one reuses its
         buffers from call to call)."""
         batch_size = check_batch_size(batch_size)
-        Xd = self._input(X)
+        Xd = self._input(X, borrow=True)
         n = Xd.shape[0]
         bs = n if batch_size is None or n == 0 else batch_size
         engine, result = self.engine, None
         for s in range(0, max(n, 1), max(bs, 1)):
             out = self.backend.to_numpy(engine.forward(Xd[s:min(s + bs, n), ...], False))
             if bs >= n:
-                return out
+                return np.ascontiguousarray(out)
             if result is None:
                 result = np.empty((n,) + out.shape[1:], out.dtype)
             result[s:s + out.shape[0], ...] = out
@@ -383,7 +386,7 @@ class Network:
     def evaluate(self, X, y):
         """``{"loss": float}`` on ``(X, y)`` in inference mode, plus ``"accuracy"`` for
         classification losses (argmax for cross-entropy; threshold 0.5 or logit 0 for BCE)."""
-        Xd, yd = self._data(X, y)
+        Xd, yd = self._data(X, y, borrow=True)
         engine = self.engine
         out = engine.forward(Xd, False)
         logs = {"loss": self.backend.to_float(engine.loss(out, yd))}
