@@ -8,6 +8,8 @@ import numpy as np
 from array_api_compat import array_namespace, device
 
 from .layers.activations import stable_sigmoid
+from .registry import get_registry
+from .typing import Namespace
 from .validation import as_numeric, check_finite
 
 __all__ = ["Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "get_loss", "LOSSES",
@@ -22,6 +24,8 @@ _P_FLOOR = 1e-45
 # The floor of p (1 - p) in the BCE gradient: torch's 1e-12, which it stores as a float32.
 _GRAD_FLOOR = float(np.float32(1e-12))
 
+_LOSSES = get_registry("loss")
+
 
 class Loss:
     """Base class. Subclasses implement ``forward``, ``backward`` and ``prepare_target``."""
@@ -29,6 +33,11 @@ class Loss:
     name = "loss"
     #: True for losses whose targets are classes (evaluate() then reports an accuracy).
     is_classification = False
+    xp: Namespace
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _LOSSES.register(cls)  # every loss class can be rebuilt from a file by its name
 
     def __init__(self):
         self.xp = None
@@ -73,7 +82,12 @@ class Loss:
         raise TypeError(f"accuracy is not defined for the {self.name!r} loss")
 
     def get_config(self):
+        """Constructor arguments as a JSON-serialisable dict (``cls(**config)`` rebuilds it)."""
         return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
 class MSE(Loss):
@@ -226,28 +240,21 @@ LOSSES = {
     "cross_entropy": CrossEntropy,
     "categorical_cross_entropy": CrossEntropy,
 }
-
-_CLASSES = {"MSE": MSE, "BinaryCrossEntropy": BinaryCrossEntropy, "CrossEntropy": CrossEntropy}
+_LOSSES.use_names(LOSSES)  # the names Network(loss=...) accepts; add yours with add_name
 
 
 def get_loss(loss):
     """A loss from its name (``"mse"``, ``"bce"``, ``"cross_entropy"``, ...) or a Loss instance."""
     if isinstance(loss, Loss):
         return loss
-    try:
-        return LOSSES[loss.lower()]()
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown loss {loss!r}; expected a Loss instance or one of "
-                         f"{', '.join(LOSSES)}") from None
+    return _LOSSES.create(loss)
 
 
 def serialize_loss(loss):
-    return {"class": type(loss).__name__, "config": loss.get_config()}
+    """``{"class": name, "config": {...}}`` describing ``loss`` (JSON-serialisable)."""
+    return _LOSSES.serialize(loss)
 
 
 def deserialize_loss(spec):
-    try:
-        cls = _CLASSES[spec["class"]]
-        return cls(**spec.get("config", {}))
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown loss description {spec!r}; known: {', '.join(_CLASSES)}") from None
+    """Rebuild a loss from :func:`serialize_loss`'s output (any registered Loss class)."""
+    return _LOSSES.deserialize(spec)

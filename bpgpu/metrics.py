@@ -27,8 +27,14 @@ import math
 import numpy as np
 from array_api_compat import device
 
+from .registry import get_registry
+from .typing import Namespace
+
 __all__ = ["Metric", "Accuracy", "BinaryAccuracy", "MAE", "RMSE", "R2", "FunctionMetric",
            "get_metric", "METRICS"]
+
+
+_METRICS = get_registry("metric")
 
 
 class Metric:
@@ -38,6 +44,11 @@ class Metric:
     loss the metric makes no sense for (ValueError)."""
 
     name = "metric"
+    xp: Namespace
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _METRICS.register(cls)  # every metric class can be rebuilt from a description by name
 
     def __init__(self):
         self.xp = None
@@ -59,6 +70,14 @@ class Metric:
 
     def _vector(self, *values):
         return self.xp.stack(values)
+
+    def get_config(self):
+        """Constructor arguments as a JSON-serialisable dict (``cls(**config)`` rebuilds it)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -193,6 +212,10 @@ class FunctionMetric(Metric):
                              "bpgpu.metrics.FunctionMetric(fn, name='...')")
         self.fn, self.name = fn, name
 
+    def get_config(self):
+        raise TypeError(f"the metric function {self.name!r} cannot be described in a file (that "
+                        "would mean storing code); subclass bpgpu.metrics.Metric instead")
+
     def update(self, pred, target):
         xp = self.xp
         value = self.fn(target, pred)
@@ -215,16 +238,15 @@ METRICS = {"accuracy": Accuracy, "acc": Accuracy, "binary_accuracy": BinaryAccur
            "mae": MAE, "mean_absolute_error": MAE, "rmse": RMSE, "r2": R2}
 
 
+_METRICS.use_names(METRICS)  # the names fit(metrics=[...]) accepts; add yours with add_name
+
+
 def get_metric(metric):
     """A fresh :class:`Metric` from a name (see :data:`METRICS`), a Metric or a function."""
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, str):
-        try:
-            return METRICS[metric.lower()]()
-        except KeyError:
-            raise ValueError(f"unknown metric {metric!r}; expected one of "
-                             f"{', '.join(METRICS)}, a Metric or a function") from None
+        return _METRICS.create(metric)
     if callable(metric):
         return FunctionMetric(metric)
     raise TypeError(f"a metric is a name, a bpgpu.metrics.Metric or a function, got {metric!r}")

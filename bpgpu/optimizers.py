@@ -19,11 +19,16 @@ of every epoch of ``Network.fit`` (through :meth:`Optimizer.advance_schedule`) w
 
 import math
 
+from .registry import get_registry
 from .schedules import Schedule, deserialize_schedule, serialize_schedule
+from .typing import Namespace
 from .validation import check_number
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "get_optimizer", "OPTIMIZERS",
            "serialize_optimizer", "deserialize_optimizer"]
+
+
+_OPTIMIZERS = get_registry("optimizer")
 
 
 def _check(condition, message):
@@ -36,6 +41,12 @@ class Optimizer:
 
     Subclasses implement ``_init_state(params)`` and ``_update(i, p, g, lr) -> new p``.
     """
+
+    xp: Namespace
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _OPTIMIZERS.register(cls)  # every optimizer class can be rebuilt from a file by its name
 
     def __init__(self, lr, clip_norm=None, clip_value=None):
         self.lr = lr if isinstance(lr, Schedule) else check_number(lr, "lr", 0.0)
@@ -103,12 +114,21 @@ class Optimizer:
 
     # -- serialisation --------------------------------------------------------------------------
     def get_config(self):
+        """Constructor arguments as a JSON-serialisable dict (a schedule as its description)."""
         config = {"lr": serialize_schedule(self.lr) if isinstance(self.lr, Schedule) else self.lr}
         if self.clip_norm is not None:
             config["clip_norm"] = self.clip_norm
         if self.clip_value is not None:
             config["clip_value"] = self.clip_value
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild from :meth:`get_config`'s output (a described schedule becomes a Schedule)."""
+        config = dict(config)
+        if isinstance(config.get("lr"), dict):
+            config["lr"] = deserialize_schedule(config["lr"])
+        return cls(**config)
 
     def state_dict(self):
         """``{"step_count": int, "schedule_step": int, "state": {name: [arrays]}}`` (arrays on
@@ -264,6 +284,13 @@ class Adam(Optimizer):
         return {**super().get_config(), "betas": list(self.betas), "eps": self.eps,
                 "weight_decay": self.weight_decay}
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "betas" in config:  # JSON stores the pair as a list
+            config["betas"] = tuple(config["betas"])
+        return super().from_config(config)
+
 
 class AdamW(Adam):
     """AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay.
@@ -280,7 +307,7 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
-_CLASSES = {cls.__name__: cls for cls in OPTIMIZERS.values()}
+_OPTIMIZERS.use_names(OPTIMIZERS)  # the names Network(optimizer=...) accepts; add yours with add_name
 
 
 def get_optimizer(optimizer):
@@ -288,25 +315,14 @@ def get_optimizer(optimizer):
     hyperparameters) or an Optimizer instance."""
     if isinstance(optimizer, Optimizer):
         return optimizer
-    try:
-        return OPTIMIZERS[optimizer.lower()]()
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected an Optimizer instance or one "
-                         f"of {', '.join(OPTIMIZERS)}") from None
+    return _OPTIMIZERS.create(optimizer)
 
 
 def serialize_optimizer(optimizer):
-    return {"class": type(optimizer).__name__, "config": optimizer.get_config()}
+    """``{"class": name, "config": {...}}`` describing ``optimizer`` (JSON-serialisable)."""
+    return _OPTIMIZERS.serialize(optimizer)
 
 
 def deserialize_optimizer(spec):
-    try:
-        cls = _CLASSES[spec["class"]]
-        config = dict(spec.get("config", {}))
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"unknown optimizer description {spec!r}; known: {', '.join(_CLASSES)}") from None
-    if "betas" in config:
-        config["betas"] = tuple(config["betas"])
-    if isinstance(config.get("lr"), dict):
-        config["lr"] = deserialize_schedule(config["lr"])
-    return cls(**config)
+    """Rebuild an optimizer from :func:`serialize_optimizer`'s output (any registered class)."""
+    return _OPTIMIZERS.deserialize(spec)

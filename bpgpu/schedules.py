@@ -27,12 +27,13 @@ and is then saved and loaded with the network like the built-in ones (classes re
 
 import math
 
+from .registry import get_registry
 from .validation import check_number
 
 __all__ = ["Schedule", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
            "ReduceLROnPlateau", "serialize_schedule", "deserialize_schedule"]  # noqa: F822 (module __getattr__)
 
-_REGISTRY = {}
+_SCHEDULES = get_registry("schedule")
 _UNITS = ("epoch", "batch")
 
 
@@ -55,7 +56,7 @@ class Schedule:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
+        _SCHEDULES.register(cls)  # every schedule class can be rebuilt from a file by its name
 
     def __init__(self, per="epoch"):
         if per not in _UNITS:
@@ -74,6 +75,11 @@ class Schedule:
     def get_config(self):
         """Constructor arguments as a JSON-serialisable dict."""
         return {"per": self.per}
+
+    @classmethod
+    def from_config(cls, config):
+        """Rebuild from :meth:`get_config`'s output."""
+        return cls(**config)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -195,22 +201,12 @@ class _Constant(Schedule):
 
 def serialize_schedule(schedule):
     """``{"class": name, "config": {...}}`` (JSON-serialisable)."""
-    return {"class": type(schedule).__name__, "config": schedule.get_config()}
+    return _SCHEDULES.serialize(schedule)
 
 
 def deserialize_schedule(spec):
     """Rebuild a schedule from :func:`serialize_schedule`'s output; runs no code from it."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("config", {}), dict):
-        raise ValueError(f"a schedule description must be {{'class': str, 'config': dict}}, "
-                         f"got {spec!r}")
-    cls = _REGISTRY.get(spec.get("class"))
-    if cls is None:
-        raise ValueError(f"unknown schedule class {spec.get('class')!r}; known: "
-                         f"{', '.join(sorted(k for k in _REGISTRY if not k.startswith('_')))}")
-    config = spec.get("config", {})
-    if hasattr(cls, "from_config"):
-        return cls.from_config(config)
-    return cls(**config)
+    return _SCHEDULES.deserialize(spec)
 
 
 def __getattr__(name):

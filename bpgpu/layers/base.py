@@ -37,11 +37,16 @@ place by layer code, so snapshots of them stay valid; layers read their dtype fr
 and parameters, not from globals.
 """
 
+from typing import Any
+
 import numpy as np
+
+from ..registry import get_registry
+from ..typing import Array, Namespace
 
 __all__ = ["Layer", "serialize_layer", "deserialize_layer", "layer_class"]
 
-_REGISTRY = {}
+_LAYERS = get_registry("layer")
 
 
 class Layer:
@@ -58,9 +63,16 @@ class Layer:
     #: first layer, whose input gradient nobody needs (for Dense that saves a whole matmul).
     input_grad = True
 
+    params: dict[str, Array]
+    grads: dict[str, Array]
+    buffers: dict[str, Array]
+    backend: Any  # the Backend once built, None before
+    xp: Namespace
+    dtype: Any
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
+        _LAYERS.register(cls)  # every layer class can be rebuilt from a file by its name
 
     def __init__(self):
         self.params = {}
@@ -152,25 +164,16 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
-def layer_class(name):
+def layer_class(name: str) -> type[Layer]:
     """The registered :class:`Layer` subclass called ``name`` (every subclass registers itself)."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown layer class {name!r}; known layers: {', '.join(sorted(_REGISTRY))}. "
-            "A custom layer must be imported before a model using it is loaded."
-        ) from None
+    return _LAYERS.class_named(name)
 
 
-def serialize_layer(layer):
+def serialize_layer(layer: Layer) -> dict[str, Any]:
     """``{"class": name, "config": {...}}`` describing ``layer`` (JSON-serialisable)."""
-    return {"class": type(layer).__name__, "config": layer.get_config()}
+    return _LAYERS.serialize(layer)
 
 
-def deserialize_layer(spec):
+def deserialize_layer(spec: dict[str, Any]) -> Layer:
     """Rebuild an (unbuilt) layer from :func:`serialize_layer`'s output. Runs no code from it."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("class"), str) \
-            or not isinstance(spec.get("config", {}), dict):
-        raise ValueError(f"a layer description must be {{'class': str, 'config': dict}}, got {spec!r}")
-    return layer_class(spec["class"]).from_config(spec.get("config", {}))
+    return _LAYERS.deserialize(spec)
