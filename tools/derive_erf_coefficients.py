@@ -76,7 +76,7 @@ def horner(coeffs, s):
 
 def main():
     tables = []
-    for lo, hi, f in pieces():
+    for _lo, _hi, f in pieces():
         tables.append([float(c) for c in chebyshev_to_powers(chebyshev_interpolant(f, DEGREE))])
     print(f"DEGREE = {DEGREE}\nBREAKS = {BREAKS}\nCOEFFICIENTS = (")
     for row in tables:
