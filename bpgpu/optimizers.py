@@ -17,11 +17,14 @@ of every epoch of ``Network.fit`` (through :meth:`Optimizer.advance_schedule`) w
 ``per="epoch"`` (the default).
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any, TypeVar
 
 from .registry import get_registry
 from .schedules import Schedule, deserialize_schedule, serialize_schedule
-from .typing import Namespace
+from .typing import Array, Namespace
 from .validation import check_number
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "get_optimizer", "OPTIMIZERS",
@@ -29,6 +32,7 @@ __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "get_optimizer", "OPT
 
 
 _OPTIMIZERS = get_registry("optimizer")
+_O = TypeVar("_O", bound="Optimizer")
 
 
 def _check(condition, message):
@@ -48,31 +52,32 @@ class Optimizer:
         super().__init_subclass__(**kwargs)
         _OPTIMIZERS.register(cls)  # every optimizer class can be rebuilt from a file by its name
 
-    def __init__(self, lr, clip_norm=None, clip_value=None):
+    def __init__(self, lr: float | Schedule, clip_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
         self.lr = lr if isinstance(lr, Schedule) else check_number(lr, "lr", 0.0)
         self.clip_norm = None if clip_norm is None else check_number(clip_norm, "clip_norm", 0.0)
         self.clip_value = None if clip_value is None else check_number(clip_value, "clip_value", 0.0)
         self.xp = None
         self.step_count = 0
         self.schedule_step = 0
-        self.state = {}
+        self.state: dict[str, list[Array]] = {}
 
-    def bind(self, backend):
+    def bind(self: _O, backend: Any) -> _O:
         """Compute with ``backend.xp`` (set by the Network that owns the optimizer)."""
         self.xp = backend.xp
         return self
 
-    def learning_rate(self):
+    def learning_rate(self) -> float:
         """The learning rate the next step uses: ``lr``, or ``lr(schedule_step)`` for a schedule."""
         lr = self.lr
         return lr(self.schedule_step) if isinstance(lr, Schedule) else lr
 
-    def advance_schedule(self, unit):
+    def advance_schedule(self, unit: str) -> None:
         """Move a schedule with ``per == unit`` (``"epoch"`` or ``"batch"``) one step on."""
         if isinstance(self.lr, Schedule) and self.lr.per == unit:
             self.schedule_step += 1
 
-    def step(self, params, grads):
+    def step(self, params: list[Array], grads: list[Array]) -> list[Array]:
         """One update. ``params`` and ``grads``: lists of arrays, same order every call.
         Returns the list of updated parameters.
 
@@ -91,7 +96,7 @@ class Optimizer:
         grads = self.clip(grads)
         return [self._update(i, p, g, lr) for i, (p, g) in enumerate(zip(params, grads))]
 
-    def clip(self, grads):
+    def clip(self, grads: list[Array]) -> list[Array]:
         """Apply ``clip_value`` then ``clip_norm`` (see the module docstring)."""
         xp = self.xp
         if self.clip_value is not None:
@@ -113,7 +118,7 @@ class Optimizer:
         raise NotImplementedError
 
     # -- serialisation --------------------------------------------------------------------------
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """Constructor arguments as a JSON-serialisable dict (a schedule as its description)."""
         config = {"lr": serialize_schedule(self.lr) if isinstance(self.lr, Schedule) else self.lr}
         if self.clip_norm is not None:
@@ -123,20 +128,20 @@ class Optimizer:
         return config
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Optimizer:
         """Rebuild from :meth:`get_config`'s output (a described schedule becomes a Schedule)."""
         config = dict(config)
         if isinstance(config.get("lr"), dict):
             config["lr"] = deserialize_schedule(config["lr"])
         return cls(**config)
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """``{"step_count": int, "schedule_step": int, "state": {name: [arrays]}}`` (arrays on
         the backend)."""
         return {"step_count": self.step_count, "schedule_step": self.schedule_step,
                 "state": {k: list(v) for k, v in self.state.items()}}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step_count"])
         self.schedule_step = int(state.get("schedule_step", 0))
         self.state = {k: list(v) for k, v in state["state"].items()}
@@ -310,7 +315,7 @@ OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
 _OPTIMIZERS.use_names(OPTIMIZERS)  # the names Network(optimizer=...) accepts; add yours with add_name
 
 
-def get_optimizer(optimizer):
+def get_optimizer(optimizer: Optimizer | str) -> Optimizer:
     """An optimizer from its name (``"sgd"``, ``"rmsprop"``, ``"adam"``, ``"adamw"``, with default
     hyperparameters) or an Optimizer instance."""
     if isinstance(optimizer, Optimizer):
@@ -318,11 +323,11 @@ def get_optimizer(optimizer):
     return _OPTIMIZERS.create(optimizer)
 
 
-def serialize_optimizer(optimizer):
+def serialize_optimizer(optimizer: Optimizer) -> dict[str, Any]:
     """``{"class": name, "config": {...}}`` describing ``optimizer`` (JSON-serialisable)."""
     return _OPTIMIZERS.serialize(optimizer)
 
 
-def deserialize_optimizer(spec):
+def deserialize_optimizer(spec: dict[str, Any]) -> Optimizer:
     """Rebuild an optimizer from :func:`serialize_optimizer`'s output (any registered class)."""
     return _OPTIMIZERS.deserialize(spec)

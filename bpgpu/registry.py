@@ -42,7 +42,7 @@ class Registry:
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.classes: dict[str, type] = {}
-        self.names: dict[str, Callable[[], Any]] = {}
+        self.names: dict[str, Any] = {}  # name -> factory: a class or a function of no arguments
 
     @property
     def article(self) -> str:
@@ -65,7 +65,7 @@ class Registry:
         self.classes[name] = cls
         return cls
 
-    def use_names(self, table: dict[str, Callable[[], Any]]) -> None:
+    def use_names(self, table: dict[str, Any]) -> None:
         """Make ``table`` (lower-case name -> factory) this registry's name table, the same dict
         object, so entries a module adds to it later count too."""
         for name, factory in table.items():

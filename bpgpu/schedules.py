@@ -25,7 +25,10 @@ A schedule of your own subclasses :class:`Schedule`, implements ``rate(t)`` and 
 and is then saved and loaded with the network like the built-in ones (classes register by name).
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any
 
 from .registry import get_registry
 from .validation import check_number
@@ -58,26 +61,26 @@ class Schedule:
         super().__init_subclass__(**kwargs)
         _SCHEDULES.register(cls)  # every schedule class can be rebuilt from a file by its name
 
-    def __init__(self, per="epoch"):
+    def __init__(self, per: str = "epoch") -> None:
         if per not in _UNITS:
             raise ValueError(f"per must be 'epoch' or 'batch', got {per!r}")
         self.per = per
 
-    def __call__(self, t):
+    def __call__(self, t: int) -> float:
         if isinstance(t, bool) or not isinstance(t, int) or t < 0:
             raise ValueError(f"a schedule is evaluated at integer steps t >= 0, got {t!r}")
         return float(self.rate(t))
 
-    def rate(self, t):
+    def rate(self, t: int) -> float:
         """The learning rate at step ``t`` (an int >= 0)."""
         raise NotImplementedError(f"{type(self).__name__} must implement rate(t)")
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """Constructor arguments as a JSON-serialisable dict."""
         return {"per": self.per}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Schedule:
         """Rebuild from :meth:`get_config`'s output."""
         return cls(**config)
 
@@ -88,7 +91,7 @@ class Schedule:
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # equal by configuration, so unhashable
 
 
 class StepLR(Schedule):
@@ -199,12 +202,12 @@ class _Constant(Schedule):
         return {"value": self.value, "per": self.per}
 
 
-def serialize_schedule(schedule):
+def serialize_schedule(schedule: Schedule) -> dict[str, Any]:
     """``{"class": name, "config": {...}}`` (JSON-serialisable)."""
     return _SCHEDULES.serialize(schedule)
 
 
-def deserialize_schedule(spec):
+def deserialize_schedule(spec: dict[str, Any]) -> Schedule:
     """Rebuild a schedule from :func:`serialize_schedule`'s output; runs no code from it."""
     return _SCHEDULES.deserialize(spec)
 

@@ -112,7 +112,8 @@ def erf_for(backend, native=True):
     fast = _native_erf(backend.name) if native else None
     if fast is not None:
         return fast
-    xp, tables = backend.xp, {}
+    xp = backend.xp
+    tables: dict[object, ErfTable] = {}  # dtype -> its coefficient table
 
     def reference(x):
         table = tables.get(x.dtype)
