@@ -105,6 +105,6 @@ def summary_table(net):
     lines.append(rule)
     lines.append(f"input {_shape_text(shape)}, {net.n_params:,} parameters, dtype {net.dtype_name}")
     lines.append(f"loss {net.loss.name}, optimizer {net.optimizer!r}")
-    lines.append(f"backend {net.backend.name} ({net.backend.reason})")
     lines.append(f"engine: {net.engine.reason}")
+    lines.append(f"backend {net.backend.name} ({net.backend.reason})")
     return Summary("\n".join(lines))
