@@ -4,9 +4,14 @@ Data crosses between the host and the device only here, at the API boundary: ``f
 data to the device once, gathers mini-batches there, and reads the loss back once per epoch.
 """
 
+from __future__ import annotations
+
 import functools
 import math
+import os
 import warnings
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -18,16 +23,20 @@ from .history import History
 from .layers import Dense, Layer, Softmax, get_activation
 from .losses import CrossEntropy, get_loss
 from .optimizers import get_optimizer
+from .typing import Array, ArrayLike
 from .validation import as_numeric, check_batch_size, check_finite, check_positive_int
 
 __all__ = ["Network"]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-def _on_device(method):
+
+def _on_device(method: Callable[Concatenate[Network, _P], _R]) -> Callable[Concatenate[Network, _P], _R]:
     """Run a Network method with its backend's device current (``backend.activate()``), so on
     ``"cupy:N"`` every array and kernel of the call lands on device N."""
     @functools.wraps(method)
-    def run(self, *args, **kwargs):
+    def run(self: Network, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self.backend.activate():
             return method(self, *args, **kwargs)
     return run
@@ -88,7 +97,7 @@ class Network:
         self.backend = get_backend(backend)
         self.dtype = self.backend.dtype(dtype)
         self.dtype_name = dtype
-        self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)
+        self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)  # type: ignore[arg-type]
         self.loss.bind(self.backend)
         self.optimizer.bind(self.backend)
         seeds = np.random.SeedSequence(self.seed).spawn(2)
@@ -157,11 +166,11 @@ class Network:
         return tuple(shape)
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         """Number of learnable scalars."""
         return sum(math.prod(layer.params[key].shape) for layer, key in self.structure.slots)
 
-    def summary(self):
+    def summary(self) -> str:
         """A compact table of the layers (nested ones indented), their output shapes and
         parameter counts, and the totals. A string that displays as the table at an interactive
         prompt; ``print(net.summary())`` anywhere. Output shapes need a known input shape
@@ -216,38 +225,38 @@ class Network:
 
     # -- public step-level API ---------------------------------------------------------------------------
     @_on_device
-    def forward(self, X, training=False):
+    def forward(self, X: ArrayLike, training: bool = False) -> Array:
         """The network's output for ``X`` (n_samples, n_features), as a backend array.
         ``training=True`` runs training-mode layers (dropout, batch statistics)."""
         return run_forward(self.structure, self._input(X), training)
 
     @_on_device
-    def compute_loss(self, output, y):
+    def compute_loss(self, output: Array, y: ArrayLike) -> Array:
         """The loss (0-d backend array) of ``output`` (from :meth:`forward`) against targets ``y``,
         penalties included; prepares :meth:`backward`."""
         target = self._target(y, output.shape[0])
         return self.structure.penalized_loss(self.loss.forward(output, target))
 
     @_on_device
-    def backward(self):
+    def backward(self) -> Array | None:
         """Backpropagate the gradient of the last :meth:`compute_loss` through every layer,
         filling each layer's ``grads``. Returns dL/dX, or None when the first layer skips it."""
         return run_backward(self.structure, self.loss)
 
     @_on_device
-    def apply_gradients(self):
+    def apply_gradients(self) -> None:
         """Update the weights with the optimizer from the gradients of the last :meth:`backward`."""
         self.engine.apply_update()
 
     @_on_device
-    def train_step(self, X, y):
+    def train_step(self, X: ArrayLike, y: ArrayLike) -> float:
         """One forward, backward and update on the batch ``(X, y)``; returns the loss before the
         update as a float."""
         Xd, yd = self._data(X, y)
         return self.backend.to_float(self._train_batch(Xd, yd))
 
     @_on_device
-    def compute_gradients(self, X, y):
+    def compute_gradients(self, X: ArrayLike, y: ArrayLike) -> tuple[float, list[np.ndarray]]:
         """``(loss, grads)`` for the batch ``(X, y)`` without changing any weight or buffer: grads
         is a list of host NumPy arrays in :meth:`get_weights` order."""
         Xd, yd = self._data(X, y)
@@ -262,7 +271,7 @@ class Network:
         return self.backend.to_float(loss), self.gradients()
 
     @_on_device
-    def gradients(self):
+    def gradients(self) -> list[np.ndarray]:
         """The last computed gradients as host NumPy arrays, in :meth:`get_weights` order."""
         missing = [f"{type(layer).__name__}.{key}" for layer, key in self.structure.slots
                    if key not in layer.grads]
@@ -273,13 +282,13 @@ class Network:
 
     # -- weights ---------------------------------------------------------------------------------------
     @_on_device
-    def get_weights(self):
+    def get_weights(self) -> list[np.ndarray]:
         """Learnable parameters as host NumPy arrays: layer order, nested layers depth first,
         and within a layer its parameters in order (Dense: W then b)."""
         return [self.backend.to_numpy(layer.params[key]) for layer, key in self.structure.slots]
 
     @_on_device
-    def set_weights(self, weights):
+    def set_weights(self, weights: list[ArrayLike]) -> None:
         """Replace every learnable parameter (same order and shapes as :meth:`get_weights`).
         All arrays are checked first: a rejected call changes nothing."""
         weights = list(weights)
@@ -396,7 +405,7 @@ class Network:
 
     # -- persistence -----------------------------------------------------------------------------------------
     @_on_device
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the network (architecture, weights, buffers, loss and optimizer settings) and
         its training state (optimizer moments and counters, schedule position, random generator
         states, epoch counter, history) to one ``.npz`` file, atomically; after
