@@ -87,6 +87,9 @@ class Network:
         self.epoch = 0
         self.history = History()
         self.stop_training = False
+        # None, or f(list of gradients) -> list run between backward and update; a distributed
+        # fit sets it to sum the gradients across ranks (bpgpu.distributed.GradientSync).
+        self._gradient_hook = None
 
     @classmethod
     def from_sizes(cls, layer_sizes, activation="relu", output_activation=None, init="he_normal",
@@ -208,8 +211,12 @@ class Network:
             step.apply_gradients()
             return
         slots = self._slots
-        new = self.optimizer.step([layer.params[key] for layer, key in slots],
-                                  [layer.grads[key] for layer, key in slots])
+        grads = [layer.grads[key] for layer, key in slots]
+        if self._gradient_hook is not None:
+            grads = self._gradient_hook(grads)
+            for (layer, key), grad in zip(slots, grads):
+                layer.grads[key] = grad
+        new = self.optimizer.step([layer.params[key] for layer, key in slots], grads)
         for (layer, key), value in zip(slots, new):
             layer.params[key] = value
 
@@ -299,7 +306,8 @@ class Network:
 
     # -- training loop -----------------------------------------------------------------------------------
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
+            validation_split=None, metrics=None, callbacks=None, initial_epoch=None,
+            distributed=None):
         """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
         epochs (``net.history`` keeps every epoch, across calls and checkpoints).
 
@@ -322,6 +330,10 @@ class Network:
             initial_epoch: Keras-style resume: set the epoch counter to ``initial_epoch`` and
                 run until ``epochs`` (then the index to stop before). Without it, ``fit``
                 continues from ``net.epoch``, so a loaded checkpoint continues with plain ``fit``.
+            distributed: a :class:`~bpgpu.distributed.Communicator` from
+                :func:`bpgpu.distributed.init`: train data-parallel, every rank passing the same
+                ``(X, y)``; ``batch_size`` is then per rank. N ranks with batch b train like one
+                process with batch N b (see :mod:`bpgpu.distributed`).
 
         Per epoch the history records ``loss`` (the batch losses, each taken before its update,
         weighted by batch size; penalties included), the metrics, ``val_loss`` and ``val_*``,
@@ -335,7 +347,7 @@ class Network:
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                    validation_data=validation_data, verbose=verbose,
                    validation_split=validation_split, metrics=metrics, callbacks=callbacks,
-                   initial_epoch=initial_epoch)
+                   initial_epoch=initial_epoch, distributed=distributed)
 
     # -- inference ---------------------------------------------------------------------------------------
     def predict(self, X, batch_size=None):

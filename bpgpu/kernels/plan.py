@@ -312,6 +312,14 @@ class TrainStep:
         self._update()
 
     def _update(self):
+        hook = self.net._gradient_hook
+        if hook is not None:  # e.g. the sum across ranks: it needs the whole summed gradient
+            if self._split > 1:
+                self._sum_shards(self._ranges(self._split))
+                self._split = 1  # the update below then runs in one piece
+            total = hook([self.flat_grads])[0]
+            if total is not self.flat_grads:
+                self.kernels.copy(self.flat_grads, total)
         optimizer = self.net.optimizer
         if self._rule[0] is not optimizer:
             self._rule = (optimizer, self.kernels.update_rule(optimizer))
