@@ -47,7 +47,8 @@ import numpy as np
 
 from .errors import DistributedError, DistributedUnavailableError
 
-__all__ = ["Communicator", "init", "choose_transport", "GPU_TRANSPORTS"]
+__all__ = ["Communicator", "init", "choose_transport", "row_share", "GradientSync",
+           "GPU_TRANSPORTS"]
 
 #: Accepted values of ``init(gpu_transport=...)``.
 GPU_TRANSPORTS = ("auto", "nccl", "mpi")
@@ -294,6 +295,13 @@ class GradientSync:
 
 
 # -- what fit adds ----------------------------------------------------------------------------------------
+def row_share(start: int, stop: int, rank: int, size: int):
+    """``(a, b)``: rank ``rank``'s contiguous share of the rows [start, stop) cut among ``size``
+    ranks, ``a = start + g rank // size`` with g = stop - start; shares differ by at most a row."""
+    g = stop - start
+    return start + g * rank // size, start + g * (rank + 1) // size
+
+
 def _short(value):
     """A readable form of ``value`` for error messages: its JSON, or a digest when long."""
     text = json.dumps(value, sort_keys=True, default=str)
@@ -435,8 +443,7 @@ class DataParallel:
 
     def share(self, start, stop):
         """``(a, b)``: this rank's rows of the global rows [start, stop)."""
-        g = stop - start
-        return start + g * self.rank // self.size, start + g * (self.rank + 1) // self.size
+        return row_share(start, stop, self.rank, self.size)
 
     def sum_sums(self, host, rows, metrics):
         """Sum a vector of sums and its row count across ranks; the metrics' sample counts too
