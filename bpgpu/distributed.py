@@ -47,8 +47,14 @@ import numpy as np
 
 from .errors import DistributedError, DistributedUnavailableError
 
-__all__ = ["Communicator", "init", "choose_transport", "row_share", "GradientSync",
-           "GPU_TRANSPORTS"]
+__all__ = [
+    "GPU_TRANSPORTS",
+    "Communicator",
+    "GradientSync",
+    "choose_transport",
+    "init",
+    "row_share",
+]
 
 #: Accepted values of ``init(gpu_transport=...)``.
 GPU_TRANSPORTS = ("auto", "nccl", "mpi")

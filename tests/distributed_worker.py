@@ -29,17 +29,18 @@ RANKS = 2
 #: the last global batch is ragged (with an empty share on some rank in "reference_mse").
 CASES = {
     # fast path, shuffled, L2, accuracy, validation split 3/4 between the ranks
-    "fast_ce": dict(n=53, batch=5, shuffle=True, fast=None, loss="cross_entropy", opt="adam",
-                    l2=1e-3, metrics=["accuracy"], n_val=7, epochs=3),
+    "fast_ce": {"n": 53, "batch": 5, "shuffle": True, "fast": None, "loss": "cross_entropy",
+                "opt": "adam", "l2": 1e-3, "metrics": ["accuracy"], "n_val": 7, "epochs": 3},
     # reference path, in order, SGD with momentum and clip_norm; last batch has 1 row for 2 ranks
-    "reference_mse": dict(n=41, batch=4, shuffle=False, fast=False, loss="mse", opt="sgd",
-                          l2=0.0, metrics=["mae"], n_val=None, epochs=3),
+    "reference_mse": {"n": 41, "batch": 4, "shuffle": False, "fast": False, "loss": "mse",
+                      "opt": "sgd", "l2": 0.0, "metrics": ["mae"], "n_val": None, "epochs": 3},
     # the fast path's row shards (forced), summed before the all-reduce
-    "sharded": dict(n=64, batch=16, shuffle=True, fast=None, loss="cross_entropy", opt="adam",
-                    l2=0.0, metrics=None, n_val=9, epochs=2, shards=2),
+    "sharded": {"n": 64, "batch": 16, "shuffle": True, "fast": None, "loss": "cross_entropy",
+                "opt": "adam", "l2": 0.0, "metrics": None, "n_val": 9, "epochs": 2, "shards": 2},
     # array_api_strict: reference path with host staging
-    "strict": dict(n=30, batch=4, shuffle=True, fast=None, loss="mse", opt="adam", l2=1e-2,
-                   metrics=None, n_val=None, epochs=2, backend="array_api_strict"),
+    "strict": {"n": 30, "batch": 4, "shuffle": True, "fast": None, "loss": "mse", "opt": "adam",
+               "l2": 1e-2, "metrics": None, "n_val": None, "epochs": 2,
+               "backend": "array_api_strict"},
 }
 
 
@@ -72,8 +73,8 @@ def build(case, seed=3, dropout=None, batchnorm=False):
 
 def fit_kwargs(case, ranks):
     X, y, val = data(case)
-    return dict(x=X, y=y, epochs=case["epochs"], batch_size=case["batch"] * ranks,
-                shuffle=case["shuffle"], metrics=case["metrics"], validation_data=val, verbose=0)
+    return {"x": X, "y": y, "epochs": case["epochs"], "batch_size": case["batch"] * ranks,
+                "shuffle": case["shuffle"], "metrics": case["metrics"], "validation_data": val, "verbose": 0}
 
 
 class StepCounter(Callback):

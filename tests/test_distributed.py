@@ -8,6 +8,7 @@ gradient hook are tested in this process, without MPI.
 """
 
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -16,14 +17,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 
+import distributed_worker as worker
 import numpy as np
 import pytest
 
 import bpgpu
 from bpgpu.distributed import GradientSync, choose_transport, row_share
-
-import distributed_worker as worker
 
 HERE = pathlib.Path(__file__).parent
 ROOT = HERE.parent
@@ -272,7 +273,7 @@ def test_nccl_falls_back_with_the_reason_where_cupy_is_missing():
 def test_row_shares_cover_the_batch_once(size, start, stop):
     shares = [row_share(start, stop, rank, size) for rank in range(size)]
     assert shares[0][0] == start and shares[-1][1] == stop
-    assert all(a[1] == b[0] for a, b in zip(shares, shares[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(shares))
     lengths = [b - a for a, b in shares]
     assert max(lengths) - min(lengths) <= 1
 
@@ -312,3 +313,89 @@ def test_gradient_sync_empty_share_contributes_exact_zeros():
     (out,) = sync([buffer])
     np.testing.assert_array_equal(transport.seen[0], np.zeros(3))
     np.testing.assert_array_equal(out, [1.0, 2.0, 3.0])
+
+
+# -- the NCCL path against a stand-in for cupy.cuda.nccl (no GPU here: wiring only) --------------------
+class _FakeNccl(types.ModuleType):
+    NCCL_FLOAT32, NCCL_FLOAT64, NCCL_SUM = 7, 8, 0
+
+    def __init__(self, available=True, version=22703):
+        super().__init__("cupy.cuda.nccl")
+        self.available, self._version, self.made, self.calls = available, version, [], []
+        fake = self
+
+        class NcclCommunicator:
+            def __init__(self, size, uid, rank):
+                fake.made.append((size, uid, rank))
+
+            def allReduce(self, *args):
+                fake.calls.append(args)
+
+        self.NcclCommunicator = NcclCommunicator
+
+    @staticmethod
+    def get_unique_id():
+        return tuple(range(-64, 64))  # NCCL_UNIQUE_ID_BYTES = 128 signed chars
+
+    def get_version(self):
+        if isinstance(self._version, Exception):
+            raise self._version
+        return self._version
+
+
+def _install_fake_cupy(monkeypatch, nccl):
+    cuda = types.ModuleType("cupy.cuda")
+    cuda.nccl = nccl
+    cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=4242)
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = cuda
+    for name, module in (("cupy", cupy), ("cupy.cuda", cuda), ("cupy.cuda.nccl", nccl)):
+        monkeypatch.setitem(sys.modules, name, module)
+
+
+class _FakeComm:
+    """Rank ``rank`` of 2; broadcasts deliver what rank 0 sent (kept in ``sent``)."""
+
+    sent = None
+
+    def __init__(self, rank):
+        self.rank, self.size = rank, 2
+
+    def broadcast_bytes(self, data):
+        if self.rank == 0:
+            _FakeComm.sent = data
+        return _FakeComm.sent
+
+
+class _FakeDeviceArray:
+    def __init__(self, n, dtype):
+        self.size, self.dtype = n, np.dtype(dtype)
+        self.data = types.SimpleNamespace(ptr=1000 + n)
+
+
+@pytest.mark.parametrize("dtype, code", [("float32", 7), ("float64", 8)])
+def test_nccl_path_bootstraps_over_mpi_and_sums_in_place(monkeypatch, dtype, code):
+    from bpgpu.distributed import _NCCLTransport
+
+    nccl = _FakeNccl()
+    _install_fake_cupy(monkeypatch, nccl)
+    ranks = [_NCCLTransport(_FakeComm(rank), None, "test") for rank in (0, 1)]
+    assert nccl.made == [(2, nccl.get_unique_id(), 0), (2, nccl.get_unique_id(), 1)]
+    buf = _FakeDeviceArray(10, dtype)
+    assert ranks[1].allreduce(buf) is buf
+    assert nccl.calls == [(buf.data.ptr, buf.data.ptr, 10, code, nccl.NCCL_SUM, 4242)]
+
+
+@pytest.mark.parametrize("nccl, usable, words", [
+    (_FakeNccl(), True, "NCCL 22703"),
+    (_FakeNccl(available=False), False, "built without NCCL"),
+    (_FakeNccl(version=RuntimeError("libnccl.so.2 not found")), False, "libnccl.so.2 not found"),
+])
+def test_nccl_probe_reasons(monkeypatch, nccl, usable, words):
+    from bpgpu.distributed import _probe_nccl
+
+    _install_fake_cupy(monkeypatch, nccl)
+    got, reason = _probe_nccl()
+    assert got is usable and words in reason
+    kind, why = choose_transport("cupy", "auto")
+    assert kind == ("nccl" if usable else "mpi") and words in why
