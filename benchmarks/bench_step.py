@@ -138,8 +138,10 @@ def build_bpgpu(sizes, batch, backend, rng, fast=True):
     y = rng.integers(0, sizes[-1], batch)
     Xd, yd = net._data(X, y)
 
+    engine = net.engine
+
     def step():
-        return net._train_batch(Xd, yd)
+        return engine.train_step(Xd, yd)
 
     return net, step, (X, y)
 

@@ -153,7 +153,7 @@ class EarlyStopping(Callback):
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, epoch, logs=None):
-        from .training import copy_weights
+        from ._snapshot import copy_weights
 
         value = _monitored(logs, self.monitor, "EarlyStopping")
         if value is None:
@@ -169,7 +169,7 @@ class EarlyStopping(Callback):
             self.network.stop_training = True
 
     def on_train_end(self, logs=None):
-        from .training import restore_weights
+        from ._snapshot import restore_weights
 
         if self.restore_best_weights and self.best_weights is not None:
             restore_weights(self.network, self.best_weights)

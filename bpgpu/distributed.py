@@ -18,7 +18,8 @@ global batch holds G = N * batch_size rows. What ``fit(distributed=comm)`` adds:
    global batch of g rows (the last may be ragged) is cut into N contiguous shares, rank r taking
    rows [g r // N, g (r + 1) // N).
 4. After the backward pass each rank multiplies its flat gradient (the mean over its n_r rows,
-   L2 penalty included) by n_r / g, and one all-reduce sums the buffers. As
+   L2 penalty included) by n_r / g, and one all-reduce sums the buffers (a gradient hook of the
+   engine, :class:`GradientSync`, run before any other hook). As
    sum_r (n_r / g) (mean_r + penalty) = mean over the global batch + penalty, N ranks with batch
    b follow one process with batch N b, to rounding. A rank whose share of a ragged batch is empty
    steps on one row with weight 0, so every rank issues the same collectives.
@@ -41,7 +42,6 @@ written but has not run: no GPU was available when it was built.
 import contextlib
 import hashlib
 import json
-import math
 
 import numpy as np
 
@@ -268,36 +268,26 @@ class _NCCLTransport:
 
 
 class GradientSync:
-    """The hook between backward and update while ``fit(distributed=...)`` runs
-    (``Network._gradient_hook``): ``sync(grads) -> grads`` scales this rank's gradients by
-    ``weight`` (n_r / g, set before each step) and sums them over the ranks in ONE all-reduce of
-    one flat buffer. ``grads`` is the fast path's flat buffer alone (scaled and summed in place on
-    NumPy and NCCL), or the reference path's list of arrays (packed into one buffer first).
-    ``calls`` counts the all-reduces."""
+    """The gradient hook of a distributed ``fit`` (first in ``net.gradient_hooks``, see
+    :mod:`bpgpu._engine`): ``sync(flat_grads, rows)`` multiplies this rank's flat gradient by
+    ``weight`` (n_r / g, set before each step; 0 zeroes it) and sums it over the ranks in ONE
+    all-reduce, in place. Running first, it hands every later hook the summed gradient, so their
+    verdicts (a mixed-precision skip) agree on every rank. ``calls`` counts the all-reduces."""
 
-    def __init__(self, transport, backend):
-        self.transport, self.xp = transport, backend.xp
+    def __init__(self, transport):
+        self.transport = transport
         self.weight = 1.0
         self.calls = 0
 
-    def __call__(self, grads):
-        xp = self.xp
-        single = len(grads) == 1 and grads[0].ndim == 1
-        flat = grads[0] if single else xp.concat([xp.reshape(g, (-1,)) for g in grads])
+    def __call__(self, flat_grads, rows=None):
         if self.weight == 0.0:
-            flat[...] = 0.0
+            flat_grads[...] = 0.0
         elif self.weight != 1.0:
-            flat *= self.weight
-        total = self.transport.allreduce(flat)
+            flat_grads *= self.weight
+        total = self.transport.allreduce(flat_grads)
+        if total is not flat_grads:  # summed through a host copy
+            flat_grads[...] = total
         self.calls += 1
-        if single:
-            return [total]
-        out, offset = [], 0
-        for g in grads:
-            size = math.prod(g.shape)
-            out.append(xp.reshape(total[offset:offset + size], tuple(g.shape)))
-            offset += size
-        return out
 
 
 # -- what fit adds ----------------------------------------------------------------------------------------
@@ -333,7 +323,7 @@ class DataParallel:
         from .layers.normalization import BatchNorm
         from .metrics import Metric
 
-        if any(isinstance(layer, BatchNorm) for layer in self.net._all_layers):
+        if any(isinstance(layer, BatchNorm) for layer in self.net.structure.all_layers):
             raise ValueError("BatchNorm cannot train data-parallel: each rank would normalise with "
                              "the statistics of its own rows, so the ranks together would not "
                              "follow one process with the global batch. Use LayerNorm, or train "
@@ -367,7 +357,7 @@ class DataParallel:
             "backend and dtype": f"{backend.name} {net.dtype_name}",
             "layers": _short([serialize_layer(layer) for layer in net.layers]),
             "parameter shapes": _short([list(layer.params[key].shape)
-                                        for layer, key in net._slots]),
+                                        for layer, key in net.structure.slots]),
             "loss": _short(serialize_loss(net.loss)),
             "optimizer": _short(serialize_optimizer(net.optimizer)),
             "X": f"shape {tuple(Xd.shape)}, dtype {getattr(X, 'dtype', type(X).__name__)}",
@@ -411,7 +401,7 @@ class DataParallel:
             arrays = dict(arrays)
             for i, w in enumerate(net.get_weights()):
                 arrays[f"param:{i}"] = w
-            for j, layer in enumerate(net._all_layers):
+            for j, layer in enumerate(net.structure.all_layers):
                 for name, value in layer.buffers.items():
                     arrays[f"buffer:{j}:{name}"] = net.backend.to_numpy(value)
             arrays = {k: np.ascontiguousarray(a) for k, a in arrays.items()}
@@ -425,8 +415,8 @@ class DataParallel:
             comm.broadcast_array(buf)
             received[key] = buf
         if self.rank != 0:
-            net.set_weights([received[f"param:{i}"] for i in range(len(net._slots))])
-            for j, layer in enumerate(net._all_layers):
+            net.set_weights([received[f"param:{i}"] for i in range(len(net.structure.slots))])
+            for j, layer in enumerate(net.structure.all_layers):
                 for name in list(layer.buffers):
                     layer.buffers[name] = net.backend.asarray(received[f"buffer:{j}:{name}"],
                                                               dtype=net.dtype)
@@ -439,13 +429,13 @@ class DataParallel:
     # -- during training ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def attached(self):
-        """Install the gradient hook on the network for the duration of the block."""
-        self.sync = GradientSync(self.comm.transport_for(self.net.backend), self.net.backend)
-        self.net._gradient_hook = self.sync
+        """Put the gradient hook first in ``net.gradient_hooks`` for the duration of the block."""
+        self.sync = GradientSync(self.comm.transport_for(self.net.backend))
+        self.net.gradient_hooks.insert(0, self.sync)
         try:
             yield self
         finally:
-            self.net._gradient_hook = None
+            self.net.gradient_hooks.remove(self.sync)
 
     def share(self, start, stop):
         """``(a, b)``: this rank's rows of the global rows [start, stop)."""

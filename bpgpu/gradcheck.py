@@ -25,6 +25,7 @@ rewound before each forward pass. Buffers (running statistics) are restored afte
 
 import numpy as np
 
+from ._engine import run_backward, run_forward
 from .backend import get_backend
 from .layers.base import Layer
 from .losses import Loss
@@ -233,7 +234,7 @@ class _loss_check(_Check):
 
 class _network_check(_Check):
     def __init__(self, net, X, y, training):
-        super().__init__(net._all_layers, net.backend, net)
+        super().__init__(net.structure.all_layers, net.backend, net)
         self.net, self.training = net, training
         self.X, self.y = X, y
 
@@ -244,12 +245,15 @@ class _network_check(_Check):
         if backend.xp.isdtype(y.dtype, "real floating"):
             y = backend.xp.astype(y, f64)
 
+        structure = net.structure
+
         def evaluate():
             self._rewind()
-            return backend.to_float(net._loss(net._forward(X, self.training), y))
+            out = run_forward(structure, X, self.training)
+            return backend.to_float(structure.penalized_loss(net.loss.forward(out, y)))
 
         evaluate()
-        net._backward()
+        run_backward(structure, net.loss)
         entries = []
         for i, layer in enumerate(net.layers):
             entries += _param_entries(layer, backend, f64, prefix=f"{i}.")

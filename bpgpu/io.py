@@ -44,12 +44,13 @@ def save(net, path):
         "dtype": net.dtype_name,
         "seed": net.seed,
         "epoch": net.epoch,
+        "input_shape": None if net.input_shape is None else list(net.input_shape),
     }
     meta["training"], arrays = _training_state(net)
     arrays["meta"] = np.array(json.dumps(meta))
     for i, w in enumerate(net.get_weights()):
         arrays[f"param:{i}"] = w
-    for j, layer in enumerate(net._all_layers):
+    for j, layer in enumerate(net.structure.all_layers):
         for name, value in layer.buffers.items():
             arrays[f"buffer:{j}:{name}"] = net.backend.to_numpy(value)
     folder = os.path.dirname(os.path.abspath(path))
@@ -122,14 +123,15 @@ def load(path, backend=None):
         layers = [deserialize_layer(spec) for spec in meta["layers"]]
         net = Network(layers, loss=deserialize_loss(meta["loss"]),
                       optimizer=deserialize_optimizer(meta["optimizer"]), backend=backend,
-                      dtype=meta["dtype"], seed=meta["seed"])
+                      dtype=meta["dtype"], seed=meta["seed"],
+                      input_shape=meta.get("input_shape"))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{os.fspath(path)!r}: cannot rebuild the network: {exc}") from None
-    n = len(net._slots)
+    n = len(net.structure.slots)
     try:
         weights = [arrays[f"param:{i}"] for i in range(n)]
         net.set_weights(weights)
-        for j, layer in enumerate(net._all_layers):
+        for j, layer in enumerate(net.structure.all_layers):
             for name in list(layer.buffers):
                 value = arrays[f"buffer:{j}:{name}"]
                 if value.shape != tuple(layer.buffers[name].shape):
@@ -177,7 +179,7 @@ def _restore_training_state(net, training, arrays):
     for key, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"optimizer {key} must be an integer >= 0, got {value!r}")
-    shapes = [tuple(layer.params[key].shape) for layer, key in net._slots]
+    shapes = [tuple(layer.params[key].shape) for layer, key in net.structure.slots]
     state = {}
     for name in info["state"]:
         values = []

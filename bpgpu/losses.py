@@ -99,7 +99,7 @@ class BinaryCrossEntropy(Loss):
     dL/dp = (p - t) / max(p (1 - p), 1e-12) / n.
 
     ``from_logits=True``: ``pred`` are logits z, p = sigma(z) (``torch.nn.BCEWithLogitsLoss``);
-    L = mean(max(z, 0) - z t + log(1 + e^-|z|)), dL/dz = (sigma(z) - t) / n.
+    ``L = mean(max(z, 0) - z t + log(1 + e^-|z|))``, dL/dz = (sigma(z) - t) / n.
     """
 
     name = "bce"

@@ -12,7 +12,7 @@ By name (``pred`` is the network output, ``t`` the target as the loss prepared i
   with ``from_logits=True``) against ``t > 0.5``, element-wise. Classification losses only.
 * ``"binary_accuracy"``: mean over elements of ``(pred > threshold) == (t > 0.5)``, threshold 0
   for ``bce_with_logits``, else 0.5. Not for cross-entropy.
-* ``"mae"``: mean |pred - t| over all elements;  ``"rmse"``: sqrt(mean (pred - t)^2).
+* ``"mae"``: ``mean |pred - t|`` over all elements;  ``"rmse"``: sqrt(mean (pred - t)^2).
 * ``"r2"``: coefficient of determination 1 - SS_res / SS_tot per output column, averaged over
   columns (scikit-learn's ``r2_score``; a constant column scores 1 if predicted exactly, else 0).
 
@@ -124,7 +124,7 @@ class _Regression(Metric):
 
 
 class MAE(_Regression):
-    """Mean absolute error over all elements: mean |pred - target|."""
+    """Mean absolute error over all elements: ``mean |pred - target|``."""
 
     name = "mae"
 

@@ -128,12 +128,12 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum (``torch.optim.SGD``).
+    """Stochastic gradient descent with optional momentum (``torch.optim.SGD``)::
 
-    g <- g + weight_decay * p
-    with momentum mu > 0:  b <- g on the first step, else b <- mu b + (1 - dampening) g;
-                           g <- g + mu b (nesterov) or g <- b
-    p <- p - lr g
+        g <- g + weight_decay * p
+        with momentum mu > 0:  b <- g on the first step, else b <- mu b + (1 - dampening) g;
+                               g <- g + mu b (nesterov) or g <- b
+        p <- p - lr g
 
     Defaults: lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False.
     """
@@ -170,11 +170,11 @@ class SGD(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """RMSprop (``torch.optim.RMSprop``).
+    """RMSprop (``torch.optim.RMSprop``)::
 
-    g <- g + weight_decay * p;  v <- alpha v + (1 - alpha) g^2
-    centered: a <- alpha a + (1 - alpha) g;  d = sqrt(v - a^2) + eps, else d = sqrt(v) + eps
-    momentum mu > 0:  b <- mu b + g / d;  p <- p - lr b,  else p <- p - lr g / d
+        g <- g + weight_decay * p;  v <- alpha v + (1 - alpha) g^2
+        centered: a <- alpha a + (1 - alpha) g;  d = sqrt(v - a^2) + eps, else d = sqrt(v) + eps
+        momentum mu > 0:  b <- mu b + g / d;  p <- p - lr b,  else p <- p - lr g / d
 
     Defaults: lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False.
     """
@@ -221,11 +221,11 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (``torch.optim.Adam``), weight decay added to the gradient (L2 style).
+    """Adam (``torch.optim.Adam``), weight decay added to the gradient (L2 style)::
 
-    g <- g + weight_decay * p
-    m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
-    p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+        g <- g + weight_decay * p
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
     Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.
     """

@@ -30,7 +30,7 @@ import math
 from .validation import check_number
 
 __all__ = ["Schedule", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
-           "ReduceLROnPlateau", "serialize_schedule", "deserialize_schedule"]
+           "ReduceLROnPlateau", "serialize_schedule", "deserialize_schedule"]  # noqa: F822 (module __getattr__)
 
 _REGISTRY = {}
 _UNITS = ("epoch", "batch")

@@ -24,11 +24,11 @@ found may differ.
 
 import copy
 import math
-import sys
-import time
 
 import numpy as np
 
+from ._progress import Progress
+from ._snapshot import Snapshot
 from .callbacks import CallbackList, LearningRateScheduler, ReduceLROnPlateau
 from .errors import TrainingDivergedError
 from .history import History
@@ -36,7 +36,7 @@ from .metrics import Accuracy, get_metric
 from .schedules import Schedule
 from .validation import check_batch_size, check_positive_int
 
-__all__ = ["fit", "evaluate_arrays", "copy_weights", "restore_weights", "Progress"]
+__all__ = ["fit", "evaluate_arrays"]
 
 #: Smallest chunk used to evaluate validation data (inference needs no small batches).
 VALIDATION_CHUNK = 1024
@@ -205,19 +205,15 @@ class _Loop:
         return self.parallel.step_loss(loss, self.parallel.sync.weight)
 
     def _step(self, xb, yb, metric_sums=None):
-        """One update; the loss (0-d, on the device) before it. With metrics, the chain is run
-        explicitly so the batch output can feed them (same operations as ``_train_batch``)."""
-        net = self.net
-        if not self.train_metrics:
-            return net._train_batch(xb, yb)
-        out = net._forward(xb, True)
-        loss = net._loss(out, yb)
-        if metric_sums is not None:
-            for i, metric in enumerate(self.train_metrics):
-                s = metric.update(out, yb)
-                metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
-        net._backward()
-        net._apply_gradients()
+        """One update by the network's engine; the loss (0-d, on the device) before it. With
+        metrics, the engine also hands back the batch's output to feed them."""
+        engine = self.net.engine
+        if not self.train_metrics or metric_sums is None:
+            return engine.train_step(xb, yb)
+        loss, out = engine.train_step(xb, yb, output=True)
+        for i, metric in enumerate(self.train_metrics):
+            s = metric.update(out, yb)
+            metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
         return loss
 
     def _run_epoch(self, host_order, progress):
@@ -253,7 +249,7 @@ class _Loop:
         net = self.net
         xp, dtype = net.backend.xp, net.dtype
         bad = sum(xp.sum(xp.astype(xp.logical_not(xp.isfinite(layer.params[key])), dtype))
-                  for layer, key in net._slots)
+                  for layer, key in net.structure.slots)
         parts = [xp.reshape(xp.astype(xp.asarray(total), dtype), (1,)),
                  xp.reshape(xp.asarray(bad, dtype=dtype), (1,))]
         parts += [xp.reshape(s, (-1,)) for s in sums]
@@ -287,10 +283,10 @@ class _Loop:
                 else:
                     snap.restore(net)
                 return TrainingDivergedError(epoch, step, loss)
-            before_previous, before = before, _Snapshot(net)
+            before_previous, before = before, Snapshot(net)
             losses.append(loss)
         if not all(bool(net.backend.xp.all(net.backend.xp.isfinite(layer.params[key])))
-                   for layer, key in net._slots):
+                   for layer, key in net.structure.slots):
             before_previous.restore(net)
             return TrainingDivergedError(epoch, steps_run - 1, float("nan"), weights=True)
         return losses
@@ -312,7 +308,7 @@ class _Loop:
                 if self.parallel is not None:
                     net.stop_training = self.parallel.any(net.stop_training)
                 host_order = net.shuffle_rng.permutation(self.n) if self.shuffle else None
-                snap = _Snapshot(net, host_order)
+                snap = Snapshot(net, host_order)
                 lr = net.optimizer.learning_rate()
                 progress.begin(f"epoch {epoch - shown_from + 1}/{end - shown_from}", self.n_steps)
                 total, sums, seen, steps = self._run_epoch(host_order, progress)
@@ -366,7 +362,7 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None, parallel=None):
     rows at a time (None: all at once), with one device read. With ``parallel`` (a distributed
     fit) each rank evaluates its share of the rows and the sums are added across ranks (every
     rank evaluates all rows when there are fewer rows than ranks)."""
-    xp = net.backend.xp
+    xp, engine = net.backend.xp, net.engine
     n = Xd.shape[0]
     shared = parallel is not None and n >= parallel.size
     if shared:
@@ -379,8 +375,8 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None, parallel=None):
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
-        out = net._forward(xb, False)
-        loss = net._loss(out, yb) * float(stop - start)
+        out = engine.forward(xb, False)
+        loss = engine.loss(out, yb) * float(stop - start)
         total = loss if total is None else total + loss
         for i, metric in enumerate(metrics):
             s = metric.update(out, yb)
@@ -396,145 +392,3 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None, parallel=None):
         logs[metric.name] = metric.result(host[offset:offset + s.shape[0]])
         offset += s.shape[0]
     return logs
-
-
-# -- copies of the training state ------------------------------------------------------------------
-def _copy(xp, a):
-    return xp.asarray(a, copy=True)
-
-
-def copy_weights(net):
-    """Device copies of every parameter and buffer (for :func:`restore_weights`)."""
-    xp = net.backend.xp
-    return ([_copy(xp, layer.params[key]) for layer, key in net._slots],
-            [{k: _copy(xp, v) for k, v in layer.buffers.items()} for layer in net._all_layers])
-
-
-def restore_weights(net, weights):
-    """Put back parameters and buffers from :func:`copy_weights` (the copy stays usable)."""
-    xp = net.backend.xp
-    params, buffers = weights
-    for (layer, key), value in zip(net._slots, params):
-        layer.params[key] = _copy(xp, value)
-    for layer, saved in zip(net._all_layers, buffers):
-        layer.buffers = {k: _copy(xp, v) for k, v in saved.items()}
-
-
-class _Snapshot:
-    """Everything a training step changes: weights, buffers, optimizer state, step counters and
-    learning rate, and the device RNG; plus the epoch's batch order and how many steps it ran."""
-
-    def __init__(self, net, order=None):
-        xp = net.backend.xp
-        self.weights = copy_weights(net)
-        state = net.optimizer.state_dict()
-        self.optimizer = {"step_count": state["step_count"],
-                          "schedule_step": state.get("schedule_step", 0),
-                          "state": {k: [_copy(xp, a) for a in v] for k, v in state["state"].items()}}
-        self.lr = net.optimizer.lr
-        self.rng = net.backend.rng_state(net.device_rng)
-        self.order = order
-        self.steps = 0
-
-    def restore(self, net):
-        xp = net.backend.xp
-        restore_weights(net, self.weights)
-        net.optimizer.load_state_dict({
-            "step_count": self.optimizer["step_count"],
-            "schedule_step": self.optimizer["schedule_step"],
-            "state": {k: [_copy(xp, a) for a in v] for k, v in self.optimizer["state"].items()}})
-        net.optimizer.lr = self.lr
-        net.backend.set_rng_state(net.device_rng, copy.deepcopy(self.rng))
-
-
-# -- progress display ----------------------------------------------------------------------------------
-def _isatty(stream):
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def format_logs(logs):
-    return "  ".join(f"{k} {v:.6g}" for k, v in logs.items())
-
-
-class Progress:
-    """What ``fit`` prints. ``verbose=0``: nothing. ``verbose=1`` on a terminal: a progress bar per
-    epoch (tqdm when installed, else a plain one) that shows the epoch's loss and metrics when it
-    completes. ``verbose=2``, or 1 when not writing to a terminal: one line per epoch."""
-
-    BAR_WIDTH = 30
-    REDRAW_SECONDS = 0.1
-
-    def __init__(self, verbose, stream=None):
-        self.stream = sys.stdout if stream is None else stream
-        self.verbose = int(verbose)
-        self.bar = self.verbose == 1 and _isatty(self.stream)
-        self._tqdm_class = _tqdm() if self.bar else None
-        self._tqdm = None
-
-    def begin(self, label, n_steps):
-        self.label, self.n, self.i = label, n_steps, 0
-        self._open = True
-        self.t0 = self._drawn = time.perf_counter()
-        if self.bar and self._tqdm_class is not None:
-            self._tqdm = self._tqdm_class(total=n_steps, desc=label, unit="batch", leave=True,
-                                          file=self.stream, dynamic_ncols=True, mininterval=0.1)
-        elif self.bar:
-            self._draw()
-
-    def advance(self):
-        if not self.bar:
-            return
-        self.i += 1
-        if self._tqdm is not None:
-            self._tqdm.update(1)
-            return
-        now = time.perf_counter()
-        if now - self._drawn >= self.REDRAW_SECONDS:
-            self._drawn = now
-            self._draw()
-
-    def _draw(self, tail=""):
-        filled = self.BAR_WIDTH * self.i // max(self.n, 1)
-        bar = "=" * filled + "." * (self.BAR_WIDTH - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {self.i}/{self.n}{tail}")
-        self.stream.flush()
-
-    def end(self, logs):
-        if not self.verbose:
-            return
-        text = format_logs(logs)
-        seconds = time.perf_counter() - self.t0
-        self._open = False
-        if self._tqdm is not None:
-            self._tqdm.set_postfix_str(text, refresh=False)
-            self._tqdm.close()
-            self._tqdm = None
-        elif self.bar:
-            self._draw(f"  {text}  ({seconds:.2f}s)\n")
-        else:
-            print(f"{self.label}  {text}  ({seconds:.2f}s)", file=self.stream, flush=True)
-
-    def message(self, text):
-        if self.verbose:
-            print(text, file=self.stream, flush=True)
-
-    def close(self):
-        """Close an unfinished bar (after an error or a clean stop)."""
-        if self._tqdm is not None:
-            self._tqdm.close()
-            self._tqdm = None
-        elif self.bar and getattr(self, "_open", False):
-            self.stream.write("\n")
-            self.stream.flush()
-        self._open = False
-
-
-def _tqdm():
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm

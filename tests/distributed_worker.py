@@ -85,7 +85,8 @@ class StepCounter(Callback):
         self.calls, self.losses = [], []
 
     def on_batch_end(self, batch, logs=None):
-        self.calls.append(self.network._gradient_hook.calls)
+        sync = self.network.gradient_hooks[0]  # the fit's GradientSync comes first
+        self.calls.append(sync.calls)
         self.losses.append(float(logs["loss"]))
 
 

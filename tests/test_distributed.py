@@ -279,40 +279,42 @@ def test_row_shares_cover_the_batch_once(size, start, stop):
 
 
 class _PlusOtherRank:
-    """A stand-in transport: the 'other rank' contributes ``other`` (a closed-form sum)."""
+    """A stand-in transport: the 'other rank' contributes ``other`` (a closed-form sum); it
+    answers with a new array, as host staging does, or in place, as MPI on NumPy does."""
 
-    def __init__(self, other):
-        self.other, self.seen = other, []
+    def __init__(self, other, in_place):
+        self.other, self.in_place, self.seen = other, in_place, []
 
     def allreduce(self, buf):
         self.seen.append(buf.copy())
+        if self.in_place:
+            buf += self.other
+            return buf
         return buf + self.other
 
 
-def test_gradient_sync_scales_then_sums_one_flat_buffer():
-    backend = bpgpu.get_backend("numpy")
-    grads = [np.arange(6.0).reshape(2, 3), np.array([1.0, -2.0])]
-    other = np.linspace(0.0, 1.0, 8)
-    transport = _PlusOtherRank(other)
-    sync = GradientSync(transport, backend)
+@pytest.mark.parametrize("in_place", [True, False])
+def test_gradient_sync_scales_then_sums_the_flat_buffer_in_place(in_place):
+    flat = np.array([0.0, 1.0, -2.0, 4.0])
+    other = np.linspace(0.0, 1.0, 4)
+    transport = _PlusOtherRank(other, in_place)
+    sync = GradientSync(transport)
     sync.weight = 0.25
-    out = sync([g.copy() for g in grads])
-    flat = np.concatenate([g.reshape(-1) for g in grads])
-    assert len(transport.seen) == sync.calls == 1  # one all-reduce for all parameters
+    buffer = flat.copy()
+    assert sync(buffer, 3) is None
+    assert len(transport.seen) == sync.calls == 1  # one all-reduce for every parameter
     np.testing.assert_array_equal(transport.seen[0], 0.25 * flat)
-    np.testing.assert_array_equal(np.concatenate([o.reshape(-1) for o in out]), 0.25 * flat + other)
-    assert [o.shape for o in out] == [(2, 3), (2,)]
+    np.testing.assert_array_equal(buffer, 0.25 * flat + other)  # the engine's buffer itself
 
 
 def test_gradient_sync_empty_share_contributes_exact_zeros():
-    backend = bpgpu.get_backend("numpy")
     buffer = np.array([np.nan, 3.0, -np.inf])  # the dummy row's gradient, whatever it is
-    transport = _PlusOtherRank(np.array([1.0, 2.0, 3.0]))
-    sync = GradientSync(transport, backend)
+    transport = _PlusOtherRank(np.array([1.0, 2.0, 3.0]), in_place=False)
+    sync = GradientSync(transport)
     sync.weight = 0.0
-    (out,) = sync([buffer])
+    sync(buffer, 1)
     np.testing.assert_array_equal(transport.seen[0], np.zeros(3))
-    np.testing.assert_array_equal(out, [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(buffer, [1.0, 2.0, 3.0])
 
 
 # -- the NCCL path against a stand-in for cupy.cuda.nccl (no GPU here: wiring only) --------------------

@@ -59,7 +59,7 @@ def _torch_forward_loss(torch, name, layers, weights, X, y):
             k += 2
         else:
             h = {Tanh: torch.tanh, Sigmoid: torch.sigmoid, ReLU: F.relu, SiLU: F.silu,
-                 GELU: lambda t: F.gelu(t, approximate="tanh"),
+                 GELU: F.gelu,
                  Softmax: lambda t: F.softmax(t, dim=1)}[type(layer)](h)
     yt = torch.tensor(y)
     if name in ("mse", "deep_mixed", "l2_penalty"):

@@ -324,7 +324,7 @@ def _in_blocks(rule, opt, lr, p, g, state, work):
         hi = min(lo + BLOCK, size)
         n = hi - lo
         rule(opt, lr, p[lo:hi], g[lo:hi], {k: state[k][lo:hi] for k in names},
-             lambda name: scratch[name][:n])
+             lambda name, n=n: scratch[name][:n])
 
 
 class NumPyKernels(KernelSet):
