@@ -2,8 +2,9 @@
 
 Usage: mpiexec -n 2 python distributed_worker.py SCENARIO OUT_DIR [CHECKPOINT]
 
-``train``: every case of :data:`CASES` trained with ``distributed=comm``; each rank writes its
-weights, history and per-step all-reduce counts to OUT_DIR/train-rank{r}.npz (plus JSON).
+``train``: every case of :data:`CASES` trained with ``distributed=comm``, then fewer validation
+rows than ranks, a divergence, early stopping, a stop from one rank and Dropout; each rank writes
+its weights, histories and per-step all-reduce counts to OUT_DIR/train-rank{r}.json.
 ``errors``: bad calls that every rank must reject before the first step; each rank records what
 it raised, then trains one good call to show the job is still usable.
 ``resume``: continue CHECKPOINT (written by one process) data-parallel, and write a checkpoint
@@ -43,6 +44,12 @@ CASES = {
                "backend": "array_api_strict"},
 }
 
+#: Training that blows up in its second epoch (SGD without clipping at a huge rate).
+DIVERGING = {**CASES["reference_mse"], "fast": None, "lr": 1e6, "clip_norm": None, "epochs": 4}
+
+#: Fewer validation rows than ranks: every rank evaluates all of them.
+TINY_VALIDATION = {**CASES["fast_ce"], "n_val": 1, "epochs": 2}
+
 
 def data(case, seed=7):
     """``(X, y, validation or None)`` of a case, float64."""
@@ -66,7 +73,8 @@ def build(case, seed=3, dropout=None, batchnorm=False):
     if dropout:
         layers.append(Dropout(dropout))
     layers.append(Dense(8, out, l2=case["l2"]))
-    opt = Adam(lr=0.01) if case["opt"] == "adam" else SGD(lr=0.05, momentum=0.9, clip_norm=0.5)
+    opt = Adam(lr=case.get("lr", 0.01)) if case["opt"] == "adam" \
+        else SGD(lr=case.get("lr", 0.05), momentum=0.9, clip_norm=case.get("clip_norm", 0.5))
     return bpgpu.Network(layers, loss=case["loss"], optimizer=opt, dtype="float64", seed=seed,
                          backend=case.get("backend", "numpy"), fast=case["fast"])
 
@@ -130,6 +138,19 @@ def train(comm, out):
         results[name] = {**_result(net, history), "calls": counter.calls,
                          "batch_losses": counter.losses,
                          "transport": comm.transport_for(net.backend).reason}
+    net = build(TINY_VALIDATION)
+    kwargs = fit_kwargs(TINY_VALIDATION, 1)
+    results["tiny_validation"] = _result(net, net.fit(kwargs.pop("x"), kwargs.pop("y"),
+                                                      distributed=comm, **kwargs))
+    net = build(DIVERGING)
+    kwargs = fit_kwargs(DIVERGING, 1)
+    try:
+        with np.errstate(all="ignore"):  # the overflow is the point
+            net.fit(kwargs.pop("x"), kwargs.pop("y"), distributed=comm, **kwargs)
+        raised = None
+    except bpgpu.TrainingDivergedError as exc:
+        raised = [exc.epoch, exc.step]
+    results["diverging"] = {**_result(net, net.history), "raised": raised}
     # early stopping decides the same everywhere; a stop asked for on rank 1 alone stops all
     case = CASES["fast_ce"]
     net = build(case)

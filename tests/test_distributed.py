@@ -134,6 +134,25 @@ def test_transport_for_numpy_and_strict_networks(trained):
 
 
 @needs_mpi
+def test_fewer_validation_rows_than_ranks_are_evaluated_on_every_rank(trained):
+    net, history = _one_process(worker.TINY_VALIDATION)
+    _assert_same_run(trained[0]["tiny_validation"], net, history)
+    assert trained[1]["tiny_validation"] == trained[0]["tiny_validation"]
+
+
+@needs_mpi
+def test_divergence_is_found_at_the_same_step_on_every_rank(trained):
+    net = worker.build(worker.DIVERGING)
+    kwargs = worker.fit_kwargs(worker.DIVERGING, worker.RANKS)
+    with np.errstate(all="ignore"), pytest.raises(bpgpu.TrainingDivergedError) as caught:
+        net.fit(kwargs.pop("x"), kwargs.pop("y"), **kwargs)
+    ranks = [r["diverging"] for r in trained]
+    assert ranks[0]["raised"] == ranks[1]["raised"] == [caught.value.epoch, caught.value.step]
+    assert ranks[1]["weights"] == ranks[0]["weights"]  # both rewound to the last finite step
+    _assert_same_run(ranks[0], net, net.history)
+
+
+@needs_mpi
 def test_early_stopping_decides_the_same_on_every_rank(trained):
     stopper = bpgpu.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=10.0)
     net, history = _one_process(worker.CASES["fast_ce"], callbacks=[stopper], epochs=30)
