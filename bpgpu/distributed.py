@@ -39,9 +39,13 @@ to the host, reduce, copy back), as torch and array_api_strict networks do. The 
 written but has not run: no GPU was available when it was built.
 """
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +69,7 @@ _INSTALL = 'pip install "bpgpu[mpi]" (mpi4py and the MPICH wheel), then run unde
 SAMPLED_ROWS = 64
 
 
-def init(gpu_transport: str = "auto", select_gpu: bool = True) -> "Communicator":
+def init(gpu_transport: str = "auto", select_gpu: bool = True) -> Communicator:
     """The :class:`Communicator` of this process in mpi4py's world communicator.
 
     Args:
@@ -112,7 +116,7 @@ class Communicator:
     mpi4py communicator) and ``gpu_transport``.
     """
 
-    def __init__(self, mpi, gpu_transport: str = "auto"):
+    def __init__(self, mpi: Any, gpu_transport: str = "auto") -> None:
         from mpi4py import MPI
 
         self._MPI = MPI
@@ -123,12 +127,12 @@ class Communicator:
         node.Free()
         self.gpu_transport = gpu_transport
         self.gpu = None
-        self._transports = {}
+        self._transports: dict[str, Any] = {}
 
     def __repr__(self):
         return f"Communicator(rank={self.rank}, size={self.size}, local_rank={self.local_rank})"
 
-    def transport_for(self, backend):
+    def transport_for(self, backend: Any) -> Any:
         """The object that sums gradient buffers of ``backend``'s arrays across ranks (created on
         first use, collectively); its ``kind`` is ``"mpi"`` or ``"nccl"`` and ``reason`` says why."""
         transport = self._transports.get(backend.name)
@@ -139,7 +143,7 @@ class Communicator:
         return transport
 
     # -- small host collectives (control values) --------------------------------------------------
-    def sum(self, values) -> np.ndarray:
+    def sum(self, values: Any) -> np.ndarray:
         """``values`` (float64, host) summed over the ranks; the very same bits on every rank
         (rank 0's result is broadcast)."""
         buf = np.array(values, dtype=np.float64)
@@ -153,11 +157,12 @@ class Communicator:
         self.mpi.Allreduce(self._MPI.IN_PLACE, buf, op=self._MPI.MAX)
         return bool(buf[0])
 
-    def broadcast_bytes(self, data) -> bytes:
+    def broadcast_bytes(self, data: bytes | None) -> bytes:
         """Rank 0's ``data`` (bytes) on every rank (the others pass None)."""
-        length = np.array([len(data) if self.rank == 0 else 0], dtype=np.int64)
+        payload = (data or b"") if self.rank == 0 else b""
+        length = np.array([len(payload)], dtype=np.int64)
         self.mpi.Bcast(length, root=0)
-        buf = np.frombuffer(data, dtype=np.uint8).copy() if self.rank == 0 \
+        buf = np.frombuffer(payload, dtype=np.uint8).copy() if self.rank == 0 \
             else np.empty(int(length[0]), dtype=np.uint8)
         self.mpi.Bcast(buf, root=0)
         return buf.tobytes()
@@ -166,7 +171,7 @@ class Communicator:
         """Overwrite the host array ``array`` with rank 0's, in place."""
         self.mpi.Bcast(array, root=0)
 
-    def allgather_bytes(self, data: bytes) -> list:
+    def allgather_bytes(self, data: bytes) -> list[bytes]:
         """Every rank's ``data``, in rank order, on every rank."""
         lengths = np.zeros(self.size, dtype=np.int64)
         self.mpi.Allgather(np.array([len(data)], dtype=np.int64), lengths)
@@ -178,7 +183,8 @@ class Communicator:
 
 
 # -- transports ---------------------------------------------------------------------------------------
-def choose_transport(backend_name: str, requested: str = "auto", probe=None):
+def choose_transport(backend_name: str, requested: str = "auto",
+                     probe: Callable[[], tuple[bool, str]] | None = None) -> tuple[str, str]:
     """``(kind, reason)``: how arrays of the backend ``backend_name`` are summed across ranks.
 
     NumPy: ``"mpi"``, in place. torch, array_api_strict: ``"mpi"`` with host staging. CuPy:
@@ -274,12 +280,12 @@ class GradientSync:
     all-reduce, in place. Running first, it hands every later hook the summed gradient, so their
     verdicts (a mixed-precision skip) agree on every rank. ``calls`` counts the all-reduces."""
 
-    def __init__(self, transport):
+    def __init__(self, transport: Any) -> None:
         self.transport = transport
         self.weight = 1.0
         self.calls = 0
 
-    def __call__(self, flat_grads, rows=None):
+    def __call__(self, flat_grads: Any, rows: int | None = None) -> None:
         if self.weight == 0.0:
             flat_grads[...] = 0.0
         elif self.weight != 1.0:
@@ -291,7 +297,7 @@ class GradientSync:
 
 
 # -- what fit adds ----------------------------------------------------------------------------------------
-def row_share(start: int, stop: int, rank: int, size: int):
+def row_share(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
     """``(a, b)``: rank ``rank``'s contiguous share of the rows [start, stop) cut among ``size``
     ranks, ``a = start + g rank // size`` with g = stop - start; shares differ by at most a row."""
     g = stop - start
