@@ -333,7 +333,8 @@ class Network:
     # -- training loop -----------------------------------------------------------------------------------
     @_on_device
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
+            validation_split=None, metrics=None, callbacks=None, initial_epoch=None,
+            distributed=None):
         """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
         epochs (``net.history`` keeps every epoch, across calls and checkpoints).
 
@@ -356,6 +357,10 @@ class Network:
             initial_epoch: Keras-style resume: set the epoch counter to ``initial_epoch`` and
                 run until ``epochs`` (then the index to stop before). Without it, ``fit``
                 continues from ``net.epoch``, so a loaded checkpoint continues with plain ``fit``.
+            distributed: a :class:`~bpgpu.distributed.Communicator` from
+                :func:`bpgpu.distributed.init`: train data-parallel, every rank passing the same
+                ``(X, y)``; ``batch_size`` is then per rank. N ranks with batch b train like one
+                process with batch N b (see :mod:`bpgpu.distributed`).
 
         Per epoch the history records ``loss`` (the batch losses, each taken before its update,
         weighted by batch size; penalties included), the metrics, ``val_loss`` and ``val_*``,
@@ -369,7 +374,7 @@ class Network:
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                    validation_data=validation_data, verbose=verbose,
                    validation_split=validation_split, metrics=metrics, callbacks=callbacks,
-                   initial_epoch=initial_epoch)
+                   initial_epoch=initial_epoch, distributed=distributed)
 
     # -- inference ---------------------------------------------------------------------------------------
     @_on_device
