@@ -447,12 +447,12 @@ def _launch(kernel, *args):
     slots = getattr(_ACTIVE, "scalars", None)
     if slots is None:
         return kernel(*args)
-    args = [slots.view(a) if isinstance(a, (int, float, np.generic)) else a for a in args]
+    routed = [slots.view(a) if isinstance(a, (int, float, np.generic)) else a for a in args]
     if not slots.launch:
         return None
     if slots.upload:
         slots.device.set(slots.host)
-    return kernel(*args)
+    return kernel(*routed)
 
 
 def _clip_args(opt, g):
