@@ -231,6 +231,11 @@ def test_rejects_impossible_groups_and_dilation(kwargs, match):
         Conv2D(6, 4, 3, groups=3)
 
 
+def test_torch_style_positional_dilation_is_refused_with_advice():
+    with pytest.raises(ValueError, match="pass dilation and groups by keyword"):
+        Conv2D(2, 4, 3, 1, 1, 2)
+
+
 def test_dilated_kernel_larger_than_the_input_is_rejected_and_changes_nothing():
     layer = _build(Conv2D(1, 1, 3, dilation=3), bpgpu.get_backend("numpy"))
     W = np.array(layer.params["W"], copy=True)
