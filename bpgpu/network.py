@@ -326,8 +326,8 @@ class Network:
 
     def load_state_dict(self, state, format="torch"):
         """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
-        (e.g. ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``); everything is
-        checked first, so a refused state changes nothing."""
+        (e.g. ``torch_model.state_dict()`` of the equivalent torch model, on the CPU); everything
+        is checked first, so a refused state changes nothing."""
         from .export import load_state_dict
 
         load_state_dict(self, state, format=format)
