@@ -1,18 +1,22 @@
 """Helper for tests/test_distributed.py: data-parallel runs under ``mpiexec -n 2``.
 
 Usage: mpiexec -n 2 python distributed_worker.py SCENARIO OUT_DIR [CHECKPOINT]
+       python distributed_worker.py single OUT_DIR
 
 ``train``: every case of :data:`CASES` trained with ``distributed=comm``, then fewer validation
 rows than ranks, a divergence, early stopping, a stop from one rank and Dropout; each rank writes
 its weights, histories and per-step all-reduce counts to OUT_DIR/train-rank{r}.json.
 ``errors``: bad calls that every rank must reject before the first step; each rank records what
 it raised, then trains one good call to show the job is still usable.
+``single`` (run WITHOUT mpiexec): the cases on one rank, for comparison with a plain ``fit``.
 ``resume``: continue CHECKPOINT (written by one process) data-parallel, and write a checkpoint
 from rank 0 for one process to continue.
 
 The cases are built by :func:`build`, which the tests also use for the one-process oracle.
 """
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -166,6 +170,14 @@ def train(comm, out):
     history = net.fit(kwargs.pop("x"), kwargs.pop("y"), callbacks=[StopOnRank(1, 1, comm)],
                       distributed=comm, **kwargs)
     results["stop_on_rank_1"] = _result(net, history)
+    # only rank 0 prints
+    net = build(case)
+    kwargs = fit_kwargs(case, 1)
+    kwargs["verbose"] = 2
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        net.fit(kwargs.pop("x"), kwargs.pop("y"), distributed=comm, **kwargs)
+    results["printed"] = printed.getvalue()
     # dropout: per-rank masks, identical weights
     net = build(case, dropout=0.3)
     kwargs = fit_kwargs(case, 1)
@@ -224,12 +236,30 @@ def resume(comm, out, checkpoint):
     _write(out, "resume", comm.rank, {**_result(net, net.history), "saved": saver.saved})
 
 
+def single(out):
+    """Without mpiexec: one rank, every case; must match a plain fit bit for bit."""
+    comm = bpgpu.distributed.init()
+    results = {}
+    for name, case in CASES.items():
+        if case.get("shards"):
+            os.environ["BPGPU_CPU_SHARDS"] = str(case["shards"])
+        net = build(case)
+        kwargs = fit_kwargs(case, 1)
+        history = net.fit(kwargs.pop("x"), kwargs.pop("y"), distributed=comm, **kwargs)
+        os.environ.pop("BPGPU_CPU_SHARDS", None)
+        results[name] = _result(net, history)
+    _write(out, "single", comm.rank, {"size": comm.size, **results})
+
+
 def _write(out, scenario, rank, results):
     with open(os.path.join(out, f"{scenario}-rank{rank}.json"), "w") as f:
         json.dump(results, f)
 
 
 def main(scenario, out, *rest):
+    if scenario == "single":
+        single(out)
+        return
     comm = bpgpu.distributed.init()
     if comm.size != RANKS:
         raise SystemExit(f"run under mpiexec -n {RANKS}; this job has {comm.size} ranks")

@@ -42,13 +42,15 @@ needs_mpi = pytest.mark.skipif(
     reason='mpi4py or mpiexec is missing: pip install "bpgpu[mpi]" (mpi4py and the MPICH wheel)')
 
 
-def _launch(scenario, out, *args):
-    """Run the worker on 2 ranks; fail (never hang) after TIMEOUT seconds."""
+def _launch(scenario, out, *args, ranks=worker.RANKS):
+    """Run the worker on ``ranks`` ranks (None: plain python, no mpiexec); fail (never hang)
+    after TIMEOUT seconds."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
     env.pop("BPGPU_CPU_SHARDS", None)
-    cmd = [_mpiexec(), "-n", str(worker.RANKS), sys.executable, str(HERE / "distributed_worker.py"),
-           scenario, str(out), *map(str, args)]
+    launcher = [] if ranks is None else [_mpiexec(), "-n", str(ranks)]
+    cmd = [*launcher, sys.executable, str(HERE / "distributed_worker.py"), scenario, str(out),
+           *map(str, args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
     try:
@@ -59,7 +61,7 @@ def _launch(scenario, out, *args):
         pytest.fail(f"mpiexec {scenario} did not finish within {TIMEOUT} s (a hang)")
     assert proc.returncode == 0, f"mpiexec {scenario} failed:\n{stdout[-2000:]}\n{stderr[-4000:]}"
     return [json.loads((pathlib.Path(out) / f"{scenario}-rank{r}.json").read_text())
-            for r in range(worker.RANKS)]
+            for r in range(ranks or 1)]
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +106,22 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(trained, name):
     _assert_same_run(trained[0][name], net, history)
     assert trained[1][name]["weights"] == trained[0][name]["weights"]  # bit for bit
     assert trained[1][name]["history"] == trained[0][name]["history"]
+
+
+@needs_mpi
+def test_one_rank_without_mpiexec_is_a_plain_fit_bit_for_bit(tmp_path):
+    (single,) = _launch("single", tmp_path, ranks=None)
+    assert single["size"] == 1
+    for name, case in worker.CASES.items():
+        net, history = _one_process(case, batch_size=case["batch"])
+        assert single[name]["weights"] == [w.tolist() for w in net.get_weights()], name
+        assert single[name]["history"] == history.history, name
+
+
+@needs_mpi
+def test_only_rank_0_prints(trained):
+    assert trained[0]["printed"].count("epoch ") == worker.CASES["fast_ce"]["epochs"]
+    assert trained[1]["printed"] == ""
 
 
 @needs_mpi
