@@ -28,6 +28,9 @@ global batch holds G = N * batch_size rows. What ``fit(distributed=comm)`` adds:
    broadcast, so decisions (early stopping, learning-rate changes) agree; a stop asked for on any
    rank stops every rank. Only rank 0 prints, and callbacks with ``rank_zero_only`` (checkpoints,
    CSV logs) run on rank 0 alone.
+6. An exception raised on one rank during training (a callback's error, say) aborts the whole
+   job (``MPI_Abort``) with its message: the other ranks already wait in a collective, so
+   raising it on that rank alone would leave them waiting forever.
 
 Refused with a clear error: BatchNorm (each rank would normalise with its own rows' statistics)
 and metrics that keep host state between batches (``r2``'s shift). Dropout runs with per-rank
@@ -44,6 +47,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -442,6 +447,25 @@ class DataParallel:
             yield self
         finally:
             self.net.gradient_hooks.remove(self.sync)
+
+    @contextlib.contextmanager
+    def abort_on_error(self):
+        """Turn an exception raised on this rank alone during training into an abort of the
+        whole job: the other ranks already wait in the next collective and would wait forever.
+        :class:`~bpgpu.TrainingDivergedError` passes, as every rank raises it at the same step."""
+        from .errors import TrainingDivergedError
+
+        try:
+            yield
+        except TrainingDivergedError:
+            raise
+        except BaseException as exc:
+            print(f"bpgpu.distributed: rank {self.rank} of {self.size} failed during training "
+                  f"({type(exc).__name__}: {exc}); aborting every rank, as the others wait for "
+                  "it in a collective", file=sys.stderr, flush=True)
+            traceback.print_exc()
+            self.comm.mpi.Abort(1)
+            raise
 
     def share(self, start, stop):
         """``(a, b)``: this rank's rows of the global rows [start, stop)."""

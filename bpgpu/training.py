@@ -67,7 +67,7 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
     parallel.broadcast_state()
     if initial_epoch is None:  # the epoch counter is rank 0's now
         span = (net.epoch, net.epoch + span[1] - span[0], net.epoch)
-    with parallel.attached():
+    with parallel.attached(), parallel.abort_on_error():
         return loop.run(*span)
 
 

@@ -8,6 +8,7 @@ rows than ranks, a divergence, early stopping, a stop from one rank and Dropout;
 its weights, histories and per-step all-reduce counts to OUT_DIR/train-rank{r}.json.
 ``errors``: bad calls that every rank must reject before the first step; each rank records what
 it raised, then trains one good call to show the job is still usable.
+``crash``: a callback raises on rank 1 alone mid-training; the whole job must end.
 ``single`` (run WITHOUT mpiexec): the cases on one rank, for comparison with a plain ``fit``.
 ``resume``: continue CHECKPOINT (written by one process) data-parallel, and write a checkpoint
 from rank 0 for one process to continue.
@@ -236,6 +237,28 @@ def resume(comm, out, checkpoint):
     _write(out, "resume", comm.rank, {**_result(net, net.history), "saved": saver.saved})
 
 
+class FailOnRank(Callback):
+    """Raises at the end of epoch 1 on rank ``rank`` only."""
+
+    def __init__(self, rank, comm):
+        self.rank, self.comm = rank, comm
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.comm.rank == self.rank and epoch == 1:
+            raise RuntimeError(f"a callback failed on rank {self.rank}")
+
+
+def crash(comm, out):
+    """A callback fails on rank 1 alone in the middle of training: the job must end."""
+    case = CASES["fast_ce"]
+    net = build(case)
+    kwargs = fit_kwargs(case, 1)
+    kwargs["epochs"] = 50
+    net.fit(kwargs.pop("x"), kwargs.pop("y"), callbacks=[FailOnRank(1, comm)], distributed=comm,
+            **kwargs)
+    _write(out, "crash", comm.rank, {"finished": True})  # never reached
+
+
 def single(out):
     """Without mpiexec: one rank, every case; must match a plain fit bit for bit."""
     comm = bpgpu.distributed.init()
@@ -263,7 +286,8 @@ def main(scenario, out, *rest):
     comm = bpgpu.distributed.init()
     if comm.size != RANKS:
         raise SystemExit(f"run under mpiexec -n {RANKS}; this job has {comm.size} ranks")
-    {"train": train, "errors": errors, "resume": resume}[scenario](comm, out, *rest)
+    {"train": train, "errors": errors, "resume": resume, "crash": crash}[scenario](comm, out,
+                                                                                  *rest)
 
 
 if __name__ == "__main__":

@@ -42,9 +42,9 @@ needs_mpi = pytest.mark.skipif(
     reason='mpi4py or mpiexec is missing: pip install "bpgpu[mpi]" (mpi4py and the MPICH wheel)')
 
 
-def _launch(scenario, out, *args, ranks=worker.RANKS):
-    """Run the worker on ``ranks`` ranks (None: plain python, no mpiexec); fail (never hang)
-    after TIMEOUT seconds."""
+def _run(scenario, out, *args, ranks=worker.RANKS):
+    """``(returncode, stdout, stderr)`` of the worker on ``ranks`` ranks (None: plain python, no
+    mpiexec); the test fails (never hangs) after TIMEOUT seconds."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
     env.pop("BPGPU_CPU_SHARDS", None)
@@ -59,7 +59,13 @@ def _launch(scenario, out, *args, ranks=worker.RANKS):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         pytest.fail(f"mpiexec {scenario} did not finish within {TIMEOUT} s (a hang)")
-    assert proc.returncode == 0, f"mpiexec {scenario} failed:\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    return proc.returncode, stdout, stderr
+
+
+def _launch(scenario, out, *args, ranks=worker.RANKS):
+    """Run the worker (see :func:`_run`); every rank's results."""
+    code, stdout, stderr = _run(scenario, out, *args, ranks=ranks)
+    assert code == 0, f"mpiexec {scenario} failed:\n{stdout[-2000:]}\n{stderr[-4000:]}"
     return [json.loads((pathlib.Path(out) / f"{scenario}-rank{r}.json").read_text())
             for r in range(ranks or 1)]
 
@@ -247,6 +253,15 @@ def test_checkpoints_move_between_one_process_and_distributed(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(resumed.history.history["loss"], straight_history.history["loss"],
                                rtol=1e-9)
+
+
+@needs_mpi
+def test_an_error_on_one_rank_mid_training_ends_the_job_instead_of_hanging(tmp_path):
+    code, _, stderr = _run("crash", tmp_path)
+    assert code != 0
+    assert "rank 1 of 2 failed during training (RuntimeError: a callback failed on rank 1)" \
+        in stderr
+    assert not list(tmp_path.glob("crash-*.json"))
 
 
 # -- in this process, without MPI ----------------------------------------------------------------------
