@@ -450,9 +450,10 @@ class DataParallel:
 
     @contextlib.contextmanager
     def abort_on_error(self):
-        """Turn an exception raised on this rank alone during training into an abort of the
-        whole job: the other ranks already wait in the next collective and would wait forever.
-        :class:`~bpgpu.TrainingDivergedError` passes, as every rank raises it at the same step."""
+        """Turn an exception raised on this rank alone after the start agreement (state
+        broadcast, training) into an abort of the whole job: the other ranks already wait in the
+        next collective and would wait forever. :class:`~bpgpu.TrainingDivergedError` passes, as
+        every rank raises it at the same step."""
         from .errors import TrainingDivergedError
 
         try:

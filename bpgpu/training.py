@@ -64,10 +64,10 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
     if parallel is None:
         return loop.run(*span)
     parallel.agree(None, fingerprint)
-    parallel.broadcast_state()
-    if initial_epoch is None:  # the epoch counter is rank 0's now
-        span = (net.epoch, net.epoch + span[1] - span[0], net.epoch)
-    with parallel.attached(), parallel.abort_on_error():
+    with parallel.abort_on_error(), parallel.attached():
+        parallel.broadcast_state()
+        if initial_epoch is None:  # the epoch counter is rank 0's now
+            span = (net.epoch, net.epoch + span[1] - span[0], net.epoch)
         return loop.run(*span)
 
 
