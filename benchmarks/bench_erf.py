@@ -18,12 +18,13 @@ from bpgpu.layers import GELU
 from bpgpu.special import erf_for
 
 
-def _best(fn, repeat):
-    fn()
+def _best(fn, x, repeat):
+    """Shortest of ``repeat`` timings of ``fn(x)`` (after one warm-up call)."""
+    fn(x)
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        fn()
+        fn(x)
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -48,11 +49,11 @@ def main():
         approx = GELU("tanh").build(backend, f64, rng)
         for n in args.sizes:
             x = backend.asarray(rng.standard_normal(n) * 3.0, f64)
-            t_native = _best(lambda: native(x), args.repeat) if native else float("nan")
-            t_ref = _best(lambda: reference(x), args.repeat)
-            t_chosen = _best(lambda: chosen(x), args.repeat)
-            t_exact = _best(lambda: exact.forward(x), args.repeat)
-            t_tanh = _best(lambda: approx.forward(x), args.repeat)
+            t_native = _best(native, x, args.repeat) if native else float("nan")
+            t_ref = _best(reference, x, args.repeat)
+            t_chosen = _best(chosen, x, args.repeat)
+            t_exact = _best(exact.forward, x, args.repeat)
+            t_tanh = _best(approx.forward, x, args.repeat)
             print(f"| {name} | {n} | {t_ref / t_native:.1f} | {t_chosen / t_native:.2f} | "
                   f"{t_exact / t_tanh:.2f} |")
 

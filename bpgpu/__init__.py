@@ -1,7 +1,8 @@
 """bpgpu: neural networks trained by explicit backpropagation, on NumPy, CuPy or any Array API
 library, chosen with one switch (``backend=``)."""
 
-from . import callbacks, distributed, initializers, layers, losses, metrics, optimizers, schedules
+from . import (callbacks, distributed, export, initializers, layers, losses, metrics, optimizers,
+               registry, schedules, special)
 from .backend import Backend, available_backends, get_backend
 from .errors import (BackendUnavailableError, DistributedError, DistributedUnavailableError,
                      ModelFileError, TrainingDivergedError)
@@ -16,4 +17,4 @@ __all__ = ["Network", "History", "Backend", "get_backend", "available_backends",
            "gradcheck", "gradient_errors", "BackendUnavailableError", "ModelFileError",
            "TrainingDivergedError", "DistributedError", "DistributedUnavailableError", "layers",
            "losses", "optimizers", "initializers", "schedules", "callbacks", "metrics",
-           "distributed"]
+           "distributed", "export", "special", "registry"]

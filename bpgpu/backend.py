@@ -19,12 +19,16 @@ Names accepted by :func:`get_backend`:
 CuPy and torch are imported only when asked for, so ``import bpgpu`` stays light.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
+from typing import Any
 
 import numpy as np
 
 from .errors import BackendUnavailableError
+from .typing import Array, ArrayLike, Device, Namespace
 
 __all__ = ["Backend", "get_backend", "available_backends", "BACKEND_NAMES"]
 
@@ -55,7 +59,7 @@ class Backend:
     name = "abstract"
     supports_float64 = True
 
-    def __init__(self, xp, device, reason="requested explicitly"):
+    def __init__(self, xp: Namespace, device: Device, reason: str = "requested explicitly") -> None:
         self.xp = xp
         self.device = device
         self.reason = reason
@@ -72,7 +76,7 @@ class Backend:
         return self._kernels
 
     # -- dtypes -------------------------------------------------------------------------------
-    def dtype(self, name):
+    def dtype(self, name: str) -> Any:
         """The backend's floating dtype for ``"float32"`` or ``"float64"``."""
         if name not in _DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {_DTYPE_NAMES}, got {name!r}")
@@ -80,7 +84,7 @@ class Backend:
             raise ValueError(f"backend {self.name!r} on device {self.device} has no float64")
         return getattr(self.xp, name)
 
-    def dtype_name(self, dtype):
+    def dtype_name(self, dtype: Any) -> str:
         """The name (``"float32"``...) of one of this backend's floating dtypes."""
         for name in _DTYPE_NAMES:
             if dtype == getattr(self.xp, name):
@@ -88,11 +92,11 @@ class Backend:
         raise ValueError(f"{dtype!r} is not a floating dtype bpgpu supports ({_DTYPE_NAMES})")
 
     # -- host <-> device ------------------------------------------------------------------------
-    def is_native(self, x):
+    def is_native(self, x: Any) -> bool:
         """True when ``x`` is an array of this backend's library."""
         raise NotImplementedError
 
-    def asarray(self, data, dtype=None):
+    def asarray(self, data: ArrayLike, dtype: Any = None) -> Array:
         """A fresh array on this backend's device from host data or a native array.
 
         Always copies, so the caller's array is never aliased or mutated.
@@ -107,35 +111,46 @@ class Backend:
             host = host.astype(_numpy_dtype(self, dtype), copy=False)
         return self._from_host(np.ascontiguousarray(host))
 
+    def borrow(self, data, dtype):
+        """``data`` itself when this backend can read it in place (a native array of ``dtype``,
+        C-contiguous, on this device), else :meth:`asarray`'s copy. The caller must only read the
+        result: it may be the caller's own array."""
+        return self.asarray(data, dtype=dtype)
+
+    def take_rows(self, x, indices, out=None):
+        """Rows ``indices`` of ``x`` (``xp.take`` along axis 0); backends that can write them
+        into ``out`` (an array of the result's shape and dtype) do, and return it."""
+        return self.xp.take(x, indices, axis=0)
+
     def _from_host(self, host):
         return self.xp.asarray(host, copy=True, device=self.device)
 
-    def to_numpy(self, x):
+    def to_numpy(self, x: Array) -> np.ndarray:
         """A host NumPy array holding the values of ``x`` (a copy for device arrays)."""
         raise NotImplementedError
 
-    def to_float(self, x):
+    def to_float(self, x: Array) -> float:
         """A Python float from a 0-d (or one-element) array; waits for the device."""
         return float(self.to_numpy(x).reshape(-1)[0])
 
-    def synchronize(self):
+    def synchronize(self) -> None:
         """Wait until all work queued on the device has finished (no-op on the CPU)."""
 
-    def activate(self):
+    def activate(self) -> contextlib.AbstractContextManager[Any]:
         """A context manager making this backend's device current (CuPy); a no-op elsewhere.
         Network methods run inside it, so every array they create lands on ``device``."""
         return contextlib.nullcontext()
 
     # -- randomness -------------------------------------------------------------------------------
-    def make_rng(self, seed):
+    def make_rng(self, seed: Any) -> Any:
         """A :class:`DeviceRNG` drawing directly on this backend's device."""
         return _HostRNG(self, seed)
 
-    def rng_state(self, rng):
+    def rng_state(self, rng: Any) -> dict[str, Any]:
         """A JSON-serialisable snapshot of ``rng`` (from :meth:`make_rng`)."""
         return rng.get_state()
 
-    def set_rng_state(self, rng, state):
+    def set_rng_state(self, rng: Any, state: dict[str, Any]) -> None:
         rng.set_state(state)
 
 
@@ -187,6 +202,17 @@ class NumPyBackend(Backend):
 
     def to_float(self, x):
         return float(x) if np.ndim(x) == 0 else float(np.reshape(x, -1)[0])
+
+    def borrow(self, data, dtype):
+        if isinstance(data, np.ndarray) and data.dtype == np.dtype(dtype) \
+                and data.flags.c_contiguous:
+            return data
+        return self.asarray(data, dtype=dtype)
+
+    def take_rows(self, x, indices, out=None):
+        if out is None:
+            return np.take(x, indices, axis=0)
+        return np.take(x, indices, axis=0, out=out, mode="clip")  # "raise" would buffer
 
     def make_rng(self, seed):
         return _NumPyRNG(seed)
@@ -344,7 +370,7 @@ class TorchBackend(Backend):
             self._torch.cuda.synchronize(self.device)
 
 
-def get_backend(name=None):
+def get_backend(name: str | Backend | None = None) -> Backend:
     """The :class:`Backend` called ``name`` (see the module docstring for the names).
 
     A :class:`Backend` instance is returned as it is. An explicit name that cannot run raises
@@ -393,7 +419,7 @@ def _auto_backend():
     return backend
 
 
-def available_backends():
+def available_backends() -> list[str]:
     """Names of the backends that can run on this machine, e.g. ``["numpy", "array_api_strict"]``.
 
     ``"torch"`` is listed when PyTorch imports; ``"cupy"`` only when a CUDA device answers.
@@ -401,9 +427,9 @@ def available_backends():
     return [name for name, reason in backend_status().items() if reason is None]
 
 
-def backend_status():
+def backend_status() -> dict[str, str | None]:
     """``{name: None if usable else the reason it is not}`` for the four concrete backends."""
-    status = {}
+    status: dict[str, str | None] = {}
     for name in ("numpy", "array_api_strict", "torch", "cupy"):
         try:
             backend = get_backend(name)

@@ -13,10 +13,13 @@ schedule position, the shuffling generator's state, the device generator's state
 counter and the history. Version 1 files still load (with a fresh training state).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import secrets
 import zipfile
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,13 +28,17 @@ from .layers import deserialize_layer, serialize_layer
 from .losses import deserialize_loss, serialize_loss
 from .optimizers import deserialize_optimizer, serialize_optimizer
 
+if TYPE_CHECKING:  # only for the annotations: network.py imports this module
+    from .backend import Backend
+    from .network import Network
+
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
 FORMAT = "bpgpu-network"
 FORMAT_VERSION = 2
 
 
-def save(net, path):
+def save(net: Network, path: str | os.PathLike[str]) -> None:
     """Write ``net`` to ``path`` atomically: a temporary file in the same folder is renamed over
     ``path`` only once it is complete, so a crash never leaves a half-written file behind."""
     path = os.fspath(path)
@@ -72,7 +79,7 @@ def save(net, path):
         raise
 
 
-def read_file(path):
+def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(meta, arrays)`` from a bpgpu file; ModelFileError if it is anything else."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -113,7 +120,7 @@ def read_file(path):
     return meta, arrays
 
 
-def load(path, backend=None):
+def load(path: str | os.PathLike[str], backend: str | Backend | None = None) -> Network:
     """Rebuild a saved :class:`~bpgpu.Network` on ``backend`` (any backend, whatever the one it
     was saved from). Raises :class:`~bpgpu.ModelFileError` for files that are not bpgpu models."""
     from .network import Network

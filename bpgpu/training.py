@@ -97,7 +97,7 @@ def _prepare(net, X, y, epochs, batch_size, shuffle, validation_data, verbose, v
                    else [Accuracy().bind(net.backend, net.loss)] if net.loss.is_classification
                    else [])
     callback_list = CallbackList(callbacks, net)
-    Xd, yd = net._data(X, y)
+    Xd, yd = net._data(X, y, borrow=True)  # read in place where the backend can (never written)
     n = Xd.shape[0]
     if n == 0:
         raise ValueError("X holds no samples; fit needs at least one")
@@ -112,7 +112,7 @@ def _prepare(net, X, y, epochs, batch_size, shuffle, validation_data, verbose, v
     elif validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (X_val, y_val)")
-        validation = net._data(*validation_data)
+        validation = net._data(*validation_data, borrow=True)
         if validation[0].shape[0] == 0:
             raise ValueError("validation_data holds no samples")
     # Progress counts this call's epochs ("epoch 1/5"), or absolute ones with initial_epoch.
@@ -164,6 +164,7 @@ class _Loop:
         self.n = Xd.shape[0]
         self.bs = self.n if batch_size is None else min(batch_size, self.n)
         self.n_steps = -(-self.n // self.bs)
+        self._gathered = None  # the reused batch buffers of shuffled epochs
         self.shuffle = bool(shuffle) and self.bs < self.n
         self.train_metrics, self.val_metrics = train_metrics, val_metrics
         self.validation = validation
@@ -194,9 +195,15 @@ class _Loop:
             start, stop, rows = a, max(b, a + 1), b - a
         if order is None:
             return self.Xd[start:stop, ...], self.yd[start:stop, ...], rows
-        xp = self.net.backend.xp
+        backend = self.net.backend
+        if self._gathered is None:  # one batch of each, reused by every step (Backend.take_rows)
+            xp = backend.xp
+            self._gathered = tuple(xp.empty((self.bs,) + tuple(a.shape[1:]), dtype=a.dtype,
+                                            device=backend.device) for a in (self.Xd, self.yd))
         idx = order[start:stop]
-        return xp.take(self.Xd, idx, axis=0), xp.take(self.yd, idx, axis=0), rows
+        size = stop - start
+        return (backend.take_rows(self.Xd, idx, self._gathered[0][:size, ...]),
+                backend.take_rows(self.yd, idx, self._gathered[1][:size, ...]), rows)
 
     def _global_loss(self, loss):
         """The loss of the step just run as a float (the global batch's, when distributed)."""

@@ -6,6 +6,7 @@ All are element-wise except :class:`Softmax` (over the last axis). All are stabl
 
 import math
 
+from ..registry import get_registry
 from ..special import erf_for, normal_cdf
 from .base import Layer
 
@@ -197,6 +198,7 @@ ACTIVATIONS = {
     "identity": Identity,
     "linear": Identity,
 }
+get_registry("activation").use_names(ACTIVATIONS)  # the names activation=... accepts; add yours there
 
 
 def get_activation(name):

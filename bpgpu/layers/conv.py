@@ -64,9 +64,9 @@ class Conv2D(Layer):
         if len(shape) != 4 or shape[1] != self.in_channels:
             raise ValueError(f"Conv2D({self.in_channels}, {self.out_channels}) expects input of "
                              f"shape (N, {self.in_channels}, H, W), got {tuple(shape)}")
-        key = tuple(shape[2:])
+        key = height, width = tuple(shape[2:])
         if key not in self._windows:
-            self._windows[key] = Windows(self.backend, self.in_channels, *key, self.kernel_size,
+            self._windows[key] = Windows(self.backend, self.in_channels, height, width, self.kernel_size,
                                          self.stride, self.padding, repr(self),
                                          dilation=self.dilation)
         return self._windows[key]

@@ -15,6 +15,8 @@ class _Pool2D(Layer):
 
     #: Value the padding holds for the reduction (zero for averages, -inf for maxima).
     fill = 0.0
+    _win: Windows      # the windows and the input shape of the last forward pass
+    _shape: tuple[int, ...]
 
     def __init__(self, kernel_size, stride=None, padding=0):
         super().__init__()
@@ -35,9 +37,9 @@ class _Pool2D(Layer):
         if x.ndim != 4:
             raise ValueError(f"{type(self).__name__} expects input of shape (N, C, H, W), got "
                              f"{tuple(x.shape)}")
-        key = tuple(x.shape[2:])
+        key = height, width = tuple(x.shape[2:])
         if key not in self._windows:
-            self._windows[key] = Windows(self.backend, 1, *key, self.kernel_size, self.stride,
+            self._windows[key] = Windows(self.backend, 1, height, width, self.kernel_size, self.stride,
                                          self.padding, repr(self), windows_last=True)
         win = self._windows[key]
         n, c, h, w = x.shape
