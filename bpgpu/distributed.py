@@ -265,8 +265,9 @@ class _NCCLTransport:
 
         self.backend, self.reason = backend, reason
         self._cupy, self._nccl = cupy, nccl
-        uid = np.array(nccl.get_unique_id(), dtype=np.int16).tobytes() if comm.rank == 0 else None
-        uid = tuple(int(v) for v in np.frombuffer(comm.broadcast_bytes(uid), dtype=np.int16))
+        drawn = np.array(nccl.get_unique_id(), dtype=np.int16).tobytes() if comm.rank == 0 \
+            else None
+        uid = tuple(int(v) for v in np.frombuffer(comm.broadcast_bytes(drawn), dtype=np.int16))
         self._comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)
         self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32,
                        np.dtype(np.float64): nccl.NCCL_FLOAT64}
@@ -406,10 +407,10 @@ class DataParallel:
         from .io import _restore_training_state, _training_state
 
         net, comm = self.net, self.comm
-        header = arrays = None
+        header, arrays = None, {}
         if self.rank == 0:
-            training, arrays = _training_state(net)
-            arrays = dict(arrays)
+            training, state_arrays = _training_state(net)
+            arrays = dict(state_arrays)
             for i, w in enumerate(net.get_weights()):
                 arrays[f"param:{i}"] = w
             for j, layer in enumerate(net.structure.all_layers):
