@@ -143,6 +143,17 @@ def train(comm, out):
         results[name] = {**_result(net, history), "calls": counter.calls,
                          "batch_losses": counter.losses,
                          "transport": comm.transport_for(net.backend).reason}
+    # memory-mapped training data (rank 0 writes it, every rank maps it)
+    case = CASES["fast_ce"]
+    kwargs = fit_kwargs(case, 1)
+    path = os.path.join(out, "X.npy")
+    if comm.rank == 0:
+        np.save(path, kwargs["x"])
+    comm.mpi.Barrier()
+    kwargs["x"] = np.load(path, mmap_mode="r")
+    net = build(case)
+    results["memmap"] = _result(net, net.fit(kwargs.pop("x"), kwargs.pop("y"), distributed=comm,
+                                             **kwargs))
     net = build(TINY_VALIDATION)
     kwargs = fit_kwargs(TINY_VALIDATION, 1)
     results["tiny_validation"] = _result(net, net.fit(kwargs.pop("x"), kwargs.pop("y"),

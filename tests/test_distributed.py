@@ -158,6 +158,13 @@ def test_transport_for_numpy_and_strict_networks(trained):
 
 
 @needs_mpi
+def test_memory_mapped_training_data(trained):
+    for rank in trained:
+        assert rank["memmap"]["weights"] == rank["fast_ce"]["weights"]
+        assert rank["memmap"]["history"] == rank["fast_ce"]["history"]
+
+
+@needs_mpi
 def test_fewer_validation_rows_than_ranks_are_evaluated_on_every_rank(trained):
     net, history = _one_process(worker.TINY_VALIDATION)
     _assert_same_run(trained[0]["tiny_validation"], net, history)
@@ -257,11 +264,12 @@ def test_checkpoints_move_between_one_process_and_distributed(tmp_path):
 
 @needs_mpi
 def test_an_error_on_one_rank_mid_training_ends_the_job_instead_of_hanging(tmp_path):
-    code, _, stderr = _run("crash", tmp_path)
-    assert code != 0
+    code, stdout, stderr = _run("crash", tmp_path)
+    output = f"exit status {code}\nstdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-3000:]}"
+    assert code != 0, output
     assert "rank 1 of 2 failed during training (RuntimeError: a callback failed on rank 1)" \
-        in stderr
-    assert not list(tmp_path.glob("crash-*.json"))
+        in stderr, output
+    assert not list(tmp_path.glob("crash-*.json")), output
 
 
 # -- in this process, without MPI ----------------------------------------------------------------------
