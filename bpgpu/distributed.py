@@ -12,8 +12,9 @@ global batch holds G = N * batch_size rows. What ``fit(distributed=comm)`` adds:
    raises (its own error on the rank that rejected, :class:`~bpgpu.DistributedError` elsewhere)
    and nothing has changed.
 2. Rank 0's training state is broadcast: weights, buffers, optimizer state, the shuffling
-   generator, epoch counter and history. Rank r > 0 then draws dropout masks from a stream of its
-   own, seeded from (rank 0's seed, epoch, r).
+   and device generators, epoch counter and history. Every rank then makes the same draws: a
+   draw for a batch (a Dropout mask) is made for the whole global batch and each rank keeps its
+   share's rows (:class:`RowWindow`), so masks are those of one process with the global batch.
 3. Every rank draws the same epoch order (rank 0's shuffling generator, now everyone's); each
    global batch of g rows (the last may be ragged) is cut into N contiguous shares, rank r taking
    rows [g r // N, g (r + 1) // N).
@@ -33,8 +34,7 @@ global batch holds G = N * batch_size rows. What ``fit(distributed=comm)`` adds:
    raising it on that rank alone would leave them waiting forever.
 
 Refused with a clear error: BatchNorm (each rank would normalise with its own rows' statistics)
-and metrics that keep host state between batches (``r2``'s shift). Dropout runs with per-rank
-masks: every rank ends with the same weights, but the run equals no single-process run.
+and metrics that keep host state between batches (``r2``'s shift).
 
 Transports (:func:`choose_transport`): MPI reduces NumPy buffers in place; a CuPy network uses
 NCCL (its unique id broadcast over MPI) when NCCL is available, else MPI with host staging (copy
@@ -57,6 +57,7 @@ import numpy as np
 from .errors import DistributedError, DistributedUnavailableError
 
 __all__ = [
+    "RowWindow",
     "GPU_TRANSPORTS",
     "Communicator",
     "GradientSync",
@@ -302,6 +303,36 @@ class GradientSync:
         self.calls += 1
 
 
+class RowWindow:
+    """Makes a device generator draw for the whole global batch and return this rank's rows.
+
+    While installed (as the ``uniform`` of the generator object itself, which the layers share),
+    a draw whose leading dimension is this rank's row count ``rows`` is made with the global
+    batch's ``total`` rows instead, and rows [offset, offset + rows) are returned. Every rank thus
+    makes the same draws as one process with the global batch (same numbers, same generator
+    state afterwards): Dropout masks match it exactly. Other draws pass through unchanged.
+    """
+
+    def __init__(self, rng: Any) -> None:
+        self.rng, self.draw = rng, rng.uniform
+        self.offset, self.rows, self.total = 0, -1, -1
+        rng.uniform = self
+
+    def select(self, offset: int, rows: int, total: int) -> None:
+        self.offset, self.rows, self.total = offset, rows, total
+
+    def __call__(self, shape: tuple, dtype: Any) -> Any:
+        shape = tuple(shape)
+        if not shape or shape[0] != self.rows or self.rows == self.total:
+            return self.draw(shape, dtype)
+        whole = self.draw((self.total, *shape[1:]), dtype)
+        return whole[self.offset:self.offset + self.rows, ...]
+
+    def remove(self) -> None:
+        """Give the generator its own ``uniform`` back."""
+        del self.rng.uniform
+
+
 # -- what fit adds ----------------------------------------------------------------------------------------
 def row_share(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
     """``(a, b)``: rank ``rank``'s contiguous share of the rows [start, stop) cut among ``size``
@@ -403,7 +434,7 @@ class DataParallel:
 
     def broadcast_state(self):
         """Give every rank rank 0's weights, buffers, optimizer state, generators, epoch and
-        history; then seed rank r's own dropout stream."""
+        history (the device generator too: every rank draws what rank 0 draws)."""
         from .io import _restore_training_state, _training_state
 
         net, comm = self.net, self.comm
@@ -434,20 +465,30 @@ class DataParallel:
                                                               dtype=net.dtype)
             _restore_training_state(net, header["training"], received)
             net.epoch = int(header["epoch"])
-            own = net.backend.make_rng(np.random.SeedSequence(
-                int(header["seed"]), spawn_key=(net.epoch, self.rank)))
-            net.backend.set_rng_state(net.device_rng, net.backend.rng_state(own))
 
     # -- during training ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def attached(self):
-        """Put the gradient hook first in ``net.gradient_hooks`` for the duration of the block."""
+        """For the duration of the block: the gradient hook first in ``net.gradient_hooks``, and
+        the device generator's draws windowed to this rank's rows (:class:`RowWindow`)."""
         self.sync = GradientSync(self.comm.transport_for(self.net.backend))
+        self.window = RowWindow(self.net.device_rng)
         self.net.gradient_hooks.insert(0, self.sync)
         try:
             yield self
         finally:
             self.net.gradient_hooks.remove(self.sync)
+            self.window.remove()
+
+    def select(self, start, stop):
+        """Prepare the step on the global rows [start, stop); ``(a, b, rows)``: the rows this rank
+        runs (one row weighted zero when its share is empty) and how many of them count."""
+        a, b = self.share(start, stop)
+        rows = b - a
+        self.sync.weight = rows / (stop - start)
+        b = max(b, a + 1)
+        self.window.select(a - start, b - a, stop - start)
+        return a, b, rows
 
     @contextlib.contextmanager
     def abort_on_error(self):

@@ -190,9 +190,7 @@ class _Loop:
         stop = min(start + self.bs, self.n)
         rows = stop - start
         if self.parallel is not None:
-            a, b = self.parallel.share(start, stop)
-            self.parallel.sync.weight = (b - a) / rows
-            start, stop, rows = a, max(b, a + 1), b - a
+            start, stop, rows = self.parallel.select(start, stop)
         if order is None:
             return self.Xd[start:stop, ...], self.yd[start:stop, ...], rows
         backend = self.net.backend

@@ -190,7 +190,7 @@ def train(comm, out):
     with contextlib.redirect_stdout(printed):
         net.fit(kwargs.pop("x"), kwargs.pop("y"), distributed=comm, **kwargs)
     results["printed"] = printed.getvalue()
-    # dropout: per-rank masks, identical weights
+    # dropout: the masks of one process with the global batch
     net = build(case, dropout=0.3)
     kwargs = fit_kwargs(case, 1)
     history = net.fit(kwargs.pop("x"), kwargs.pop("y"), distributed=comm, **kwargs)

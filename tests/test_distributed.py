@@ -200,11 +200,17 @@ def test_a_stop_asked_on_one_rank_stops_every_rank(trained):
 
 
 @needs_mpi
-def test_dropout_ranks_draw_their_own_masks_and_end_identical(trained):
+def test_dropout_masks_are_those_of_one_process_with_the_global_batch(trained):
+    case = worker.CASES["fast_ce"]
+    net = worker.build(case, dropout=0.3)
+    kwargs = worker.fit_kwargs(case, worker.RANKS)
+    history = net.fit(kwargs.pop("x"), kwargs.pop("y"), **kwargs)
     ranks = [r["dropout"] for r in trained]
-    assert ranks[0]["weights"] == ranks[1]["weights"]
-    assert ranks[0]["history"] == ranks[1]["history"]
-    assert ranks[0]["mask"] != ranks[1]["mask"]
+    _assert_same_run(ranks[0], net, history)
+    assert ranks[1]["weights"] == ranks[0]["weights"]
+    # the device generators end where one process's does: the next mask is the same everywhere
+    mask = net.backend.to_numpy(net.layers[2].forward(np.ones((4, 8)), training=True)).tolist()
+    assert ranks[0]["mask"] == ranks[1]["mask"] == mask
 
 
 REJECTIONS = {  # label -> (rank 0's error, rank 1's error, words in rank 0's message)
@@ -461,3 +467,21 @@ def test_nccl_probe_reasons(monkeypatch, nccl, usable, words):
     assert got is usable and words in reason
     kind, why = choose_transport("cupy", "auto")
     assert kind == ("nccl" if usable else "mpi") and words in why
+
+
+def test_row_window_hands_each_rank_its_rows_of_the_global_draw():
+    backend = bpgpu.get_backend("numpy")
+    reference = backend.make_rng(np.random.SeedSequence(5))
+    whole = reference.uniform((10, 3), np.float64)
+    pieces = []
+    for offset, rows in ((0, 3), (3, 3), (6, 4)):  # three ranks' shares of 10 rows
+        rng = backend.make_rng(np.random.SeedSequence(5))
+        window = bpgpu.distributed.RowWindow(rng)
+        window.select(offset, rows, 10)
+        pieces.append(rng.uniform((rows, 3), np.float64))
+        assert rng.get_state() == reference.get_state()  # the same draws as one process
+        other = rng.uniform((7, 3), np.float64)  # not this rank's rows: passes through
+        assert other.shape == (7, 3)
+        window.remove()
+        assert "uniform" not in vars(rng)
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
