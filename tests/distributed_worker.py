@@ -43,6 +43,9 @@ CASES = {
     # the fast path's row shards (forced), summed before the all-reduce
     "sharded": {"n": 64, "batch": 16, "shuffle": True, "fast": None, "loss": "cross_entropy",
                 "opt": "adam", "l2": 0.0, "metrics": None, "n_val": 9, "epochs": 2, "shards": 2},
+    # batch_size=None: the whole set is the global batch, cut in two
+    "full_batch": {"n": 25, "batch": None, "shuffle": True, "fast": None, "loss": "mse",
+                   "opt": "adam", "l2": 0.0, "metrics": ["rmse"], "n_val": 5, "epochs": 3},
     # array_api_strict: reference path with host staging
     "strict": {"n": 30, "batch": 4, "shuffle": True, "fast": None, "loss": "mse", "opt": "adam",
                "l2": 1e-2, "metrics": None, "n_val": None, "epochs": 2,
@@ -86,8 +89,10 @@ def build(case, seed=3, dropout=None, batchnorm=False):
 
 def fit_kwargs(case, ranks):
     X, y, val = data(case)
-    return {"x": X, "y": y, "epochs": case["epochs"], "batch_size": case["batch"] * ranks,
-                "shuffle": case["shuffle"], "metrics": case["metrics"], "validation_data": val, "verbose": 0}
+    batch = None if case["batch"] is None else case["batch"] * ranks
+    return {"x": X, "y": y, "epochs": case["epochs"], "batch_size": batch,
+            "shuffle": case["shuffle"], "metrics": case["metrics"], "validation_data": val,
+            "verbose": 0}
 
 
 class StepCounter(Callback):

@@ -134,7 +134,8 @@ def test_only_rank_0_prints(trained):
 @pytest.mark.parametrize("name", list(worker.CASES))
 def test_one_all_reduce_per_step(trained, name):
     case = worker.CASES[name]
-    steps = math.ceil(case["n"] / (worker.RANKS * case["batch"])) * case["epochs"]
+    global_batch = case["n"] if case["batch"] is None else worker.RANKS * case["batch"]
+    steps = math.ceil(case["n"] / global_batch) * case["epochs"]
     for rank in range(worker.RANKS):
         assert trained[rank][name]["calls"] == list(range(1, steps + 1))
 
