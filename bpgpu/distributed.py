@@ -48,6 +48,7 @@ import contextlib
 import hashlib
 import json
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -70,6 +71,10 @@ __all__ = [
 GPU_TRANSPORTS = ("auto", "nccl", "mpi")
 
 _INSTALL = 'pip install "bpgpu[mpi]" (mpi4py and the MPICH wheel), then run under mpiexec -n N'
+
+#: Seconds between printing a rank's error and aborting the job (mpiexec forwards output
+#: asynchronously and may drop what is still in flight when the job is killed).
+ABORT_GRACE_S = 0.5
 
 #: Rows of the training data hashed into the fingerprint (evenly spaced, first and last included).
 SAMPLED_ROWS = 64
@@ -507,6 +512,8 @@ class DataParallel:
                   f"({type(exc).__name__}: {exc}); aborting every rank, as the others wait for "
                   "it in a collective", file=sys.stderr, flush=True)
             traceback.print_exc()
+            sys.stderr.flush()
+            time.sleep(ABORT_GRACE_S)  # let the launcher forward the message before the kill
             self.comm.mpi.Abort(1)
             raise
 
