@@ -363,7 +363,8 @@ class DataParallel:
                             f"got {comm!r}")
         self.comm, self.net = comm, net
         self.rank, self.size = comm.rank, comm.size
-        self.sync = None
+        self.sync: GradientSync | None = None  # set by attached()
+        self.window: RowWindow | None = None
 
     # -- before the first step ------------------------------------------------------------------
     def check(self, n_samples, metrics):
@@ -488,6 +489,8 @@ class DataParallel:
     def select(self, start, stop):
         """Prepare the step on the global rows [start, stop); ``(a, b, rows)``: the rows this rank
         runs (one row weighted zero when its share is empty) and how many of them count."""
+        if self.sync is None or self.window is None:
+            raise RuntimeError("select() runs inside attached()")
         a, b = self.share(start, stop)
         rows = b - a
         self.sync.weight = rows / (stop - start)
