@@ -64,10 +64,10 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
     if parallel is None:
         return loop.run(*span)
     parallel.agree(None, fingerprint)
-    parallel.broadcast_state()
-    if initial_epoch is None:  # the epoch counter is rank 0's now
-        span = (net.epoch, net.epoch + span[1] - span[0], net.epoch)
-    with parallel.attached():
+    with parallel.abort_on_error(), parallel.attached():
+        parallel.broadcast_state()
+        if initial_epoch is None:  # the epoch counter is rank 0's now
+            span = (net.epoch, net.epoch + span[1] - span[0], net.epoch)
         return loop.run(*span)
 
 
@@ -190,9 +190,7 @@ class _Loop:
         stop = min(start + self.bs, self.n)
         rows = stop - start
         if self.parallel is not None:
-            a, b = self.parallel.share(start, stop)
-            self.parallel.sync.weight = (b - a) / rows
-            start, stop, rows = a, max(b, a + 1), b - a
+            start, stop, rows = self.parallel.select(start, stop)
         if order is None:
             return self.Xd[start:stop, ...], self.yd[start:stop, ...], rows
         backend = self.net.backend
