@@ -4,21 +4,42 @@ Data crosses between the host and the device only here, at the API boundary: ``f
 data to the device once, gathers mini-batches there, and reads the loss back once per epoch.
 """
 
+from __future__ import annotations
+
+import functools
 import math
+import os
 import warnings
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
 from ._engine import reference_forced, run_backward, run_forward, select_engine
 from ._structure import NetworkStructure
+from .architecture import check_input_shape, summary_table
 from .backend import get_backend
 from .history import History
 from .layers import Dense, Layer, Softmax, get_activation
 from .losses import CrossEntropy, get_loss
 from .optimizers import get_optimizer
+from .typing import Array, ArrayLike
 from .validation import as_numeric, check_batch_size, check_finite, check_positive_int
 
 __all__ = ["Network"]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _on_device(method: Callable[Concatenate[Network, _P], _R]) -> Callable[Concatenate[Network, _P], _R]:
+    """Run a Network method with its backend's device current (``backend.activate()``), so on
+    ``"cupy:N"`` every array and kernel of the call lands on device N."""
+    @functools.wraps(method)
+    def run(self: Network, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.backend.activate():
+            return method(self, *args, **kwargs)
+    return run
 
 
 class Network:
@@ -28,8 +49,8 @@ class Network:
         layers: list of :class:`~bpgpu.layers.Layer` objects, applied in order.
         loss: a :class:`~bpgpu.losses.Loss` or its name (``"mse"``, ``"bce"``, ``"cross_entropy"``).
         optimizer: an :class:`~bpgpu.optimizers.Optimizer` or its name (``"sgd"``, ``"adam"``, ...).
-        backend: ``"auto"``, ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, a
-            :class:`~bpgpu.Backend`, or None for ``$BPGPU_BACKEND`` (default ``"auto"``).
+        backend: ``"auto"``, ``"numpy"``, ``"cupy"`` (``"cupy:N"``: CUDA device N), ``"torch"``,
+            ``"array_api_strict"``, a :class:`~bpgpu.Backend`, or None for ``$BPGPU_BACKEND`` (default ``"auto"``).
         dtype: ``"float32"`` (default) or ``"float64"``.
         seed: seeds the initial weights (drawn on the host, so equal on every backend), the
             shuffling in :meth:`fit` and the device random numbers (dropout). None: a fresh seed,
@@ -38,6 +59,9 @@ class Network:
             buffers, fused kernels) where it applies; False forces the reference path. None:
             fast unless the environment variable ``BPGPU_REFERENCE=1``. Same numbers either way,
             to rounding; the fast path updates parameter arrays in place.
+        input_shape: the per-sample input shape, e.g. ``(1, 8, 8)`` for a CNN on one-channel
+            8x8 images: checked against every layer now (and against the data later), and shown
+            with every output shape by :meth:`summary`. None: the first layer's own, if any.
 
     Attributes: ``backend`` (its ``name``, ``device`` and the ``reason`` it was chosen),
     ``engine`` (what runs the steps: ``engine.fast`` and the ``engine.reason`` it was chosen, see
@@ -49,7 +73,7 @@ class Network:
     """
 
     def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
-                 seed=None, fast=None):
+                 seed=None, fast=None, input_shape=None):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
                             f"{type(layers).__name__}")
@@ -64,25 +88,27 @@ class Network:
         if fast is not None and not isinstance(fast, bool):
             raise TypeError(f"fast must be True, False or None, got {fast!r}")
         self.fast = not reference_forced() if fast is None else fast
+        self.input_shape = check_input_shape(layers, input_shape)
+        self.output_shape = self._output_shape(self.input_shape, layers) if self.input_shape \
+            else None
         self.layers = list(layers)
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer)
         self.backend = get_backend(backend)
         self.dtype = self.backend.dtype(dtype)
         self.dtype_name = dtype
-        self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)
+        self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)  # type: ignore[arg-type]
         self.loss.bind(self.backend)
         self.optimizer.bind(self.backend)
         seeds = np.random.SeedSequence(self.seed).spawn(2)
         self.shuffle_rng = np.random.default_rng(seeds[0])
         self.device_rng = self.backend.make_rng(seeds[1])
         weights_rng = np.random.default_rng(self.seed)
-        for layer in self.layers:
-            layer.build(self.backend, self.dtype, weights_rng, self.device_rng)
+        with self.backend.activate():
+            for layer in self.layers:
+                layer.build(self.backend, self.dtype, weights_rng, self.device_rng)
         self.layers[0].input_grad = False
         self._refresh_structure()
-        self.input_shape = self.layers[0].input_shape()
-        self.output_shape = self._output_shape(self.input_shape) if self.input_shape else None
         self._data_output_shape = None  # set by _input when the input shape comes from the data
         self.gradient_hooks = []
         self.engine_requirements = set()
@@ -134,30 +160,22 @@ class Network:
     def _all_layers(self):  # the pre-0.2 name of ``structure.all_layers``
         return self.structure.all_layers
 
-    def _output_shape(self, shape):
-        for layer in self.layers:
+    def _output_shape(self, shape, layers=None):
+        for layer in self.layers if layers is None else layers:
             shape = layer.output_shape(shape)
         return tuple(shape)
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         """Number of learnable scalars."""
         return sum(math.prod(layer.params[key].shape) for layer, key in self.structure.slots)
 
-    def summary(self):
-        """A table of the layers, their output shapes and parameter counts, as a string."""
-        rows = [("layer", "output shape", "params")]
-        shape = self.input_shape
-        for layer in self.layers:
-            shape = layer.output_shape(shape) if shape is not None else None
-            count = sum(math.prod(p.shape) for sub in layer.walk() for p in sub.params.values())
-            rows.append((repr(layer), str(("N",) + tuple(shape)) if shape else "?", str(count)))
-        width = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, width)) for row in rows]
-        lines.append(f"total: {self.n_params} parameters; loss {self.loss.name}, optimizer "
-                     f"{self.optimizer!r}; backend {self.backend.name} ({self.backend.reason})")
-        lines.append(f"engine: {self.engine.reason}")
-        return "\n".join(lines)
+    def summary(self) -> str:
+        """A compact table of the layers (nested ones indented), their output shapes and
+        parameter counts, and the totals. A string that displays as the table at an interactive
+        prompt; ``print(net.summary())`` anywhere. Output shapes need a known input shape
+        (``input_shape=`` or a first layer that implies one)."""
+        return summary_table(self)
 
     def __repr__(self):
         return (f"Network({len(self.layers)} layers, {self.n_params} params, "
@@ -206,33 +224,39 @@ class Network:
         return self.engine.train_step(xb, yb)
 
     # -- public step-level API ---------------------------------------------------------------------------
-    def forward(self, X, training=False):
+    @_on_device
+    def forward(self, X: ArrayLike, training: bool = False) -> Array:
         """The network's output for ``X`` (n_samples, n_features), as a backend array.
         ``training=True`` runs training-mode layers (dropout, batch statistics)."""
         return run_forward(self.structure, self._input(X), training)
 
-    def compute_loss(self, output, y):
+    @_on_device
+    def compute_loss(self, output: Array, y: ArrayLike) -> Array:
         """The loss (0-d backend array) of ``output`` (from :meth:`forward`) against targets ``y``,
         penalties included; prepares :meth:`backward`."""
         target = self._target(y, output.shape[0])
         return self.structure.penalized_loss(self.loss.forward(output, target))
 
-    def backward(self):
+    @_on_device
+    def backward(self) -> Array | None:
         """Backpropagate the gradient of the last :meth:`compute_loss` through every layer,
         filling each layer's ``grads``. Returns dL/dX, or None when the first layer skips it."""
         return run_backward(self.structure, self.loss)
 
-    def apply_gradients(self):
+    @_on_device
+    def apply_gradients(self) -> None:
         """Update the weights with the optimizer from the gradients of the last :meth:`backward`."""
         self.engine.apply_update()
 
-    def train_step(self, X, y):
+    @_on_device
+    def train_step(self, X: ArrayLike, y: ArrayLike) -> float:
         """One forward, backward and update on the batch ``(X, y)``; returns the loss before the
         update as a float."""
         Xd, yd = self._data(X, y)
         return self.backend.to_float(self._train_batch(Xd, yd))
 
-    def compute_gradients(self, X, y):
+    @_on_device
+    def compute_gradients(self, X: ArrayLike, y: ArrayLike) -> tuple[float, list[np.ndarray]]:
         """``(loss, grads)`` for the batch ``(X, y)`` without changing any weight or buffer: grads
         is a list of host NumPy arrays in :meth:`get_weights` order."""
         Xd, yd = self._data(X, y)
@@ -246,7 +270,8 @@ class Network:
                 layer.buffers = buffers
         return self.backend.to_float(loss), self.gradients()
 
-    def gradients(self):
+    @_on_device
+    def gradients(self) -> list[np.ndarray]:
         """The last computed gradients as host NumPy arrays, in :meth:`get_weights` order."""
         missing = [f"{type(layer).__name__}.{key}" for layer, key in self.structure.slots
                    if key not in layer.grads]
@@ -256,12 +281,14 @@ class Network:
         return [self.backend.to_numpy(layer.grads[key]) for layer, key in self.structure.slots]
 
     # -- weights ---------------------------------------------------------------------------------------
-    def get_weights(self):
+    @_on_device
+    def get_weights(self) -> list[np.ndarray]:
         """Learnable parameters as host NumPy arrays: layer order, nested layers depth first,
         and within a layer its parameters in order (Dense: W then b)."""
         return [self.backend.to_numpy(layer.params[key]) for layer, key in self.structure.slots]
 
-    def set_weights(self, weights):
+    @_on_device
+    def set_weights(self, weights: list[ArrayLike]) -> None:
         """Replace every learnable parameter (same order and shapes as :meth:`get_weights`).
         All arrays are checked first: a rejected call changes nothing."""
         weights = list(weights)
@@ -280,9 +307,34 @@ class Network:
         for (layer, key), w in zip(self.structure.slots, checked):
             layer.params[key] = self.backend.asarray(w, dtype=self.dtype)
 
+    def state_dict(self, format="torch"):
+        """``{name: host NumPy array}`` of every parameter and buffer, named and laid out as the
+        equivalent ``torch.nn`` modules expect (``Dense`` -> ``nn.Linear`` weight (out, in), ...);
+        see :mod:`bpgpu.export` for the names of nested layers."""
+        from .export import state_dict
+
+        return state_dict(self, format=format)
+
+    def load_state_dict(self, state, format="torch"):
+        """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
+        (e.g. ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``); everything is
+        checked first, so a refused state changes nothing."""
+        from .export import load_state_dict
+
+        load_state_dict(self, state, format=format)
+
+    def save_safetensors(self, path, metadata=None):
+        """Write :meth:`state_dict` to a safetensors file (see :mod:`bpgpu.export`); read it back
+        with :func:`bpgpu.export.load_safetensors` or ``safetensors.torch.load_file``."""
+        from .export import save_safetensors
+
+        save_safetensors(self, path, metadata=metadata)
+
     # -- training loop -----------------------------------------------------------------------------------
+    @_on_device
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
+            validation_split=None, metrics=None, callbacks=None, initial_epoch=None,
+            distributed=None):
         """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
         epochs (``net.history`` keeps every epoch, across calls and checkpoints).
 
@@ -305,6 +357,10 @@ class Network:
             initial_epoch: Keras-style resume: set the epoch counter to ``initial_epoch`` and
                 run until ``epochs`` (then the index to stop before). Without it, ``fit``
                 continues from ``net.epoch``, so a loaded checkpoint continues with plain ``fit``.
+            distributed: a :class:`~bpgpu.distributed.Communicator` from
+                :func:`bpgpu.distributed.init`: train data-parallel, every rank passing the same
+                ``(X, y)``; ``batch_size`` is then per rank. N ranks with batch b train like one
+                process with batch N b (see :mod:`bpgpu.distributed`).
 
         Per epoch the history records ``loss`` (the batch losses, each taken before its update,
         weighted by batch size; penalties included), the metrics, ``val_loss`` and ``val_*``,
@@ -318,9 +374,10 @@ class Network:
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                    validation_data=validation_data, verbose=verbose,
                    validation_split=validation_split, metrics=metrics, callbacks=callbacks,
-                   initial_epoch=initial_epoch)
+                   initial_epoch=initial_epoch, distributed=distributed)
 
     # -- inference ---------------------------------------------------------------------------------------
+    @_on_device
     def predict(self, X, batch_size=None):
         """Outputs for ``X`` as a host NumPy array (inference mode), computed ``batch_size`` rows
         at a time (None: all at once) by the engine's forward pass (the fast one reuses its
@@ -339,6 +396,7 @@ class Network:
             result[s:s + out.shape[0], ...] = out
         return result
 
+    @_on_device
     def evaluate(self, X, y):
         """``{"loss": float}`` on ``(X, y)`` in inference mode, plus ``"accuracy"`` for
         classification losses (argmax for cross-entropy; threshold 0.5 or logit 0 for BCE)."""
@@ -351,7 +409,8 @@ class Network:
         return logs
 
     # -- persistence -----------------------------------------------------------------------------------------
-    def save(self, path):
+    @_on_device
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the network (architecture, weights, buffers, loss and optimizer settings) and
         its training state (optimizer moments and counters, schedule position, random generator
         states, epoch counter, history) to one ``.npz`` file, atomically; after
