@@ -4,8 +4,10 @@ Every operation below repeats a formula of the reference code (named in its docs
 agree to rounding. Where the order of floating-point operations differs: sums over the batch or
 the classes are BLAS products (bias gradients, softmax denominators, the losses' totals), and
 Adam's denominator ``sqrt(v)/c + eps`` is computed as ``(sqrt(v) + eps c) / c``, one pass fewer.
-Activations, their gradients and the losses run feature-major (see :class:`_Dense`). Buffers are
-allocated once per batch size (the two most recent sizes are kept).
+Activations, their gradients and the losses run feature-major (see :class:`_Dense`). Products
+go through ``np.dot``, which reaches BLAS with less per-call work than ``np.matmul`` (a quarter
+less for the small shapes of small networks, ten times less where a layer has one input). Buffers
+are allocated once per batch size (the two most recent sizes are kept).
 """
 
 import functools
@@ -73,9 +75,9 @@ class _Dense(BufferedOp):
         buf = self.buffers_for(x.shape[0])
         y = buf["y"]
         if self.producer is not None:
-            np.matmul(self.joint[0].T, self.producer.buf["full"], out=y)
+            np.dot(self.joint[0].T, self.producer.buf["full"], out=y)
         else:
-            np.matmul(self.W.T, x.T, out=y)
+            np.dot(self.W.T, x.T, out=y)
             if self.b is not None:
                 np.add(y, self.b[:, None], out=y)
         act = self.act
@@ -110,11 +112,11 @@ class _Dense(BufferedOp):
             np.subtract(1.0, dz, out=dz)
             np.multiply(dy_t, dz, out=dz)
         if self.producer is not None:
-            np.matmul(self.producer.buf["full"], dz.T, out=self.joint[1])
+            np.dot(self.producer.buf["full"], dz.T, out=self.joint[1])
         else:
-            np.matmul(self.x.T, dz.T, out=self.dW)
+            np.dot(self.x.T, dz.T, out=self.dW)
             if self.b is not None:
-                np.matmul(dz, buf["ones"], out=self.db)
+                np.dot(dz, buf["ones"], out=self.db)
         if self.primary:
             grads = self.layer.grads
             grads["W"] = self.dW
@@ -126,7 +128,7 @@ class _Dense(BufferedOp):
         if not self.layer.input_grad:
             return None
         dx = buf["dx"]
-        np.matmul(self.W, dz, out=dx)
+        np.dot(self.W, dz, out=dx)
         return dx.T
 
 
@@ -173,16 +175,16 @@ class _SoftmaxCrossEntropy(LossOp):
             np.equal(buf["classes"], t, out=target)
             picked = np.dot(target.reshape(-1), s.reshape(-1))
             np.exp(s, out=s)
-            np.matmul(ones, s, out=m)
+            np.dot(ones, s, out=m)
             np.divide(s, m, out=s)
             np.log(m, out=m)
             value = (np.add.reduce(m) - picked) / (total or n)
         else:
             np.copyto(target, t.T)
-            t_sum = np.matmul(t, ones)
+            t_sum = np.dot(t, ones)
             picked = np.dot(target.reshape(-1), s.reshape(-1))
             np.exp(s, out=s)
-            np.matmul(ones, s, out=m)
+            np.dot(ones, s, out=m)
             np.divide(s, m, out=s)
             np.log(m, out=m)
             value = (np.dot(t_sum, m) - picked) / (total or n)
