@@ -63,11 +63,12 @@ class _Dense(BufferedOp):
         if self.ones_row:
             full[out, :] = 1.0
         act = self.act
+        mask = np.empty((rows, n), bool) if act in ("relu", "leaky_relu") else None
         return {"full": full, "y": full[:out], "whole": full.reshape(-1),
                 "zeros": np.zeros(full.size, dtype) if act == "relu" else None,
                 "scaled": np.empty(full.size, dtype) if act == "leaky_relu" else None,
                 # relu: y > 0; leaky_relu: y <= 0 (the entries whose gradient is scaled)
-                "mask": np.empty((rows, n), bool) if act in ("relu", "leaky_relu") else None,
+                "mask": mask, "mask_flat": None if mask is None else mask.reshape(-1),
                 "dz": np.empty((out, n), dtype), "ones": np.ones(n, dtype),
                 "dx": np.empty((self.W.shape[0], n), dtype) if self.layer.input_grad else None}
 
@@ -84,12 +85,12 @@ class _Dense(BufferedOp):
         if act == "relu":  # over [y^T; 1] when it exists: max(1, 0) keeps the ones
             whole = buf["whole"]
             np.maximum(whole, buf["zeros"], out=whole)
-            np.greater(whole, 0.0, out=buf["mask"].reshape(-1))
+            np.greater(whole, 0.0, out=buf["mask_flat"])
         elif act == "leaky_relu":  # where(z > 0, z, a z) = max(z, a z) for 0 <= a <= 1
             whole, scaled = buf["whole"], buf["scaled"]
             np.multiply(whole, self.slope, out=scaled)
             np.maximum(whole, scaled, out=whole)
-            np.less_equal(whole, 0.0, out=buf["mask"].reshape(-1))
+            np.less_equal(whole, 0.0, out=buf["mask_flat"])
         elif act == "tanh":
             np.tanh(y, out=y)
         self.x, self.buf = x, buf
@@ -154,9 +155,10 @@ class _SoftmaxCrossEntropy(LossOp):
 
     def _make(self, key):
         (n, c), dtype = key
-        return {"s": np.empty((c, n), dtype), "z": np.empty((c, n), dtype),
-                "t": np.empty((c, n), dtype), "m": np.empty(n, dtype),
-                "ones": np.ones(c, dtype), "classes": np.arange(c)[:, None]}
+        s, target = np.empty((c, n), dtype), np.empty((c, n), dtype)
+        return {"s": s, "s_flat": s.reshape(-1), "z": np.empty((c, n), dtype), "t": target,
+                "t_flat": target.reshape(-1), "m": np.empty(n, dtype), "ones": np.ones(c, dtype),
+                "classes": np.arange(c)[:, None]}
 
     def forward(self, z, t, total=None):
         n, c = z.shape
@@ -173,7 +175,7 @@ class _SoftmaxCrossEntropy(LossOp):
         target = buf["t"]
         if t.ndim == 1:  # one-hot rows of the class ids, t_sum = 1
             np.equal(buf["classes"], t, out=target)
-            picked = np.dot(target.reshape(-1), s.reshape(-1))
+            picked = np.dot(buf["t_flat"], buf["s_flat"])
             np.exp(s, out=s)
             np.dot(ones, s, out=m)
             np.divide(s, m, out=s)
@@ -182,7 +184,7 @@ class _SoftmaxCrossEntropy(LossOp):
         else:
             np.copyto(target, t.T)
             t_sum = np.dot(t, ones)
-            picked = np.dot(target.reshape(-1), s.reshape(-1))
+            picked = np.dot(buf["t_flat"], buf["s_flat"])
             np.exp(s, out=s)
             np.dot(ones, s, out=m)
             np.divide(s, m, out=s)
@@ -202,14 +204,15 @@ class _MeanSquaredError(LossOp):
 
     def _make(self, key):
         (n, c), dtype = key
-        return {"d": np.empty((c, n), dtype)}
+        d = np.empty((c, n), dtype)
+        return {"d": d, "d_flat": d.reshape(-1)}
 
     def forward(self, pred, t, total=None):
         n, c = pred.shape
-        d = self.buffers_for((pred.shape, pred.dtype))["d"]
+        buf = self.buffers_for((pred.shape, pred.dtype))
+        d, flat = buf["d"], buf["d_flat"]
         size = c * (n if total is None else total)
         np.subtract(pred.T, t.T, out=d)
-        flat = d.reshape(-1)
         value = np.dot(flat, flat) / size
         np.multiply(d, 2.0 / size, out=d)
         self.grad = d.T
