@@ -208,10 +208,10 @@ def select_engine(net: Any) -> Engine:
     structure = net.structure
     cached = net.__dict__.get("_engine_cache")
     if cached is not None:  # checked every step: no allocation on this path
-        key, engine = cached
-        if key[0] is structure and key[1] is net.loss and key[2] == net.fast \
-                and key[3] == net.engine_requirements:
-            return engine
+        known, current = cached
+        if known[0] is structure and known[1] is net.loss and known[2] == net.fast \
+                and known[3] == net.engine_requirements:
+            return current
     key = (structure, net.loss, net.fast, frozenset(net.engine_requirements))
     kernels = net.backend.kernels if net.fast else None
     reason = _reference_reason(net, structure, kernels)
