@@ -223,11 +223,13 @@ def select_engine(net: Any) -> Engine:
     """The engine serving ``net`` now, built on first use and cached on the network; rebuilt
     when its structure, loss, ``fast`` flag or ``engine_requirements`` change."""
     structure = net.structure
-    key = (structure, net.loss, net.fast, frozenset(net.engine_requirements))
     cached = net.__dict__.get("_engine_cache")
-    if cached is not None and cached[0][0] is key[0] and cached[0][1] is key[1] \
-            and cached[0][2:] == key[2:]:
-        return cached[1]
+    if cached is not None:  # checked every step: no allocation on this path
+        known, current = cached
+        if known[0] is structure and known[1] is net.loss and known[2] == net.fast \
+                and known[3] == net.engine_requirements:
+            return current
+    key = (structure, net.loss, net.fast, frozenset(net.engine_requirements))
     kernels = net.backend.kernels if net.fast else None
     reason = _reference_reason(net, structure, kernels)
     if reason is None:

@@ -28,6 +28,10 @@ from .validation import as_numeric, check_batch_size, check_finite, check_positi
 
 __all__ = ["Network"]
 
+#: Most rows ``predict`` and ``evaluate`` send through one forward pass: bounds the buffers an
+#: inference pass makes (and the fast engine keeps for the next call) whatever the data's size.
+INFERENCE_CHUNK = 4096
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -389,12 +393,13 @@ class Network:
     @_on_device
     def predict(self, X, batch_size=None):
         """Outputs for ``X`` as a host NumPy array (inference mode), computed ``batch_size`` rows
-        at a time (None: all at once) by the engine's forward pass (the fast one reuses its
-        buffers from call to call)."""
+        at a time (None: all at once, in blocks of at most ``INFERENCE_CHUNK`` rows) by the
+        engine's forward pass (the fast one reuses its buffers from call to call)."""
         batch_size = check_batch_size(batch_size)
         Xd = self._input(X, borrow=True)
         n = Xd.shape[0]
         bs = n if batch_size is None or n == 0 else batch_size
+        bs = min(bs, INFERENCE_CHUNK) if n else bs
         engine, result = self.engine, None
         for s in range(0, max(n, 1), max(bs, 1)):
             out = self.backend.to_numpy(engine.forward(Xd[s:min(s + bs, n), ...], False))
@@ -409,13 +414,14 @@ class Network:
     def evaluate(self, X, y):
         """``{"loss": float}`` on ``(X, y)`` in inference mode, plus ``"accuracy"`` for
         classification losses (argmax for cross-entropy; threshold 0.5 or logit 0 for BCE)."""
+        from .metrics import Accuracy
+        from .training import evaluate_arrays
+
         Xd, yd = self._data(X, y, borrow=True)
-        engine = self.engine
-        out = engine.forward(Xd, False)
-        logs = {"loss": self.backend.to_float(engine.loss(out, yd))}
-        if self.loss.is_classification:
-            logs["accuracy"] = self.backend.to_float(self.loss.accuracy(out, yd))
-        return logs
+        if Xd.shape[0] == 0:
+            raise ValueError("X holds no samples; evaluate needs at least one")
+        metrics = [Accuracy().bind(self.backend, self.loss)] if self.loss.is_classification else []
+        return evaluate_arrays(self, Xd, yd, metrics, INFERENCE_CHUNK)
 
     # -- persistence -----------------------------------------------------------------------------------------
     @_on_device
