@@ -27,23 +27,27 @@ import math
 import sys
 import time
 
+import warnings
+
 import numpy as np
 
 from .callbacks import CallbackList, LearningRateScheduler, ReduceLROnPlateau
 from .errors import TrainingDivergedError
 from .history import History
-from .metrics import Accuracy, get_metric
+from .metrics import Accuracy, get_metric, metric_logs
 from .schedules import Schedule
-from .validation import check_batch_size, check_positive_int
+from .validation import as_numeric, check_batch_size, check_positive_int
 
-__all__ = ["fit", "evaluate_arrays", "copy_weights", "restore_weights", "Progress"]
+__all__ = ["fit", "evaluate_arrays", "metric_list", "sample_weights", "validation_rows",
+           "copy_weights", "restore_weights", "Progress"]
 
 #: Smallest chunk used to evaluate validation data (inference needs no small batches).
 VALIDATION_CHUNK = 1024
 
 
 def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-        validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
+        validation_split=None, metrics=None, callbacks=None, initial_epoch=None,
+        sample_weight=None, class_weight=None, validation_strategy="tail"):
     """See :meth:`Network.fit <bpgpu.Network.fit>`. Everything is checked before any training
     step, so a rejected call changes nothing."""
     epochs = check_positive_int(epochs, "epochs")
@@ -57,6 +61,12 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
                 or not 0.0 < validation_split < 1.0:
             raise ValueError(f"validation_split must be a fraction in (0, 1), e.g. 0.2, got "
                              f"{validation_split!r}")
+    if validation_strategy not in VALIDATION_STRATEGIES:
+        raise ValueError(f"validation_strategy must be one of {VALIDATION_STRATEGIES}, got "
+                         f"{validation_strategy!r}")
+    if validation_strategy == "stratified" and not net.loss.is_classification:
+        raise ValueError(f"validation_strategy='stratified' needs a classification loss; the "
+                         f"network's loss is {net.loss.name!r}: use 'shuffle'")
     if initial_epoch is not None:
         if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
                 or initial_epoch < 0:
@@ -64,7 +74,7 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
         if epochs <= initial_epoch:
             raise ValueError(f"with initial_epoch={initial_epoch}, epochs is the epoch to stop "
                              f"before (Keras' convention) and must exceed it; got epochs={epochs}")
-    train_metrics = _metric_list(metrics, net)
+    train_metrics = metric_list(metrics, net)
     val_metrics = ([copy.copy(m) for m in train_metrics] if metrics is not None
                    else [Accuracy().bind(net.backend, net.loss)] if net.loss.is_classification
                    else [])
@@ -73,31 +83,149 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
     n = Xd.shape[0]
     if n == 0:
         raise ValueError("X holds no samples; fit needs at least one")
+    weights = sample_weights(net, sample_weight, class_weight, yd)
     validation = None
     if validation_split is not None:
-        split = int(math.floor(n * (1.0 - validation_split)))
-        if split < 1 or split >= n:
-            raise ValueError(f"validation_split={validation_split} of {n} samples leaves {split} for "
-                             f"training and {n - split} for validation; both need at least one")
-        validation = (Xd[split:, ...], yd[split:, ...])
-        Xd, yd = Xd[:split, ...], yd[:split, ...]
+        train_rows, val_rows = validation_rows(net, yd, validation_split, validation_strategy)
+        validation = (_rows(net, Xd, val_rows), _rows(net, yd, val_rows))
+        Xd, yd = _rows(net, Xd, train_rows), _rows(net, yd, train_rows)
+        if weights is not None:
+            validation += (net.backend.asarray(weights[val_rows], dtype=net.dtype),)
+            weights = weights[train_rows]
     elif validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
-        validation = net._data(*validation_data)
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a pair (X_val, y_val) or a triple "
+                             "(X_val, y_val, sample_weight_val)")
+        validation = net._data(*validation_data[:2])
         if validation[0].shape[0] == 0:
             raise ValueError("validation_data holds no samples")
+        if len(validation_data) == 3 and validation_data[2] is not None:
+            val_weights = sample_weights(net, validation_data[2], None, validation[1])
+            validation += (net.backend.asarray(val_weights, dtype=net.dtype),)
     # Progress counts this call's epochs ("epoch 1/5"), or absolute ones with initial_epoch.
     if initial_epoch is None:
         start, end, shown_from = net.epoch, net.epoch + epochs, net.epoch
     else:
         start, end, shown_from = int(initial_epoch), epochs, 0
     loop = _Loop(net, Xd, yd, batch_size, shuffle, train_metrics, val_metrics, validation,
-                 callback_list, verbose)
+                 callback_list, verbose, weights)
     return loop.run(start, end, shown_from)
 
 
-def _metric_list(metrics, net):
+#: How ``validation_split`` picks the held-out samples (see Network.fit).
+VALIDATION_STRATEGIES = ("tail", "shuffle", "stratified")
+
+
+def _rows(net, a, rows):
+    """``a`` restricted to ``rows``: a slice stays a view, an index array gathers on the device."""
+    if isinstance(rows, slice):
+        return a[rows, ...]
+    return net.backend.xp.take(a, net.backend.asarray(rows, dtype=net.backend.xp.int64), axis=0)
+
+
+def _class_ids(net, yd):
+    """Host class ids (n,) of prepared targets: cross-entropy ids (or argmax of probability
+    rows), 0/1 for a one-output BCE; None for other targets (multi-output BCE, regression)."""
+    if not net.loss.is_classification:
+        return None
+    y = net.backend.to_numpy(yd)
+    if y.ndim == 1:
+        return y.astype(np.int64)
+    if net.loss.name == "cross_entropy":
+        return y.argmax(axis=1)
+    if y.shape[1:] == (1,):
+        return (y[:, 0] > 0.5).astype(np.int64)
+    return None
+
+
+def validation_rows(net, yd, fraction, strategy):
+    """``(train rows, validation rows)`` for ``validation_split=fraction``: slices for
+    ``"tail"``, sorted index arrays otherwise (the draws come from a generator seeded by the
+    network's seed, so a seed gives the same split)."""
+    n = yd.shape[0]
+    n_val = n - int(math.floor(n * (1.0 - fraction)))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"validation_split={fraction} of {n} samples leaves {n - n_val} for "
+                         f"training and {n_val} for validation; both need at least one")
+    classes = _class_ids(net, yd)
+    if strategy == "tail":
+        if classes is not None and np.unique(classes[n - n_val:]).size == 1 \
+                and np.unique(classes).size > 1:
+            warnings.warn(f"the validation split (the last {n_val} samples) holds class "
+                          f"{classes[-1]} only; the data may be sorted by class: pass "
+                          "validation_strategy='stratified' or 'shuffle'", stacklevel=3)
+        return slice(0, n - n_val), slice(n - n_val, n)
+    rng = np.random.default_rng(np.random.SeedSequence(net.seed).spawn(3)[2])
+    if strategy == "shuffle" or classes is None:
+        val = rng.permutation(n)[:n_val]
+    else:
+        val = _stratified_pick(rng, classes, n_val)
+    mask = np.zeros(n, dtype=bool)
+    mask[val] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _stratified_pick(rng, classes, n_val):
+    """``n_val`` indices holding each class in proportion to its count (largest remainders get
+    the leftover places), drawn at random within each class."""
+    labels, counts = np.unique(classes, return_counts=True)
+    share = counts * n_val / counts.sum()
+    take = np.floor(share).astype(np.int64)
+    for i in np.argsort(-(share - take), kind="stable")[:n_val - int(take.sum())]:
+        take[i] += 1
+    picked = [rng.permutation(np.flatnonzero(classes == label))[:k]
+              for label, k in zip(labels, take)]
+    return np.concatenate(picked)
+
+
+def sample_weights(net, sample_weight, class_weight, yd):
+    """Host float64 weights (n,) from ``sample_weight`` times ``class_weight`` (see
+    Network.fit), or None when neither is given. Checked: finite, >= 0, one per sample."""
+    n = yd.shape[0]
+    weights = None
+    if sample_weight is not None:
+        weights = net.backend.to_numpy(as_numeric(sample_weight, "sample_weight", net.backend))
+        weights = np.array(weights, dtype=np.float64).reshape(-1) if weights.ndim <= 1 else None
+        if weights is None or weights.shape[0] != n:
+            raise ValueError(f"sample_weight must have shape ({n},), one weight per sample; got "
+                             f"shape {tuple(np.shape(sample_weight))}")
+        if not np.isfinite(weights).all() or (weights < 0).any():
+            raise ValueError("sample_weight must hold finite numbers >= 0")
+    if class_weight is not None:
+        classes = _class_ids(net, yd)
+        if classes is None:
+            raise ValueError("class_weight needs class targets: cross-entropy, or BCE with one "
+                             f"output; the network's loss is {net.loss.name!r} with targets of "
+                             f"shape {tuple(yd.shape)}")
+        per_sample = _class_weights(class_weight, classes)
+        weights = per_sample if weights is None else weights * per_sample
+    return weights
+
+
+def _class_weights(class_weight, classes):
+    """Per-sample weights from ``{class: weight}`` (classes absent from it weigh 1) or
+    ``"balanced"``: n / (n_classes * count), scikit-learn's ``compute_class_weight``."""
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be a dict {{class: weight}} or 'balanced', got "
+                             f"{class_weight!r}")
+        labels, inverse, counts = np.unique(classes, return_inverse=True, return_counts=True)
+        return (classes.shape[0] / (labels.shape[0] * counts))[inverse].astype(np.float64)
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"class_weight must be a dict {{class: weight}} or 'balanced', got "
+                        f"{type(class_weight).__name__}")
+    table = {}
+    for label, value in class_weight.items():
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise ValueError(f"class_weight keys must be integer class ids, got {label!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not math.isfinite(value) or value < 0:
+            raise ValueError(f"class_weight[{label}] must be a finite number >= 0, got {value!r}")
+        table[int(label)] = float(value)
+    return np.array([table.get(int(c), 1.0) for c in classes], dtype=np.float64)
+
+
+def metric_list(metrics, net):
     if metrics is None:
         return []
     if isinstance(metrics, str) or callable(metrics):
@@ -115,8 +243,10 @@ def _metric_list(metrics, net):
 
 class _Loop:
     def __init__(self, net, Xd, yd, batch_size, shuffle, train_metrics, val_metrics, validation,
-                 callbacks, verbose):
+                 callbacks, verbose, weights=None):
         self.net, self.Xd, self.yd = net, Xd, yd
+        self.weights = weights  # host float64 (n,) or None
+        self.wd = None if weights is None else net.backend.asarray(weights, dtype=net.dtype)
         self.n = Xd.shape[0]
         self.bs = self.n if batch_size is None else min(batch_size, self.n)
         self.n_steps = -(-self.n // self.bs)
@@ -139,25 +269,38 @@ class _Loop:
         return self.net.backend.asarray(host_order, dtype=self.net.backend.xp.int64)
 
     def _batch(self, order, step):
+        """``(X, y, weights or None)`` of batch ``step`` on the device."""
         start = step * self.bs
         stop = min(start + self.bs, self.n)
         if order is None:
-            return self.Xd[start:stop, ...], self.yd[start:stop, ...]
+            wb = None if self.wd is None else self.wd[start:stop]
+            return self.Xd[start:stop, ...], self.yd[start:stop, ...], wb
         xp = self.net.backend.xp
         idx = order[start:stop]
-        return xp.take(self.Xd, idx, axis=0), xp.take(self.yd, idx, axis=0)
+        wb = None if self.wd is None else xp.take(self.wd, idx, axis=0)
+        return xp.take(self.Xd, idx, axis=0), xp.take(self.yd, idx, axis=0), wb
 
-    def _step(self, xb, yb, metric_sums=None):
+    def _batch_total(self, host_order, step):
+        """What batch ``step``'s mean loss is multiplied by in the epoch sum: its size, or the
+        sum of its weights (from the host copy, no device read)."""
+        start = step * self.bs
+        stop = min(start + self.bs, self.n)
+        if self.weights is None:
+            return float(stop - start)
+        rows = slice(start, stop) if host_order is None else host_order[start:stop]
+        return float(self.weights[rows].sum())
+
+    def _step(self, xb, yb, wb=None, metric_sums=None):
         """One update; the loss (0-d, on the device) before it. With metrics, the chain is run
         explicitly so the batch output can feed them (same operations as ``_train_batch``)."""
         net = self.net
         if not self.train_metrics:
-            return net._train_batch(xb, yb)
+            return net._train_batch(xb, yb, wb)
         out = net._forward(xb, True)
-        loss = net._loss(out, yb)
+        loss = net._loss(out, yb, wb)
         if metric_sums is not None:
             for i, metric in enumerate(self.train_metrics):
-                s = metric.update(out, yb)
+                s = metric.update(out, yb) if wb is None else metric.update(out, yb, wb)
                 metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
         net._backward()
         net._apply_gradients()
@@ -171,12 +314,13 @@ class _Loop:
             metric.begin()
         batch_hooks = self.callbacks.batch_hooks
         for step in range(self.n_steps):
-            xb, yb = self._batch(order, step)
+            xb, yb, wb = self._batch(order, step)
             size = xb.shape[0]
-            loss = self._step(xb, yb, sums)
-            weighted = loss * float(size)
+            loss = self._step(xb, yb, wb, sums)
+            share = self._batch_total(host_order, step)
+            weighted = loss * share
             total = weighted if total is None else total + weighted
-            seen += size
+            seen += share
             steps += 1
             if batch_hooks:
                 self.callbacks.on_batch_end(step, {"batch": step, "size": size, "loss": loss})
@@ -261,16 +405,18 @@ class _Loop:
                             progress.message(f"stopped: {outcome}")
                             break
                         raise outcome
-                    loss_sum = math.fsum(loss * min(self.bs, self.n - s * self.bs)
+                    loss_sum = math.fsum(loss * self._batch_total(snap.order, s)
                                          for s, loss in enumerate(outcome))
-                logs = {"loss": loss_sum / seen}
+                logs = {"loss": loss_sum / seen if seen else 0.0}
                 offset = 2
                 for metric, s in zip(self.train_metrics, sums):
                     size = s.shape[0]
-                    logs[metric.name] = metric.result(host[offset:offset + size])
+                    logs.update(metric_logs(metric, host[offset:offset + size]))
                     offset += size
                 if self.validation is not None:
-                    val = evaluate_arrays(net, *self.validation, self.val_metrics, self.val_chunk)
+                    Xv, yv, *wv = self.validation
+                    val = evaluate_arrays(net, Xv, yv, self.val_metrics, self.val_chunk,
+                                          wv[0] if wv else None)
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 if self.log_lr:
                     logs["lr"] = lr
@@ -287,9 +433,10 @@ class _Loop:
         return history
 
 
-def evaluate_arrays(net, Xd, yd, metrics, chunk=None):
+def evaluate_arrays(net, Xd, yd, metrics, chunk=None, weights=None):
     """``{"loss": float, metric name: float}`` on device arrays, in inference mode, ``chunk``
-    rows at a time (None: all at once), with one device read."""
+    rows at a time (None: all at once), with one device read. ``weights``: optional device
+    sample weights (n,); the loss is then sum(w l) / sum(w) and the metrics are weighted."""
     xp = net.backend.xp
     n = Xd.shape[0]
     chunk = n if chunk is None else chunk
@@ -299,19 +446,24 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None):
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
+        wb = None if weights is None else weights[start:stop]
         out = net._forward(xb, False)
-        loss = net._loss(out, yb) * float(stop - start)
+        share = float(stop - start) if wb is None else xp.sum(wb)
+        loss = net._loss(out, yb, wb) * share
         total = loss if total is None else total + loss
         for i, metric in enumerate(metrics):
-            s = metric.update(out, yb)
+            s = metric.update(out, yb) if wb is None else metric.update(out, yb, wb)
             sums[i] = s if sums[i] is None else sums[i] + s
     parts = [xp.reshape(xp.astype(xp.asarray(total), net.dtype), (1,))]
+    if weights is not None:
+        parts.append(xp.reshape(xp.sum(weights), (1,)))
     parts += [xp.reshape(s, (-1,)) for s in sums]
     host = net.backend.to_numpy(xp.concat(parts)).astype(np.float64)
-    logs = {"loss": float(host[0]) / n}
-    offset = 1
+    offset = 1 if weights is None else 2
+    denominator = n if weights is None else float(host[1])
+    logs = {"loss": float(host[0]) / denominator if denominator else 0.0}
     for metric, s in zip(metrics, sums):
-        logs[metric.name] = metric.result(host[offset:offset + s.shape[0]])
+        logs.update(metric_logs(metric, host[offset:offset + s.shape[0]]))
         offset += s.shape[0]
     return logs
 
