@@ -245,7 +245,7 @@ def _row_scale(xp, weight, pred):
         return None
     w = xp.astype(weight, pred.dtype) if weight.dtype != pred.dtype else weight
     total = xp.sum(w)
-    scale = w * (float(pred.shape[0]) / xp.maximum(total, xp.finfo(pred.dtype).smallest_normal))
+    scale = (w * float(pred.shape[0])) / xp.where(total > 0, total, 1.0)
     return xp.reshape(scale, (pred.shape[0],) + (1,) * (pred.ndim - 1))
 
 

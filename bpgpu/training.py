@@ -36,7 +36,7 @@ from .errors import TrainingDivergedError
 from .history import History
 from .metrics import Accuracy, get_metric, metric_logs
 from .schedules import Schedule
-from .validation import as_numeric, check_batch_size, check_positive_int
+from .validation import as_numeric, check_batch_size, check_finite, check_positive_int
 
 __all__ = ["fit", "evaluate_arrays", "metric_list", "sample_weights", "validation_rows",
            "copy_weights", "restore_weights", "Progress"]
@@ -184,12 +184,15 @@ def sample_weights(net, sample_weight, class_weight, yd):
     n = yd.shape[0]
     weights = None
     if sample_weight is not None:
-        weights = net.backend.to_numpy(as_numeric(sample_weight, "sample_weight", net.backend))
+        weights = as_numeric(sample_weight, "sample_weight", net.backend)
+        check_finite(weights, "sample_weight", net.backend)
+        if net.backend.is_native(weights):
+            weights = net.backend.to_numpy(weights)
         weights = np.array(weights, dtype=np.float64).reshape(-1) if weights.ndim <= 1 else None
         if weights is None or weights.shape[0] != n:
             raise ValueError(f"sample_weight must have shape ({n},), one weight per sample; got "
                              f"shape {tuple(np.shape(sample_weight))}")
-        if not np.isfinite(weights).all() or (weights < 0).any():
+        if (weights < 0).any():
             raise ValueError("sample_weight must hold finite numbers >= 0")
     if class_weight is not None:
         classes = _class_ids(net, yd)
