@@ -22,9 +22,8 @@ By name (``pred`` is the network output, ``t`` the target as the loss prepared i
   class, scikit-learn's ``average="binary"``); BCE with k outputs: k labels (multilabel). A class
   with nothing to divide by scores 0 (``zero_division=0``).
 * ``"roc_auc"``: area under the ROC curve of a binary output (one-output BCE, or cross-entropy
-  with two classes: the score is z_1 - z_0), from weighted histograms of the scores of positive
-  and negative samples in 2048 bins on an asinh scale; ties within a bin count one half (error
-  below 1e-3 for typical scores).
+  with two classes: the score is z_1 - z_0), exact with ties counting one half. Not a sum: it
+  keeps the epoch's scores on the device and ranks them once at the end (one read).
 * ``"top_k_accuracy"``: cross-entropy only; a hit when fewer than k classes (default 5) score
   higher than the true one (``TopKAccuracy(k)`` for other k; name ``top_{k}_accuracy``).
 
@@ -80,17 +79,16 @@ class Metric:
     def _vector(self, *values):
         return self.xp.stack(values)
 
-    def _mean_sums(self, values, weight, like):
+    def _mean_sums(self, values, weight):
         """The vector ``[sum_i w_i v_i, sum_i w_i]`` over the elements of ``values`` (weights
-        per row, broadcast along ``like``'s other axes); unweighted, ``[sum v]`` and the count
-        kept on the host. :meth:`_mean` reads it back."""
+        per row, broadcast along the other axes); unweighted, ``[sum v]`` and the count kept on
+        the host. :meth:`_mean` reads it back."""
         xp = self.xp
         if weight is None:
             self.count += math.prod(values.shape)
             return self._vector(xp.sum(values))
         self.weighted = True
-        w = _row_weights(xp, weight, like)
-        full = w * xp.ones_like(values)
+        full = _row_weights(xp, weight, values) * xp.ones_like(values)
         return self._vector(xp.sum(full * values), xp.sum(full))
 
     def _mean(self, sums):
@@ -122,7 +120,7 @@ class Accuracy(Metric):
             hit = guess == truth
         else:
             hit = (pred > _threshold(self.loss)) == (target > 0.5)
-        return self._mean_sums(xp.astype(hit, pred.dtype), weight, pred)
+        return self._mean_sums(xp.astype(hit, pred.dtype), weight)
 
     def result(self, sums):
         return self._mean(sums)
@@ -143,7 +141,7 @@ class BinaryAccuracy(Metric):
 
     def update(self, pred, target, weight=None):
         hit = (pred > self.threshold) == (target > 0.5)
-        return self._mean_sums(self.xp.astype(hit, pred.dtype), weight, pred)
+        return self._mean_sums(self.xp.astype(hit, pred.dtype), weight)
 
     def result(self, sums):
         return self._mean(sums)
@@ -163,7 +161,7 @@ class MAE(_Regression):
     name = "mae"
 
     def update(self, pred, target, weight=None):
-        return self._mean_sums(self.xp.abs(pred - target), weight, pred)
+        return self._mean_sums(self.xp.abs(pred - target), weight)
 
     def result(self, sums):
         return self._mean(sums)
@@ -176,7 +174,7 @@ class RMSE(_Regression):
 
     def update(self, pred, target, weight=None):
         d = pred - target
-        return self._mean_sums(d * d, weight, pred)
+        return self._mean_sums(d * d, weight)
 
     def result(self, sums):
         return math.sqrt(self._mean(sums))
@@ -340,73 +338,63 @@ class F1(_ClassCounts):
 
 
 class ROCAUC(Metric):
-    """Area under the ROC curve of a binary output (module docstring).
+    """Area under the ROC curve of a binary output, exact (scikit-learn's ``roc_auc_score``).
 
-    The score s (a logit: z for BCE from logits, log(p / (1 - p)) for probabilities, z_1 - z_0
-    for two-class cross-entropy) is mapped to u = asinh(s); per batch the metric adds, for
-    ``bins`` edges e_b evenly spaced in [-15, 15], the weight of positive and of negative samples
-    with u <= e_b, and the totals. AUC = sum over bins of pos_b (neg below b + neg_b / 2) / (P N).
+    The score s is the output itself (its order is the probability's order): z for BCE,
+    p for BCE on probabilities, z_1 - z_0 for two-class cross-entropy. Each batch keeps its
+    scores, labels and weights on the device; at the end, with the scores sorted,
+    AUC = sum over positives of w_i (N(s < s_i) + N(s = s_i) / 2) / (P N), where N(.) sums the
+    weights of negatives (found with ``searchsorted`` on the cumulative sums) and P, N are the
+    total positive and negative weights. One device read; NaN when one class is missing.
     """
 
     name = "roc_auc"
-    RANGE = 15.0
-
-    def __init__(self, bins=2048):
-        super().__init__()
-        self.bins = int(bins)
-        if self.bins < 2:
-            raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
 
     def bind(self, backend, loss):
-        self.loss = loss
-        self._edges = None
+        self.loss, self.backend = loss, backend
         return super().bind(backend, loss)
 
+    def begin(self):
+        super().begin()
+        self._parts = []
+
     def _score(self, pred):
-        xp = self.xp
         if self.loss.name == "cross_entropy" and pred.ndim == 2 and pred.shape[1] == 2:
             return pred[:, 1] - pred[:, 0]
         if self.loss.name == "bce" and math.prod(pred.shape[1:]) == 1:
-            s = xp.reshape(pred, (-1,))
-            if getattr(self.loss, "from_logits", False):
-                return s
-            tiny = float(xp.finfo(pred.dtype).eps)
-            p = xp.minimum(xp.maximum(s, tiny), 1.0 - tiny)
-            return xp.log(p) - xp.log1p(-p)
+            return self.xp.reshape(pred, (-1,))
         raise ValueError(f"metric 'roc_auc' needs a binary output (one BCE output or two-class "
                          f"cross-entropy); got outputs of shape {tuple(pred.shape[1:])} with the "
                          f"{self.loss.name!r} loss")
 
     def update(self, pred, target, weight=None):
         xp = self.xp
-        u = xp.asinh(self._score(pred))
+        score = self._score(pred)
         if self.loss.name == "cross_entropy":
             positive = target == 1 if target.ndim == 1 else target[:, 1] > target[:, 0]
         else:
             positive = xp.reshape(target, (-1,)) > 0.5
-        pos = xp.astype(positive, pred.dtype)
-        w = xp.ones_like(pos) if weight is None else xp.astype(weight, pred.dtype)
-        if self._edges is None or self._edges.dtype != pred.dtype:
-            self._edges = xp.linspace(-self.RANGE, self.RANGE, self.bins, dtype=pred.dtype,
-                                      device=device(pred))
-        below = xp.astype(u[:, None] <= self._edges[None, :], pred.dtype)  # (N, bins)
-        classes = xp.stack([w * pos, w * (1.0 - pos)])  # (2, N)
-        cumulative = xp.matmul(classes, below)  # (2, bins)
-        return xp.concat([xp.reshape(cumulative, (-1,)), xp.sum(classes, axis=1)])
+        w = xp.ones_like(score) if weight is None else xp.astype(weight, pred.dtype)
+        self._parts.append((score, xp.astype(positive, pred.dtype), w))
+        return xp.zeros((0,), dtype=pred.dtype, device=device(pred))
 
     def result(self, sums):
-        sums = np.asarray(sums, dtype=np.float64)
-        cum_pos, cum_neg = sums[:self.bins], sums[self.bins:2 * self.bins]
-        total_pos, total_neg = sums[-2], sums[-1]
+        xp = self.xp
+        score, pos, w = (xp.concat([part[i] for part in self._parts]) for i in range(3))
+        self._parts = []
+        order = xp.argsort(score)
+        ranked = xp.take(score, order)
+        neg = w * (1.0 - pos)
+        below = xp.concat([xp.zeros((1,), dtype=neg.dtype, device=device(neg)),
+                           xp.cumulative_sum(xp.take(neg, order))])
+        lower = xp.take(below, xp.searchsorted(ranked, score, side="left"))
+        upper = xp.take(below, xp.searchsorted(ranked, score, side="right"))
+        wins = xp.sum(w * pos * (lower + 0.5 * (upper - lower)))
+        host = self.backend.to_numpy(xp.stack([wins, xp.sum(w * pos), xp.sum(neg)]))
+        wins, total_pos, total_neg = (float(v) for v in host)
         if total_pos <= 0 or total_neg <= 0:
             return float("nan")  # one class only: AUC is undefined
-        pos = np.diff(np.concatenate([[0.0], cum_pos, [total_pos]]))
-        neg = np.diff(np.concatenate([[0.0], cum_neg, [total_neg]]))
-        neg_below = np.concatenate([[0.0], np.cumsum(neg)[:-1]])
-        return float(np.sum(pos * (neg_below + 0.5 * neg)) / (total_pos * total_neg))
-
-    def __repr__(self):
-        return f"ROCAUC(bins={self.bins})"
+        return wins / (total_pos * total_neg)
 
 
 class TopKAccuracy(Metric):
@@ -432,7 +420,7 @@ class TopKAccuracy(Metric):
         true_score = xp.take_along_axis(pred, xp.reshape(truth, (-1, 1)), axis=1)
         higher = xp.sum(xp.astype(pred > true_score, pred.dtype), axis=1)
         hit = xp.astype(higher < float(self.k), pred.dtype)
-        return self._mean_sums(hit, weight, hit)
+        return self._mean_sums(hit, weight)
 
     def result(self, sums):
         return self._mean(sums)
