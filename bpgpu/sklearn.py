@@ -258,7 +258,10 @@ class _BaseMLP(BaseEstimator):
     def _backend_name(self, X):
         if self.backend != "auto":
             return self.backend
-        return _native_backend_name(X) or "auto"
+        native = _native_backend_name(X)
+        if native == "torch":
+            return f"torch:{X.device.type}"  # the tensor's kind of device
+        return native or "auto"
 
     def _dtype_name(self, X):
         if self.dtype is not None:
@@ -298,11 +301,15 @@ class _BaseMLP(BaseEstimator):
                              y_numeric=isinstance(self, RegressorMixin))
 
     def _to_network(self, X):
-        """``X`` as something the network takes: its own native arrays, else host NumPy."""
+        """``X`` as something the network takes: its own native arrays on its device, else
+        host NumPy."""
+        return X if self._on_network(X) else _to_host(X)
+
+    def _on_network(self, X):
+        """True when ``X`` is a native array of the network's backend, on the same device."""
         net = self.network_
-        if net.backend.is_native(X):
-            return X
-        return _to_host(X)
+        return _native_backend_name(X) is not None and net.backend.is_native(X) \
+            and _device_text(X) == str(net.backend.device)
 
     # -- training ---------------------------------------------------------------------------------
     def _fit(self, X, y, sample_weight, incremental):
@@ -311,7 +318,7 @@ class _BaseMLP(BaseEstimator):
         X, y = self._check_X(X, reset=not keep, y=y)
         y = self._check_y(_to_host(y))
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(_to_host(sample_weight), _to_host(X),
+            sample_weight = _check_sample_weight(_to_host(sample_weight), np.empty((X.shape[0], 0)),
                                                  dtype=np.float64, ensure_non_negative=True)
             if not sample_weight.sum() > 0:
                 raise ValueError("sample_weight sums to 0; at least one sample needs a positive "
@@ -320,6 +327,8 @@ class _BaseMLP(BaseEstimator):
         n = X.shape[0]
         batch = self._batch(n)
         if not keep:
+            library = _native_backend_name(X) or "numpy"
+            self._fit_namespace = (library, _device_text(X) if library != "numpy" else "cpu")
             self._random_state = check_random_state(self.random_state)
             seed = int(self._random_state.randint(np.iinfo(np.int32).max))
             mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight))
@@ -403,17 +412,33 @@ class _BaseMLP(BaseEstimator):
         check_is_fitted(self, "network_")
         return self.network_.output_shape[0]
 
-    def _raw_output(self, X):
-        """``(output, namespace of X or None)``: the network output for validated ``X``; on the
-        device of X when it is a native array of the network's backend."""
+    def _raw_output(self, X, method):
+        """``(output, backend or None)``: the network output for ``X``, on the device of X (with
+        its backend) when X is a native array of the network's backend, else host NumPy."""
         check_is_fitted(self, "network_")
         X = self._check_X(X, reset=False)
+        self._check_namespace(X, method)
         net = self.network_
-        native = _native_backend_name(X)
-        if native is not None and net.backend.is_native(X):
-            out = net._forward(net._input(X), False)
-            return out, net.backend
-        return net.predict(_to_host(X)), None
+        if self._on_network(X):
+            return net._forward(net._input(X), False), net.backend
+        out = net.predict(_to_host(X))
+        if _native_backend_name(X) is None:
+            return out, None
+        backend = get_backend(_native_backend_name(X))  # output follows the input's library
+        return _on_device_of(X, out), backend
+
+    def _check_namespace(self, X, method):
+        """Under array API dispatch, ValueError when ``X`` is from another library (or device)
+        than the ``X`` given to fit."""
+        if not sklearn.get_config()["array_api_dispatch"]:
+            return
+        library = _native_backend_name(X) or "numpy"
+        where = _device_text(X) if library != "numpy" else "cpu"
+        if (library, where) != self._fit_namespace:
+            raise ValueError(
+                f"Inputs passed to {type(self).__name__}.{method}() must use the same namespace "
+                f"and the same device as those passed to fit(): fit got {self._fit_namespace[0]} "
+                f"arrays on {self._fit_namespace[1]}, {method}() got {library} arrays on {where}")
 
     # -- pickling: bpgpu's own file format, never pickled bpgpu objects --------------------------
     def __getstate__(self):
@@ -436,7 +461,7 @@ class _BaseMLP(BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.sparse = False
-        tags.non_deterministic = False
+        tags.array_api_support = True
         return tags
 
 
@@ -528,7 +553,10 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def predict_proba(self, X):
         """Class probabilities, (n_samples, n_classes) in the order of ``classes_`` (for
         multilabel targets, each label's probability, (n_samples, n_labels))."""
-        out, backend = self._raw_output(X)
+        return self._proba(X, "predict_proba")
+
+    def _proba(self, X, method):
+        out, backend = self._raw_output(X, method)
         xp = backend.xp if backend is not None else np
         if self.out_activation_ == "softmax":
             z = out - xp.max(out, axis=1, keepdims=True)
@@ -541,14 +569,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     def predict_log_proba(self, X):
         """Natural logarithm of :meth:`predict_proba`."""
-        proba = self.predict_proba(X)
-        xp = np if isinstance(proba, np.ndarray) else self.network_.backend.xp
-        return xp.log(proba)
+        proba = self._proba(X, "predict_log_proba")
+        name = _native_backend_name(proba)
+        return np.log(proba) if name is None else get_backend(name).xp.log(proba)
 
     def predict(self, X):
         """Predicted labels (the values of ``classes_``), or an indicator matrix for
         multilabel targets."""
-        out, backend = self._raw_output(X)
+        out, backend = self._raw_output(X, "predict")
         if backend is not None:
             return self._native_labels(out, backend)
         if self._label_binarizer.y_type_ == "multilabel-indicator":
@@ -560,18 +588,16 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         return self.classes_[np.argmax(out, axis=1)]
 
     def _native_labels(self, out, backend):
-        """Labels as arrays of the input's library (numeric classes), on its device."""
+        """Labels as arrays of the input's library, on the device of ``out`` (numeric classes;
+        other classes come back as NumPy, like ``classes_``)."""
         xp = backend.xp
         if self._label_binarizer.y_type_ == "multilabel-indicator":
             return xp.astype(out > 0, xp.int64)
         index = xp.astype(out[:, 0] > 0, xp.int64) if len(self.classes_) == 2 \
             else xp.argmax(out, axis=1)
-        if self.classes_.dtype.kind not in "iuf":
+        if self.classes_.dtype.kind not in "iubf":
             return self.classes_[backend.to_numpy(index)]
-        classes = backend.asarray(self.classes_, dtype=xp.int64 if self.classes_.dtype.kind
-                                  in "iu" else backend.dtype("float64")
-                                  if backend.supports_float64 else xp.float32)
-        return xp.take(classes, index, axis=0)
+        return xp.take(_on_device_of(out, self.classes_), index, axis=0)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -618,7 +644,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     def predict(self, X):
         """Predictions (n_samples,) for a 1-d target, else (n_samples, n_outputs)."""
-        out, backend = self._raw_output(X)
+        out, backend = self._raw_output(X, "predict")
         if self._y_1d:
             return backend.xp.reshape(out, (-1,)) if backend is not None else out.ravel()
         return out
@@ -637,6 +663,20 @@ def _to_host(a):
     if name is not None:
         return get_backend(name).to_numpy(a)
     return np.asarray(a) if not hasattr(a, "to_numpy") else a.to_numpy()
+
+
+def _device_text(X):
+    """The device of a native array, as text (devices of some libraries are not comparable)."""
+    from array_api_compat import device
+
+    return str(device(X))
+
+
+def _on_device_of(X, out):
+    """Host array ``out`` as an array of ``X``'s library on ``X``'s device."""
+    from array_api_compat import array_namespace, device
+
+    return array_namespace(X).asarray(out, device=device(X))
 
 
 def _take(a, rows):
