@@ -12,7 +12,7 @@ By name (``pred`` is the network output, ``t`` the target as the loss prepared i
   with ``from_logits=True``) against ``t > 0.5``, element-wise. Classification losses only.
 * ``"binary_accuracy"``: mean over elements of ``(pred > threshold) == (t > 0.5)``, threshold 0
   for ``bce_with_logits``, else 0.5. Not for cross-entropy.
-* ``"mae"``: mean |pred - t| over all elements;  ``"rmse"``: sqrt(mean (pred - t)^2).
+* ``"mae"``: ``mean |pred - t|`` over all elements;  ``"rmse"``: sqrt(mean (pred - t)^2).
 * ``"r2"``: coefficient of determination 1 - SS_res / SS_tot per output column, averaged over
   columns (scikit-learn's ``r2_score``; a constant column scores 1 if predicted exactly, else 0).
 * ``"precision"``, ``"recall"``, ``"f1"`` (and ``_macro``, ``_micro``, ``_weighted``,
@@ -37,15 +37,25 @@ float), and its epoch value is the batch-size-weighted mean; its ``__name__`` na
 metric that is not a per-sample mean, subclass :class:`Metric`.
 """
 
+from __future__ import annotations
+
 import functools
 import math
+from typing import Any, TypeVar
 
 import numpy as np
 from array_api_compat import device
 
+from .registry import get_registry
+from .typing import Array, Namespace
+
 __all__ = ["Metric", "Accuracy", "BinaryAccuracy", "MAE", "RMSE", "R2", "Precision", "Recall",
            "F1", "ROCAUC", "TopKAccuracy", "FunctionMetric", "get_metric", "metric_logs",
            "METRICS"]
+
+
+_METRICS = get_registry("metric")
+_M = TypeVar("_M", bound="Metric")
 
 
 class Metric:
@@ -56,24 +66,29 @@ class Metric:
     reject a loss the metric makes no sense for (ValueError)."""
 
     name = "metric"
+    xp: Namespace
 
-    def __init__(self):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _METRICS.register(cls)  # every metric class can be rebuilt from a description by name
+
+    def __init__(self) -> None:
         self.xp = None
         self.count = 0
 
-    def bind(self, backend, loss):
+    def bind(self: _M, backend: Any, loss: Any) -> _M:
         self.xp = backend.xp
         return self
 
-    def begin(self):
+    def begin(self) -> None:
         """Reset the host-side counters before an epoch (or a validation pass)."""
         self.count = 0
         self.weighted = False
 
-    def update(self, pred, target, weight=None):
+    def update(self, pred: Array, target: Array, weight: Array | None = None) -> Array:
         raise NotImplementedError
 
-    def result(self, sums):
+    def result(self, sums: np.ndarray) -> float:
         raise NotImplementedError
 
     def _vector(self, *values):
@@ -94,6 +109,14 @@ class Metric:
     def _mean(self, sums):
         total = float(sums[-1]) if self.weighted else self.count
         return float(sums[0]) / total if total else float("nan")
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-serialisable dict (``cls(**config)`` rebuilds it)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Metric:
+        return cls(**config)
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -156,7 +179,7 @@ class _Regression(Metric):
 
 
 class MAE(_Regression):
-    """Mean absolute error over all elements: mean |pred - target|."""
+    """Mean absolute error over all elements: ``mean |pred - target|``."""
 
     name = "mae"
 
@@ -299,6 +322,9 @@ class _ClassCounts(Metric):
                 else 0.0
         return float(np.mean(scores[present])) if present.any() else 0.0
 
+    def get_config(self):
+        return {"average": self.average}
+
     @staticmethod
     def _ratio(numerator, denominator):
         return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0),
@@ -375,7 +401,8 @@ class ROCAUC(Metric):
         else:
             positive = xp.reshape(target, (-1,)) > 0.5
         w = xp.ones_like(score) if weight is None else xp.astype(weight, pred.dtype)
-        self._parts.append((score, xp.astype(positive, pred.dtype), w))
+        # a copy: the fast engine reuses its output buffer for the next batch
+        self._parts.append((xp.asarray(score, copy=True), xp.astype(positive, pred.dtype), w))
         return xp.zeros((0,), dtype=pred.dtype, device=device(pred))
 
     def result(self, sums):
@@ -425,6 +452,9 @@ class TopKAccuracy(Metric):
     def result(self, sums):
         return self._mean(sums)
 
+    def get_config(self):
+        return {"k": self.k}
+
     def __repr__(self):
         return f"TopKAccuracy(k={self.k})"
 
@@ -451,6 +481,10 @@ class FunctionMetric(Metric):
             raise ValueError("a metric function needs a name: use a def'd function, or "
                              "bpgpu.metrics.FunctionMetric(fn, name='...')")
         self.fn, self.name = fn, name
+
+    def get_config(self):
+        raise TypeError(f"the metric function {self.name!r} cannot be described in a file (that "
+                        "would mean storing code); subclass bpgpu.metrics.Metric instead")
 
     def update(self, pred, target, weight=None):
         xp = self.xp
@@ -489,16 +523,15 @@ def metric_logs(metric, sums):
     return {metric.name: value}
 
 
-def get_metric(metric):
+_METRICS.use_names(METRICS)  # the names fit(metrics=[...]) accepts; add yours with add_name
+
+
+def get_metric(metric: Any) -> Metric:
     """A fresh :class:`Metric` from a name (see :data:`METRICS`), a Metric or a function."""
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, str):
-        try:
-            return METRICS[metric.lower()]()
-        except KeyError:
-            raise ValueError(f"unknown metric {metric!r}; expected one of "
-                             f"{', '.join(METRICS)}, a Metric or a function") from None
+        return _METRICS.create(metric)
     if callable(metric):
         return FunctionMetric(metric)
     raise TypeError(f"a metric is a name, a bpgpu.metrics.Metric or a function, got {metric!r}")

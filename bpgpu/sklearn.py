@@ -70,7 +70,8 @@ from .layers import Dense, get_activation
 from .metrics import R2, Accuracy
 from .network import Network, dtype_name
 from .optimizers import SGD, Adam
-from .training import copy_weights, evaluate_arrays, restore_weights
+from ._snapshot import copy_weights, restore_weights
+from .training import evaluate_arrays
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -125,7 +126,7 @@ class _Monitor(Callback):
             print(f"Iteration {est.n_iter_}, loss = {loss:.8f}")
         if self.validation is not None:
             Xv, yv, wv, metric = self.validation
-            score = evaluate_arrays(net, Xv, yv, [metric], None, wv)[metric.name]
+            score = evaluate_arrays(net, Xv, yv, [metric], weights=wv)[metric.name]
             est.validation_scores_.append(score)
             if est.verbose:
                 print(f"Validation score: {score:f}")
@@ -420,7 +421,7 @@ class _BaseMLP(BaseEstimator):
         self._check_namespace(X, method)
         net = self.network_
         if self._on_network(X):
-            return net._forward(net._input(X), False), net.backend
+            return net.forward(X), net.backend
         out = net.predict(_to_host(X))
         if _native_backend_name(X) is None:
             return out, None

@@ -172,14 +172,36 @@ def test_weighted_minibatch_training_matches_a_torch_loop(torch):
                                rtol=1e-9, atol=1e-12)
 
 
-def test_fast_path_with_weights_equals_reference():
+def test_weighted_fit_runs_on_the_reference_engine_and_says_so():
+    from bpgpu.callbacks import Callback
+
+    class EngineReason(Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.reason = self.network.engine.reason
+
     w = RNG.uniform(0.0, 2.0, size=23)
     fast, reference = _net("numpy", fast=True), _net("numpy", fast=False)
-    hf = fast.fit(X, Y_CLS, epochs=3, batch_size=8, sample_weight=w, verbose=0)
+    seen = EngineReason()
+    hf = fast.fit(X, Y_CLS, epochs=3, batch_size=8, sample_weight=w, verbose=0, callbacks=[seen])
+    assert seen.reason == "reference: sample weights has no fast version"
+    assert fast.engine.fast  # the requirement lasts for the weighted call only
     hr = reference.fit(X, Y_CLS, epochs=3, batch_size=8, sample_weight=w, verbose=0)
     np.testing.assert_allclose(hf["loss"], hr["loss"], rtol=1e-12)
     for a, b in zip(fast.get_weights(), reference.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
+    # an unweighted fit afterwards runs fast again, continuing from the same state
+    fast.fit(X, Y_CLS, epochs=1, batch_size=8, verbose=0)
+    reference.fit(X, Y_CLS, epochs=1, batch_size=8, verbose=0)
+    for a, b in zip(fast.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_weighted_evaluate_on_the_fast_engine_equals_reference():
+    w = RNG.uniform(0.0, 2.0, size=23)
+    fast, reference = _net("numpy", fast=True), _net("numpy", fast=False)
+    a = fast.evaluate(X, Y_CLS, sample_weight=w, metrics=["accuracy", "f1"])
+    b = reference.evaluate(X, Y_CLS, sample_weight=w, metrics=["accuracy", "f1"])
+    assert a == pytest.approx(b, rel=1e-12)
 
 
 def test_epoch_loss_and_evaluate_are_weighted_means(backend, torch):
