@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import numpy as np
@@ -234,7 +235,7 @@ class R2(_Regression):
 
     def result(self, sums):
         sums = np.asarray(sums, dtype=np.float64)
-        count = self.count
+        count = float(self.count)
         if self.weighted:
             sums, count = sums[:-1], float(sums[-1])
         ss_res, s1, s2 = np.split(sums, 3)
@@ -324,6 +325,10 @@ class _ClassCounts(Metric):
 
     def get_config(self):
         return {"average": self.average}
+
+    def _score(self, tp, predicted, true):
+        """Per-class scores from the counts (subclasses)."""
+        raise NotImplementedError
 
     @staticmethod
     def _ratio(numerator, denominator):
@@ -504,7 +509,7 @@ class FunctionMetric(Metric):
         return f"FunctionMetric({self.name!r})"
 
 
-METRICS = {"accuracy": Accuracy, "acc": Accuracy, "binary_accuracy": BinaryAccuracy,
+METRICS: dict[str, Callable[[], Metric]] = {"accuracy": Accuracy, "acc": Accuracy, "binary_accuracy": BinaryAccuracy,
            "mae": MAE, "mean_absolute_error": MAE, "rmse": RMSE, "r2": R2,
            "roc_auc": ROCAUC, "top_k_accuracy": TopKAccuracy}
 for _cls in (Precision, Recall, F1):

@@ -452,7 +452,7 @@ class Network:
         out = self.predict(X, batch_size=batch_size)
         if isinstance(self.loss, CrossEntropy):
             return out.argmax(axis=1)
-        threshold = 0.0 if self.loss.from_logits else 0.5
+        threshold = 0.0 if getattr(self.loss, "from_logits", False) else 0.5
         labels = (out > threshold).astype(np.int64)
         return labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
 

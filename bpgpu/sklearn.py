@@ -227,8 +227,9 @@ class _BaseMLP(BaseEstimator):
     #: loss name -> the factor from bpgpu's loss to scikit-learn's (MSE -> squared error / 2)
     _LOSS_FACTOR = 1.0
 
-    def _encode_targets(self, y, first):
-        """``(targets for the network, loss name, outputs)``; ``first`` on a fresh fit."""
+    def _encode_targets(self, y, first, weights=None):
+        """``(targets for the network, loss name, outputs)``; ``first`` on a fresh fit,
+        ``weights`` the checked sample weights (or None)."""
         raise NotImplementedError
 
     def _validation_metric(self):
@@ -279,6 +280,7 @@ class _BaseMLP(BaseEstimator):
             layers.append(Dense(n_in, n_out, init="glorot_uniform", l2=l2))
             if i < len(sizes) - 2:
                 layers.append(get_activation(_ACTIVATIONS[self.activation]))
+        optimizer: Adam | SGD
         if self.solver == "adam":
             optimizer = Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2),
                              eps=self.epsilon / self._LOSS_FACTOR)
@@ -337,12 +339,9 @@ class _BaseMLP(BaseEstimator):
             self._learning_rate = float(self.learning_rate_init)
             self.n_iter_, self.t_, self.loss_curve_ = 0, 0, []
             self._no_improvement_count = 0
-            if self.early_stopping:
-                self.validation_scores_, self.best_validation_score_ = [], -np.inf
-                self.best_loss_ = None
-            else:
-                self.validation_scores_, self.best_validation_score_ = None, None
-                self.best_loss_ = np.inf
+            self.validation_scores_: list[float] | None = [] if self.early_stopping else None
+            self.best_validation_score_: float | None = -np.inf if self.early_stopping else None
+            self.best_loss_: float | None = None if self.early_stopping else np.inf
         elif self.network_.output_shape != (n_outputs,):
             raise ValueError(f"the targets need {n_outputs} outputs but the fitted network has "
                              f"{self.network_.output_shape[0]}; fit without warm_start")
@@ -611,6 +610,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     bpgpu): identity output, squared error. See the module docstring for the parameters."""
 
     _LOSS_FACTOR = 0.5
+    _y_1d: bool  # set by fit: whether y was 1-d (predict then returns (n_samples,))
 
     def _check_y(self, y):
         return y.astype(np.float64, copy=False)
