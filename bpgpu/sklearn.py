@@ -483,6 +483,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         """Train on ``X`` (n_samples, n_features) and labels ``y`` (n_samples,) or a label
         indicator matrix (n_samples, n_labels); ``sample_weight`` (n_samples,) weighs each
         sample's loss (a weight of 2 counts it twice)."""
+        self.__dict__.pop("_partial_classes", None)  # left by a partial_fit that failed
         return self._fit_checked(X, y, sample_weight, incremental=False)
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -508,20 +509,17 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             labels = y
         if first:
             binarizer = LabelBinarizer()
-            classes = getattr(self, "_partial_classes", None)
+            classes = self.__dict__.pop("_partial_classes", None)
             binarizer.fit(classes if classes is not None else labels)
             self._label_binarizer = binarizer
             self.classes_ = binarizer.classes_
-            self.__dict__.pop("_partial_classes", None)
-        else:
-            known = self._label_binarizer
-            if labels.ndim == 1 and not np.isin(np.unique(labels), known.classes_).all():
-                if self.warm_start and not hasattr(self, "_partial_fit_call"):
-                    raise ValueError("warm_start can only be used where `y` has the same classes "
-                                     "as in the previous call to fit. Previously got "
-                                     f"{self.classes_}, `y` has {np.unique(labels)}")
-                raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
-                                 f"{self.classes_}. 'y' has {np.unique(labels)}.")
+        if labels.ndim == 1 and not np.isin(np.unique(labels), self.classes_).all():
+            if self.warm_start and not first:
+                raise ValueError("warm_start can only be used where `y` has the same classes as "
+                                 f"in the previous call to fit. Previously got {self.classes_}, "
+                                 f"`y` has {np.unique(labels)}")
+            raise ValueError(f"`y` has classes not in `self.classes_`. `self.classes_` has "
+                             f"{self.classes_}. 'y' has {np.unique(labels)}.")
         multilabel = self._label_binarizer.y_type_ == "multilabel-indicator"
         n_classes = len(self.classes_)
         if n_classes < 2:
