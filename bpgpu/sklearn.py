@@ -7,8 +7,10 @@ extra: ``pip install "bpgpu[sklearn]"``).
 
 What the parameters become:
 
-* ``hidden_layer_sizes``, ``activation``: Dense layers (Glorot-uniform weights, zero biases)
-  with ``"relu"``, ``"tanh"``, ``"logistic"`` (sigmoid) or ``"identity"`` between them. The
+* ``hidden_layer_sizes``, ``activation``: Dense layers with ``"relu"``, ``"tanh"``,
+  ``"logistic"`` (sigmoid) or ``"identity"`` between them, initialised as scikit-learn does
+  (weights and biases uniform in +-sqrt(6 / (fan_in + fan_out)), 2 instead of 6 for
+  ``"logistic"``, drawn from the seed the ``random_state`` gives). The
   output: a softmax cross-entropy over the classes, one logistic output for two classes, one per
   label for multilabel targets, the identity for regression.
 * ``alpha``: the L2 penalty ``alpha / (2 n_batch) * sum ||W||^2`` added to every batch loss,
@@ -277,7 +279,7 @@ class _BaseMLP(BaseEstimator):
         l2 = self.alpha / (2.0 * batch * mean_weight) / self._LOSS_FACTOR
         layers = []
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-            layers.append(Dense(n_in, n_out, init="glorot_uniform", l2=l2))
+            layers.append(Dense(n_in, n_out, init="zeros", l2=l2))  # set below
             if i < len(sizes) - 2:
                 layers.append(get_activation(_ACTIVATIONS[self.activation]))
         optimizer: Adam | SGD
@@ -288,9 +290,19 @@ class _BaseMLP(BaseEstimator):
             optimizer = SGD(lr=self._sgd_rate(self.learning_rate_init),
                             momentum=self.momentum,
                             nesterov=self.nesterovs_momentum and self.momentum > 0)
-        return Network(layers, loss=loss, optimizer=optimizer,
-                       backend=get_backend(self._backend_name(X)), dtype=self._dtype_name(X),
-                       seed=seed)
+        net = Network(layers, loss=loss, optimizer=optimizer,
+                      backend=get_backend(self._backend_name(X)), dtype=self._dtype_name(X),
+                      seed=seed)
+        # scikit-learn's initialisation: weights and biases uniform in +-sqrt(f / (in + out)),
+        # f = 2 for logistic units, else 6; drawn on the host from the seed, layer by layer
+        rng = np.random.default_rng(seed)
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        weights = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            bound = np.sqrt(factor / (n_in + n_out))
+            weights += [rng.uniform(-bound, bound, (n_in, n_out)), rng.uniform(-bound, bound, n_out)]
+        net.set_weights(weights)
+        return net
 
     # -- data -------------------------------------------------------------------------------------
     def _check_X(self, X, reset, y="no_validation"):

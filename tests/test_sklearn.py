@@ -99,9 +99,12 @@ def test_matches_a_network_trained_the_same_way():
                               batch_size=32, shuffle=False), REG_X, REG_Y)
     seed = int(np.random.RandomState(0).randint(np.iinfo(np.int32).max))
     l2 = 0.01 / (2 * 32) / 0.5
-    net = bpgpu.Network([Dense(5, 7, init="glorot_uniform", l2=l2), ReLU(),
-                         Dense(7, 1, init="glorot_uniform", l2=l2)], loss="mse",
+    net = bpgpu.Network([Dense(5, 7, l2=l2), ReLU(), Dense(7, 1, l2=l2)], loss="mse",
                         optimizer=Adam(lr=1e-3, eps=2e-8), dtype="float64", seed=seed)
+    rng = np.random.default_rng(seed)  # scikit-learn's initialisation, drawn from the seed
+    b1, b2 = np.sqrt(6 / (5 + 7)), np.sqrt(6 / (7 + 1))
+    net.set_weights([rng.uniform(-b1, b1, (5, 7)), rng.uniform(-b1, b1, 7),
+                     rng.uniform(-b2, b2, (7, 1)), rng.uniform(-b2, b2, 1)])
     history = net.fit(REG_X, REG_Y, epochs=5, batch_size=32, shuffle=False, verbose=0)
     np.testing.assert_allclose(est.loss_curve_, np.array(history["loss"]) / 2, rtol=1e-12)
     for a, b in zip(est.network_.get_weights(), net.get_weights()):
