@@ -9,7 +9,7 @@ from .history import History
 from .io import load
 from .network import Network
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Network", "History", "Backend", "get_backend", "available_backends", "load",
            "gradcheck", "gradient_errors", "BackendUnavailableError", "ModelFileError",
