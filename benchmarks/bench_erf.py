@@ -19,7 +19,7 @@ from bpgpu.special import erf_for
 
 
 def _best(fn, x, repeat):
-    """The fastest of ``repeat`` timed calls ``fn(x)``, after one warm-up call."""
+    """Shortest of ``repeat`` timings of ``fn(x)`` (after one warm-up call)."""
     fn(x)
     times = []
     for _ in range(repeat):

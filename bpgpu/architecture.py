@@ -1,15 +1,25 @@
 """A network's shapes: the per-sample input shape (declared or implied by the first layer), each
 layer's output shape, and the compact table :meth:`bpgpu.Network.summary` shows."""
 
+from __future__ import annotations
+
 import inspect
 import math
+from collections.abc import Sequence as SequenceOf
+from typing import TYPE_CHECKING
 
-from .layers import Sequential
+from .layers import Layer, Sequential
+
+if TYPE_CHECKING:
+    from .network import Network
+
+Shape = tuple[int, ...]
 
 __all__ = ["Summary", "check_input_shape", "describe_layer", "summary_table"]
 
 
-def check_input_shape(layers, input_shape):
+def check_input_shape(layers: SequenceOf[Layer],
+                      input_shape: int | SequenceOf[int] | None) -> Shape | None:
     """The per-sample input shape of a network of ``layers``: ``input_shape`` (a positive int or
     a tuple of them, e.g. ``(1, 8, 8)`` for one-channel 8x8 images) when given, else the first
     layer's own (``Dense(4, ...)``: ``(4,)``), else None. ValueError when the two disagree."""
@@ -28,14 +38,14 @@ def check_input_shape(layers, input_shape):
     return shape
 
 
-def _short(value):
+def _short(value: object) -> str:
     """(3, 3) and [3, 3] as 3; other lists as tuples."""
     if isinstance(value, (list, tuple)):
         return _short(value[0]) if len(set(map(repr, value))) == 1 else repr(tuple(value))
     return repr(value)
 
 
-def describe_layer(layer):
+def describe_layer(layer: Layer) -> str:
     """``Conv2D(1, 8, 3, padding=1)``: the class, its required arguments, and the settings that
     differ from the defaults. Containers show only their class (their layers get rows)."""
     name = type(layer).__name__
@@ -55,12 +65,12 @@ def describe_layer(layer):
     return f"{name}({', '.join(args)})" if args else name
 
 
-def _shape_text(shape):
+def _shape_text(shape: Shape | None) -> str:
     """``(N, 8, 4, 4)`` for the per-sample shape (8, 4, 4); ``?`` when unknown."""
     return "?" if shape is None else f"(N, {', '.join(map(str, shape))})"
 
 
-def _rows(layer, shape, depth):
+def _rows(layer: Layer, shape: Shape | None, depth: int) -> list[tuple[str, Shape | None, int]]:
     """``(description, output shape or None, parameter count)`` for ``layer`` and its nested
     layers (indented), given the per-sample input ``shape`` (or None when unknown)."""
     out = layer.output_shape(shape) if shape is not None else None
@@ -81,11 +91,11 @@ def _rows(layer, shape, depth):
 class Summary(str):
     """The summary table: a string that shows as the table itself at an interactive prompt."""
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return str(self)
 
 
-def summary_table(net):
+def summary_table(net: Network) -> Summary:
     """The table behind :meth:`bpgpu.Network.summary`: one row per layer (nested layers
     indented under their container) with its output shape ``(N, ...)`` and parameter count,
     then the totals. Output shapes need a known input shape (``Network(..., input_shape=...)``

@@ -111,6 +111,17 @@ class Backend:
             host = host.astype(_numpy_dtype(self, dtype), copy=False)
         return self._from_host(np.ascontiguousarray(host))
 
+    def borrow(self, data, dtype):
+        """``data`` itself when this backend can read it in place (a native array of ``dtype``,
+        C-contiguous, on this device), else :meth:`asarray`'s copy. The caller must only read the
+        result: it may be the caller's own array."""
+        return self.asarray(data, dtype=dtype)
+
+    def take_rows(self, x, indices, out=None):
+        """Rows ``indices`` of ``x`` (``xp.take`` along axis 0); backends that can write them
+        into ``out`` (an array of the result's shape and dtype) do, and return it."""
+        return self.xp.take(x, indices, axis=0)
+
     def _from_host(self, host):
         return self.xp.asarray(host, copy=True, device=self.device)
 
@@ -191,6 +202,17 @@ class NumPyBackend(Backend):
 
     def to_float(self, x):
         return float(x) if np.ndim(x) == 0 else float(np.reshape(x, -1)[0])
+
+    def borrow(self, data, dtype):
+        if isinstance(data, np.ndarray) and data.dtype == np.dtype(dtype) \
+                and data.flags.c_contiguous:
+            return data
+        return self.asarray(data, dtype=dtype)
+
+    def take_rows(self, x, indices, out=None):
+        if out is None:
+            return np.take(x, indices, axis=0)
+        return np.take(x, indices, axis=0, out=out, mode="clip")  # "raise" would buffer
 
     def make_rng(self, seed):
         return _NumPyRNG(seed)

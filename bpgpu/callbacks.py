@@ -30,9 +30,11 @@ __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "Lear
 
 
 class Callback:
-    """Base class; every hook does nothing."""
+    """Base class; every hook does nothing. ``rank_zero_only``: in a distributed ``fit``, run on
+    rank 0 alone (callbacks that write files); others run on every rank."""
 
     network: Any = None  # the Network being trained, set by fit before the first hook
+    rank_zero_only = False
 
     def set_network(self, network: Any) -> None:
         self.network = network
@@ -180,7 +182,10 @@ class ModelCheckpoint(Callback):
 
     ``path`` may hold ``str.format`` fields: ``{epoch}`` (epochs completed, so the file of the
     first epoch has epoch 1) and any log value, e.g. ``"ckpt-{epoch:03d}-{val_loss:.4f}.npz"``.
+    In a distributed ``fit`` only rank 0 writes.
     """
+
+    rank_zero_only = True
 
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
         self.path = os.fspath(path)
@@ -338,7 +343,10 @@ class TerminateOnNaN(Callback):
 
 class CSVLogger(Callback):
     """Write one row per epoch to ``path``: ``epoch`` then the logs (columns fixed by the first
-    epoch), separated by ``separator``. ``append=True`` continues an existing file."""
+    epoch), separated by ``separator``. ``append=True`` continues an existing file. In a
+    distributed ``fit`` only rank 0 writes."""
+
+    rank_zero_only = True
 
     def __init__(self, path, separator=",", append=False):
         self.path = os.fspath(path)

@@ -182,8 +182,9 @@ class Network:
                 f"backend={self.backend.name!r}, dtype={self.dtype_name!r})")
 
     # -- boundary: data in ---------------------------------------------------------------------------
-    def _input(self, X, name="X"):
-        """Validate features and move them to the device (a copy)."""
+    def _input(self, X, name="X", borrow=False):
+        """Validate features and move them to the device: a copy, unless ``borrow`` and the
+        backend can read ``X`` in place (``Backend.borrow``; the caller then only reads it)."""
         X = as_numeric(X, name, self.backend)
         if X.ndim < 2:
             raise ValueError(f"{name} must have shape (n_samples, n_features), got shape "
@@ -194,6 +195,8 @@ class Network:
         check_finite(X, name, self.backend)
         if self.input_shape is None:  # e.g. Conv2D first: the data's shape fixes the output's
             self._data_output_shape = self._output_shape(tuple(X.shape[1:]))
+        if borrow:
+            return self.backend.borrow(X, self.dtype)
         return self.backend.asarray(X, dtype=self.dtype)
 
     def _target(self, y, n_samples, name="y"):
@@ -210,8 +213,8 @@ class Network:
         raise ValueError("the network's input shape is unknown (its first layer does not declare "
                          "one); start it with a Dense layer or another layer with input_shape()")
 
-    def _data(self, X, y):
-        Xd = self._input(X)
+    def _data(self, X, y, borrow=False):
+        Xd = self._input(X, borrow=borrow)
         return Xd, self._target(y, Xd.shape[0])
 
     # -- the backprop chain (run by the engine, see bpgpu._engine) --------------------------------------
@@ -304,10 +307,34 @@ class Network:
         for (layer, key), w in zip(self.structure.slots, checked):
             layer.params[key] = self.backend.asarray(w, dtype=self.dtype)
 
+    def state_dict(self, format="torch"):
+        """``{name: host NumPy array}`` of every parameter and buffer, named and laid out as the
+        equivalent ``torch.nn`` modules expect (``Dense`` -> ``nn.Linear`` weight (out, in), ...);
+        see :mod:`bpgpu.export` for the names of nested layers."""
+        from .export import state_dict
+
+        return state_dict(self, format=format)
+
+    def load_state_dict(self, state, format="torch"):
+        """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
+        (e.g. ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``); everything is
+        checked first, so a refused state changes nothing."""
+        from .export import load_state_dict
+
+        load_state_dict(self, state, format=format)
+
+    def save_safetensors(self, path, metadata=None):
+        """Write :meth:`state_dict` to a safetensors file (see :mod:`bpgpu.export`); read it back
+        with :func:`bpgpu.export.load_safetensors` or ``safetensors.torch.load_file``."""
+        from .export import save_safetensors
+
+        save_safetensors(self, path, metadata=metadata)
+
     # -- training loop -----------------------------------------------------------------------------------
     @_on_device
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
+            validation_split=None, metrics=None, callbacks=None, initial_epoch=None,
+            distributed=None):
         """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
         epochs (``net.history`` keeps every epoch, across calls and checkpoints).
 
@@ -330,6 +357,10 @@ class Network:
             initial_epoch: Keras-style resume: set the epoch counter to ``initial_epoch`` and
                 run until ``epochs`` (then the index to stop before). Without it, ``fit``
                 continues from ``net.epoch``, so a loaded checkpoint continues with plain ``fit``.
+            distributed: a :class:`~bpgpu.distributed.Communicator` from
+                :func:`bpgpu.distributed.init`: train data-parallel, every rank passing the same
+                ``(X, y)``; ``batch_size`` is then per rank. N ranks with batch b train like one
+                process with batch N b (see :mod:`bpgpu.distributed`).
 
         Per epoch the history records ``loss`` (the batch losses, each taken before its update,
         weighted by batch size; penalties included), the metrics, ``val_loss`` and ``val_*``,
@@ -343,7 +374,7 @@ class Network:
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                    validation_data=validation_data, verbose=verbose,
                    validation_split=validation_split, metrics=metrics, callbacks=callbacks,
-                   initial_epoch=initial_epoch)
+                   initial_epoch=initial_epoch, distributed=distributed)
 
     # -- inference ---------------------------------------------------------------------------------------
     @_on_device
@@ -352,14 +383,14 @@ class Network:
         at a time (None: all at once) by the engine's forward pass (the fast one reuses its
         buffers from call to call)."""
         batch_size = check_batch_size(batch_size)
-        Xd = self._input(X)
+        Xd = self._input(X, borrow=True)
         n = Xd.shape[0]
         bs = n if batch_size is None or n == 0 else batch_size
         engine, result = self.engine, None
         for s in range(0, max(n, 1), max(bs, 1)):
             out = self.backend.to_numpy(engine.forward(Xd[s:min(s + bs, n), ...], False))
             if bs >= n:
-                return out
+                return np.ascontiguousarray(out)
             if result is None:
                 result = np.empty((n,) + out.shape[1:], out.dtype)
             result[s:s + out.shape[0], ...] = out
@@ -369,7 +400,7 @@ class Network:
     def evaluate(self, X, y):
         """``{"loss": float}`` on ``(X, y)`` in inference mode, plus ``"accuracy"`` for
         classification losses (argmax for cross-entropy; threshold 0.5 or logit 0 for BCE)."""
-        Xd, yd = self._data(X, y)
+        Xd, yd = self._data(X, y, borrow=True)
         engine = self.engine
         out = engine.forward(Xd, False)
         logs = {"loss": self.backend.to_float(engine.loss(out, yd))}

@@ -1,9 +1,8 @@
 """erf from elementary operations (bpgpu.special) against math.erf, its native twins, and the
 exact GELU against torch.nn.GELU(); old model files keep the tanh GELU they were trained with."""
 
-import json
 import math
-import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,7 +89,10 @@ def test_native_erf_matches_the_reference(backend):
 def test_erf_for_picks_the_library_erf_where_there_is_one(torch):
     scipy_special = pytest.importorskip("scipy.special", reason="SciPy is not installed; it "
                                         "provides NumPy's native erf")
-    assert erf_for(bpgpu.get_backend("numpy")) is scipy_special.erf
+    x = np.linspace(-3.0, 3.0, 1001)
+    numpy_erf = erf_for(bpgpu.get_backend("numpy"))
+    assert numpy_erf.__name__ == "native" and np.array_equal(numpy_erf(x), scipy_special.erf(x))
+    assert erf_for(bpgpu.get_backend("numpy"))(x.astype(np.float16)).dtype == np.float16
     assert erf_for(bpgpu.get_backend("torch")) is torch.special.erf
     assert erf_for(bpgpu.get_backend("array_api_strict")).__name__ == "reference"
     assert erf_for(bpgpu.get_backend("numpy"), native=False).__name__ == "reference"
@@ -130,36 +132,23 @@ def test_gelu_forms_and_their_validation():
     assert deserialize_layer({"class": "GELU"}).approximate == "tanh"
 
 
-def _drop_gelu_form(path, out):
-    """A copy of a saved model as the code before the exact GELU wrote it: no "approximate"."""
-    with zipfile.ZipFile(path) as src, zipfile.ZipFile(out, "w") as dst:
-        for item in src.infolist():
-            data = src.read(item)
-            if item.filename == "meta.npy":
-                with src.open(item) as f:
-                    meta = json.loads(str(np.lib.format.read_array(f)))
-                for spec in meta["layers"]:
-                    if spec["class"] == "GELU":
-                        del spec["config"]["approximate"]
-                import io as _io
-
-                buffer = _io.BytesIO()
-                np.lib.format.write_array(buffer, np.array(json.dumps(meta)))
-                data = buffer.getvalue()
-            dst.writestr(item, data)
+DATA = Path(__file__).parent / "data"
 
 
-def test_model_saved_before_the_exact_gelu_loads_as_tanh(tmp_path):
-    X = np.random.default_rng(0).standard_normal((16, 3))
-    old = bpgpu.Network([Dense(3, 5), GELU(approximate="tanh"), Dense(5, 2)], dtype="float64",
-                        seed=3, backend="numpy")
-    old.save(tmp_path / "new.npz")
-    _drop_gelu_form(tmp_path / "new.npz", tmp_path / "old.npz")
-    loaded = bpgpu.load(tmp_path / "old.npz", backend="numpy")
-    assert loaded.layers[1].approximate == "tanh"
-    np.testing.assert_array_equal(loaded.predict(X), old.predict(X))
-    exact = bpgpu.load(tmp_path / "new.npz", backend="numpy")
-    assert exact.layers[1].approximate == "tanh"  # a saved form is kept as saved
-    net = bpgpu.Network([Dense(3, 5), GELU(), Dense(5, 2)], seed=3, backend="numpy")
-    net.save(tmp_path / "exact.npz")
-    assert bpgpu.load(tmp_path / "exact.npz").layers[1].approximate == "none"
+def test_model_saved_by_v0_1_loads_with_the_tanh_gelu_it_was_trained_with(torch):
+    """tests/data/gelu_tanh_v0_1.npz was written by bpgpu 0.1 (commit 8770553, before the exact
+    form): Dense(3, 5), GELU(), Dense(5, 2), trained 3 epochs; its GELU config is empty."""
+    net = bpgpu.load(DATA / "gelu_tanh_v0_1.npz", backend="numpy")
+    assert net.layers[1].approximate == "tanh"
+    W1, b1, W2, b2 = (torch.tensor(w) for w in net.get_weights())
+    X = np.random.default_rng(1).standard_normal((16, 3))
+    hidden = torch.nn.functional.gelu(torch.tensor(X) @ W1 + b1, approximate="tanh")
+    np.testing.assert_allclose(net.predict(X), (hidden @ W2 + b2).numpy(), rtol=1e-12, atol=1e-14)
+
+
+def test_gelu_form_survives_save_and_load(tmp_path):
+    for form in ("none", "tanh"):
+        net = bpgpu.Network([Dense(3, 5), GELU(approximate=form), Dense(5, 2)], seed=3,
+                            backend="numpy")
+        net.save(tmp_path / f"{form}.npz")
+        assert bpgpu.load(tmp_path / f"{form}.npz").layers[1].approximate == form

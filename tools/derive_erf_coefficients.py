@@ -76,11 +76,13 @@ def horner(coeffs, s):
 
 def main():
     tables = []
-    for _lo, _hi, f in pieces():
+    for *_, f in pieces():
         tables.append([float(c) for c in chebyshev_to_powers(chebyshev_interpolant(f, DEGREE))])
     print(f"DEGREE = {DEGREE}\nBREAKS = {BREAKS}\nCOEFFICIENTS = (")
     for row in tables:
-        print("    (" + ", ".join(repr(c) for c in row) + "),")
+        items = [repr(c) for c in row]
+        lines = [", ".join(items[k:k + 4]) for k in range(0, len(items), 4)]
+        print("    (" + ",\n     ".join(lines) + "),")
     print(")")
     worst = 0.0
     for i, (lo, hi, _) in enumerate(pieces()):

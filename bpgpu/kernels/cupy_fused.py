@@ -30,9 +30,8 @@ import cupy
 import numpy as np
 
 from ..losses import MSE, CrossEntropy
-from ..optimizers import SGD, Adam, AdamW, RMSprop
-from .numpy_fast import _RULES
 from .plan import KernelSet, cached as _cached
+from .update_rules import flat_rule_name
 
 __all__ = ["CuPyKernels"]
 
@@ -437,7 +436,7 @@ def _adam(opt, lr, p, g, state, work):
            p, state["exp_avg"], state["exp_avg_sq"])
 
 
-_KERNEL_RULES = {SGD: _sgd, RMSprop: _rmsprop, Adam: _adam, AdamW: _adam}
+_KERNEL_RULES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
 
 
 class CuPyKernels(KernelSet):
@@ -470,10 +469,8 @@ class CuPyKernels(KernelSet):
     @staticmethod
     def update_rule(optimizer):
         """The fused update for ``optimizer``, or None (same support rules as NumPy's)."""
-        entry = _RULES.get(type(optimizer))
-        if entry is None or not set(optimizer.get_config()) <= entry[1]:
-            return None
-        return _KERNEL_RULES[type(optimizer)]
+        name = flat_rule_name(optimizer)
+        return None if name is None else _KERNEL_RULES[name]
 
     @staticmethod
     def clip(optimizer, g, work):

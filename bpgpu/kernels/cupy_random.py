@@ -40,12 +40,9 @@ _TO_UNIT = {
 
 @functools.lru_cache(maxsize=None)
 def _uniform_kernel(dtype):
-    """u[i] in [0, 1) from (key0, key1, draw, i); see the module docstring."""
-    name = np.dtype(dtype).name
-    if name not in _TO_UNIT:
-        raise TypeError(f"uniform numbers come as float32 or float64, got {name}")
-    return cupy.ElementwiseKernel("uint64 key0, uint64 key1, uint64 draw", f"{name} u",
-                                  _PHILOX_UNIFORM + _TO_UNIT[name], f"bpgpu_philox_uniform_{name}")
+    """u[i] in [0, 1) from (key0, key1, draw, i); ``dtype``: "float32" or "float64"."""
+    return cupy.ElementwiseKernel("uint64 key0, uint64 key1, uint64 draw", f"{dtype} u",
+                                  _PHILOX_UNIFORM + _TO_UNIT[dtype], f"bpgpu_philox_uniform_{dtype}")
 
 
 class PhiloxRNG:
@@ -65,7 +62,10 @@ class PhiloxRNG:
 
     def uniform(self, shape, dtype):
         """Uniform numbers in [0, 1) of ``shape`` and ``dtype`` (float32 or float64)."""
-        kernel = _uniform_kernel(dtype)
+        name = np.dtype(dtype).name
+        if name not in _TO_UNIT:
+            raise TypeError(f"uniform numbers come as float32 or float64, got {name}")
+        kernel = _uniform_kernel(name)
         out = cupy.empty(shape, dtype)
         kernel(self.key[0], self.key[1], self.draws, out)
         self.draws += 1

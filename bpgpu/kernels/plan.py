@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from ..layers.activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from ..layers.dense import Dense
 
-__all__ = ["TrainStep", "FlatList", "KernelSet", "cached"]
+__all__ = ["TrainStep", "FlatList", "KernelSet", "BufferedOp", "LossOp", "cached"]
 
 #: Each parameter starts on a multiple of this many elements, so BLAS and SIMD loads see aligned
 #: matrices; the gaps stay zero and every update rule maps zero state and gradient to zero.
@@ -48,6 +48,33 @@ def cached(store, n, make):
             del store[next(iter(store))]
         value = store[n] = make(n)
     return value
+
+
+class BufferedOp:
+    """Base of every kernel set's fast operations (Dense, losses): the buffers an operation
+    writes are made by ``_make(key)`` once per key (a batch size, or a shape and dtype) and
+    reused from step to step; the two most recently made keys are kept (a fit's full batches and
+    its last, smaller one)."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[Any, Any] = {}
+
+    def buffers_for(self, key: Any) -> Any:
+        """The buffers for ``key``, made on first use."""
+        return cached(self.buffers, key, self._make)
+
+    def _make(self, key: Any) -> Any:
+        raise NotImplementedError
+
+
+class LossOp(BufferedOp):
+    """Base of the fast loss operations: ``forward(pred, target, total=None)`` returns the loss
+    (0-d) and leaves dL/dpred in ``grad``; ``total``, where a kernel set runs row shards, is the
+    whole batch's row count when ``pred`` holds a block of its rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad: Any = None
 
 
 class KernelSet(Protocol):

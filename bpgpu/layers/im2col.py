@@ -57,7 +57,7 @@ class Windows:
         ho, wo = self.out_hw
         self.n_windows, self.window_size = ho * wo, channels * kh * kw
         self.size = channels * height * width
-        # Image coordinates read by entry (oh, ow, c, i, j); outside the image: the zero at `size`.
+        # Image coordinates read by entry (oh, ow, c, i, j); outside the image: the fill at `size`.
         row = (sh * np.arange(ho)[:, None] + dh * np.arange(kh) - ph)[:, None, None, :, None]
         col = (sw * np.arange(wo)[:, None] + dw * np.arange(kw) - pw)[None, :, None, None, :]
         chan = np.arange(channels)[None, None, :, None, None]

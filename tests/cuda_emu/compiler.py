@@ -55,7 +55,9 @@ def build(units):
         result = subprocess.run([compiler(), *FLAGS, "-o", partial, source],
                                 capture_output=True, text=True)
         if result.returncode != 0:
-            raise EmulationError(f"g++ could not compile the kernel source(s) "
-                                 f"{[name for name, _ in units]}:\n{result.stderr[-4000:]}")
+            names = [name for name, _ in units]
+            shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            raise EmulationError(f"g++ could not compile the kernel source(s) {shown} "
+                                 f"({source}):\n{result.stderr[-4000:]}")
         os.replace(partial, target)  # atomic: a concurrent session sees all or nothing
     return ctypes.CDLL(target)

@@ -27,16 +27,22 @@ struct dim3 { unsigned int x = 1, y = 1, z = 1; };
 namespace emu {
 
 constexpr int kWarp = 32;
-constexpr size_t kStack = 64 * 1024;
+constexpr size_t kStack = 32 * 1024;
 
 enum class Wait { none, warp, block, done };
 
 struct Fiber {
     ucontext_t context;
-    std::vector<char> stack;
     Wait wait = Wait::none;
     unsigned int tid = 0;
 };
+
+// Fiber stacks, allocated once per process (uninitialised) and reused by every launch.
+inline char* stack_of(unsigned int thread) {
+    static std::vector<char*> stacks;
+    while (stacks.size() <= thread) stacks.push_back(new char[kStack]);
+    return stacks[thread];
+}
 
 struct Block {
     std::vector<Fiber> fibers;
@@ -80,11 +86,10 @@ inline bool run_block(Block* b, unsigned int threads) {
     b->fibers.resize(threads);
     for (unsigned int t = 0; t < threads; ++t) {
         Fiber& f = b->fibers[t];
-        f.stack.resize(kStack);
         f.wait = Wait::none;
         f.tid = t;
         getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack.data();
+        f.context.uc_stack.ss_sp = stack_of(t);
         f.context.uc_stack.ss_size = kStack;
         f.context.uc_link = nullptr;
         makecontext(&f.context, trampoline, 0);

@@ -19,6 +19,7 @@ import re
 
 import numpy as np
 
+from . import cuda
 from .compiler import EmulationError, build
 
 _C_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long",
@@ -31,7 +32,7 @@ def _queue(kernel):
     _pending.append(kernel)
 
 
-def _compile_pending():
+def compile_pending():
     """Compile every queued kernel in one g++ call."""
     units = [(k.name, k.unit_source()) for k in _pending]
     try:
@@ -81,7 +82,7 @@ class _Kernel:
         if self.broken:
             raise EmulationError(f"kernel {self.name} did not compile (see the earlier error)")
         if self.function is None:
-            _compile_pending()
+            compile_pending()
         return self.function
 
     def _prepare(self, args):
@@ -123,25 +124,33 @@ class _Kernel:
                 strides[k * ndim + d] = view.strides[d]
         shape_c = (ctypes.c_longlong * ndim)(*full)
         size = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        status = self._function()(ctypes.c_longlong(size), ctypes.c_int(ndim), shape_c, ptrs,
-                                  strides)
-        if status:
-            raise EmulationError(f"kernel {self.name} failed with status {status}")
+        function = self._function()
+        keep = (arrays, scalars)  # the buffers stay alive as long as a graph may replay this
+
+        def launch():
+            status = function(ctypes.c_longlong(size), ctypes.c_int(ndim), shape_c, ptrs, strides)
+            if status:
+                raise EmulationError(f"kernel {self.name} failed with status {status} {keep!r:.0}")
+        cuda.run(self.name, launch)
 
     _LOOP_HEAD = r"""
-    long long idx[32], off[NARGS];
-    for (long long i = 0; i < n; ++i) {
-        long long r = i;
-        for (int d = ndim - 1; d >= 0; --d) { idx[d] = r % shape[d]; r /= shape[d]; }
-        for (int k = 0; k < NARGS; ++k) {
-            off[k] = 0;
-            for (int d = 0; d < ndim; ++d) off[k] += idx[d] * strides[k * ndim + d];
+    long long _emu_idx[32], _emu_off[NARGS];
+    for (long long i = 0; i < _emu_n; ++i) {
+        long long _emu_rest = i;
+        for (int _emu_d = _emu_ndim - 1; _emu_d >= 0; --_emu_d) {
+            _emu_idx[_emu_d] = _emu_rest % _emu_shape[_emu_d];
+            _emu_rest /= _emu_shape[_emu_d];
+        }
+        for (int _emu_k = 0; _emu_k < NARGS; ++_emu_k) {
+            _emu_off[_emu_k] = 0;
+            for (int _emu_d = 0; _emu_d < _emu_ndim; ++_emu_d)
+                _emu_off[_emu_k] += _emu_idx[_emu_d] * _emu_strides[_emu_k * _emu_ndim + _emu_d];
         }
 """
 
     def _signature(self):
-        return (f'extern "C" int emu_{self.name}(long long n, int ndim, const long long* shape, '
-                f"char** ptrs, const long long* strides)")
+        return (f'extern "C" int emu_{self.name}(long long _emu_n, int _emu_ndim, '
+                f"const long long* _emu_shape, char** _emu_ptrs, const long long* _emu_strides)")
 
 
 class ElementwiseKernel(_Kernel):
@@ -165,10 +174,10 @@ class ElementwiseKernel(_Kernel):
         for k, (dtype, name) in enumerate(self.inputs + self.outputs):
             const = "const " if k < len(self.inputs) else ""
             ctype = _C_TYPES[dtype.name]
-            decls.append(f"{const}{ctype} &{name} = *({const}{ctype}*)(ptrs[{k}] + off[{k}]);")
+            decls.append(f"{const}{ctype} &{name} = *({const}{ctype}*)(_emu_ptrs[{k}] + _emu_off[{k}]);")
         return (f"{self._signature()} {{\n"
                 + self._LOOP_HEAD.replace("NARGS", str(count))
-                + "\n".join(decls) + "\n" + self.operation + ";\n    }\n    return 0;\n}\n")
+                + "\n".join(decls) + "\n{\n" + self.operation + ";\n}\n    }\n    return 0;\n}\n")
 
     def __call__(self, *args, size=None, block_size=None, stream=None):
         if size is not None or block_size is not None:
@@ -178,6 +187,7 @@ class ElementwiseKernel(_Kernel):
         arrays, scalars, shape = self._prepare(args)
         if len(args) == n_in:
             for k, (dtype, _) in enumerate(self.outputs, start=n_in):
+                cuda.allocated()
                 arrays[k] = np.empty(shape, dtype)
         for k, (_, name) in enumerate(self.outputs, start=n_in):
             if arrays[k].shape != shape:
@@ -210,9 +220,9 @@ class ReductionKernel(_Kernel):
         decls = []
         for k, (dtype, name) in enumerate(self.inputs):
             ctype = _C_TYPES[dtype.name]
-            decls.append(f"const {ctype} &{name} = *(const {ctype}*)(ptrs[{k}] + off[{k}]);")
+            decls.append(f"const {ctype} &{name} = *(const {ctype}*)(_emu_ptrs[{k}] + _emu_off[{k}]);")
         scalar_decls = [f"const {_C_TYPES[d.name]} &{name}_at0 = *(const {_C_TYPES[d.name]}*)"
-                        f"(ptrs[{k}]);" for k, (d, name) in enumerate(self.inputs)]
+                        f"(_emu_ptrs[{k}]);" for k, (d, name) in enumerate(self.inputs)]
         out_dtype, out_name = self.outputs[0]
         out_ctype = _C_TYPES[out_dtype.name]
         # Post-map code sees the inputs as their first element: right for the scalars it uses
@@ -224,19 +234,21 @@ class ReductionKernel(_Kernel):
                 f"typedef {self.reduce_type} _type_reduce;\n"
                 f"{self._signature()} {{\n"
                 + "\n".join(scalar_decls) + "\n"
-                "    _type_reduce partial[512];\n"
-                f"    for (int t = 0; t < 512; ++t) partial[t] = _type_reduce({self.identity});\n"
+                "    _type_reduce _emu_partial[512];\n"
+                "    for (int _emu_t = 0; _emu_t < 512; ++_emu_t)\n"
+                f"        _emu_partial[_emu_t] = _type_reduce({self.identity});\n"
                 + self._LOOP_HEAD.replace("NARGS", str(count))
                 + "\n".join(decls) + "\n"
                 f"        _type_reduce _a = static_cast<_type_reduce>({self.map_expr});\n"
-                "        partial[i % 512] = REDUCE(partial[i % 512], _a);\n    }\n"
-                "    for (int block = 256; block >= 1; block >>= 1)\n"
-                "        for (int t = 0; t < block; ++t) {\n"
-                "            _type_reduce a_ = partial[t], b_ = partial[t + block];\n"
-                "            partial[t] = REDUCE(a_, b_);\n        }\n"
+                "        _emu_partial[i % 512] = REDUCE(_emu_partial[i % 512], _a);\n    }\n"
+                "    for (int _emu_half = 256; _emu_half >= 1; _emu_half >>= 1)\n"
+                "        for (int _emu_t = 0; _emu_t < _emu_half; ++_emu_t) {\n"
+                "            _type_reduce _emu_a = _emu_partial[_emu_t];\n"
+                "            _type_reduce _emu_b = _emu_partial[_emu_t + _emu_half];\n"
+                "            _emu_partial[_emu_t] = REDUCE(_emu_a, _emu_b);\n        }\n"
                 "    {\n" + post_names + "\n"
-                f"    {out_ctype} &{out_name} = *({out_ctype}*)(ptrs[{n_in}]);\n"
-                "    POST_MAP(partial[0]);\n    }\n    return 0;\n}\n"
+                f"    {out_ctype} &{out_name} = *({out_ctype}*)(_emu_ptrs[{n_in}]);\n"
+                "    POST_MAP(_emu_partial[0]);\n    }\n    return 0;\n}\n"
                 "#undef REDUCE\n#undef POST_MAP\n")
 
     def __call__(self, *args, out=None, axis=None, keepdims=False, stream=None):
@@ -245,6 +257,8 @@ class ReductionKernel(_Kernel):
         if len(args) != len(self.inputs):
             raise TypeError(f"kernel {self.name} takes {len(self.inputs)} inputs, got {len(args)}")
         arrays, scalars, shape = self._prepare(list(args))
+        if out is None:
+            cuda.allocated()
         result = np.empty((), self.outputs[0][0]) if out is None else out
         if result.shape != () or result.dtype != self.outputs[0][0]:
             raise EmulationError(f"kernel {self.name}: out must be a 0-d "
@@ -267,10 +281,14 @@ class ReductionKernel(_Kernel):
                 for d in range(ndim):
                     strides[k * ndim + d] = view.strides[d]
         size = int(np.prod(in_shape, dtype=np.int64)) if in_shape else 1
-        status = self._function()(ctypes.c_longlong(size), ctypes.c_int(ndim),
-                                  (ctypes.c_longlong * ndim)(*full), ptrs, strides)
-        if status:
-            raise EmulationError(f"kernel {self.name} failed with status {status}")
+        function, shape_c = self._function(), (ctypes.c_longlong * ndim)(*full)
+        keep = (arrays, scalars)
+
+        def launch():
+            status = function(ctypes.c_longlong(size), ctypes.c_int(ndim), shape_c, ptrs, strides)
+            if status:
+                raise EmulationError(f"kernel {self.name} failed with status {status} {keep!r:.0}")
+        cuda.run(self.name, launch)
         return result
 
 
@@ -313,7 +331,7 @@ class RawKernel:
         if self.broken:
             raise EmulationError(f"raw kernel {self.name} did not compile")
         if self.launch_fn is None:
-            _compile_pending()
+            compile_pending()
         if shared_mem:
             raise EmulationError(f"raw kernel {self.name}: dynamic shared memory is not modelled")
         grid, block = _dim3(grid), _dim3(block)
@@ -345,11 +363,16 @@ class RawKernel:
             keep.append(value)
             slots[k] = ctypes.addressof(value) if isinstance(value, ctypes.c_void_p) \
                 else value.ctypes.data
-        error = ctypes.create_string_buffer(_ERROR_SIZE)
-        status = self.launch_fn(slots, (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block),
-                                error, ctypes.c_size_t(_ERROR_SIZE))
-        if status:
-            raise EmulationError(f"raw kernel {self.name}: {error.value.decode()}")
+        launch_fn, grid_c, block_c = self.launch_fn, (ctypes.c_uint * 3)(*grid), \
+            (ctypes.c_uint * 3)(*block)
+
+        def launch():
+            error = ctypes.create_string_buffer(_ERROR_SIZE)
+            status = launch_fn(slots, grid_c, block_c, error, ctypes.c_size_t(_ERROR_SIZE))
+            if status:
+                raise EmulationError(f"raw kernel {self.name}: {error.value.decode()} "
+                                     f"{keep!r:.0}")
+        cuda.run(self.name, launch)
 
 
 def _dim3(value):
