@@ -271,9 +271,8 @@ class _NCCLTransport:
 
         self.backend, self.reason = backend, reason
         self._cupy, self._nccl = cupy, nccl
-        drawn = np.array(nccl.get_unique_id(), dtype=np.int16).tobytes() if comm.rank == 0 \
-            else None
-        uid = tuple(int(v) for v in np.frombuffer(comm.broadcast_bytes(drawn), dtype=np.int16))
+        root_id = np.array(nccl.get_unique_id(), dtype=np.int16).tobytes() if comm.rank == 0 else None
+        uid = tuple(int(v) for v in np.frombuffer(comm.broadcast_bytes(root_id), dtype=np.int16))
         self._comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)
         self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32,
                        np.dtype(np.float64): nccl.NCCL_FLOAT64}
@@ -444,7 +443,8 @@ class DataParallel:
         from .io import _restore_training_state, _training_state
 
         net, comm = self.net, self.comm
-        header, arrays = None, {}
+        header: Any = None  # rank 0 sends the JSON bytes; every rank then holds the parsed dict
+        arrays: dict[str, np.ndarray] = {}  # rank 0's, to send
         if self.rank == 0:
             training, state_arrays = _training_state(net)
             arrays = dict(state_arrays)
