@@ -222,7 +222,6 @@ REJECTIONS = {  # label -> (rank 0's error, rank 1's error, words in rank 0's me
     "batch size differs": ("DistributedError", "DistributedError", '"batch_size": 6'),
     "one rank rejects its arguments": ("DistributedError", "ValueError",
                                        "rank 1: ValueError: epochs must be"),
-    "batchnorm": ("ValueError", "ValueError", "BatchNorm cannot train data-parallel"),
     "r2 metric": ("ValueError", "ValueError", "metric 'r2'"),
     "fewer samples than ranks": ("ValueError", "ValueError", "at least one sample per rank"),
 }
