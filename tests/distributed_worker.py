@@ -8,6 +8,7 @@ rows than ranks, a divergence, early stopping, a stop from one rank and Dropout;
 its weights, histories and per-step all-reduce counts to OUT_DIR/train-rank{r}.json.
 ``errors``: bad calls that every rank must reject before the first step; each rank records what
 it raised, then trains one good call to show the job is still usable.
+``three`` (on 3 ranks): an empty share in the last batch, with BatchNorm and Dropout.
 ``crash``: a callback raises on rank 1 alone mid-training; the whole job must end.
 ``single`` (run WITHOUT mpiexec): the cases on one rank, for comparison with a plain ``fit``.
 ``resume``: continue CHECKPOINT (written by one process) data-parallel, and write a checkpoint
@@ -290,6 +291,19 @@ def crash(comm, out):
     _write(out, "crash", comm.rank, {"finished": True})  # never reached
 
 
+#: Run on 3 ranks: global batches of 12 rows, the last of 2 rows, so rank 0's share of it is
+#: empty (it steps on one row weighted zero) while the others' BatchNorm statistics and Dropout
+#: masks still come out as one process's.
+THREE_RANKS = {**CASES["fast_ce"], "n": 26, "batch": 4, "n_val": 4, "norm": "dense"}
+
+
+def three(comm, out):
+    net = build(THREE_RANKS, dropout=0.2)
+    kwargs = fit_kwargs(THREE_RANKS, 1)
+    history = net.fit(kwargs.pop("x"), kwargs.pop("y"), distributed=comm, **kwargs)
+    _write(out, "three", comm.rank, _result(net, history))
+
+
 def single(out):
     """Without mpiexec: one rank, every case; must match a plain fit bit for bit."""
     comm = bpgpu.distributed.init()
@@ -315,10 +329,11 @@ def main(scenario, out, *rest):
         single(out)
         return
     comm = bpgpu.distributed.init()
-    if comm.size != RANKS:
-        raise SystemExit(f"run under mpiexec -n {RANKS}; this job has {comm.size} ranks")
-    {"train": train, "errors": errors, "resume": resume, "crash": crash}[scenario](comm, out,
-                                                                                  *rest)
+    expected = 3 if scenario == "three" else RANKS
+    if comm.size != expected:
+        raise SystemExit(f"run under mpiexec -n {expected}; this job has {comm.size} ranks")
+    {"train": train, "errors": errors, "resume": resume, "crash": crash,
+     "three": three}[scenario](comm, out, *rest)
 
 
 if __name__ == "__main__":
