@@ -28,6 +28,10 @@ from .validation import as_numeric, check_batch_size, check_finite, check_positi
 
 __all__ = ["Network"]
 
+#: Most rows ``predict`` and ``evaluate`` send through one forward pass: bounds the buffers an
+#: inference pass makes (and the fast engine keeps for the next call) whatever the data's size.
+INFERENCE_CHUNK = 4096
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -62,6 +66,9 @@ class Network:
         input_shape: the per-sample input shape, e.g. ``(1, 8, 8)`` for a CNN on one-channel
             8x8 images: checked against every layer now (and against the data later), and shown
             with every output shape by :meth:`summary`. None: the first layer's own, if any.
+        cuda_graphs: capture the fast training step as a CUDA graph and replay it (CuPy only;
+            :mod:`bpgpu.kernels.cuda_graphs`): far fewer kernel launches per step for small
+            networks; off by default until measured faster on your GPU.
 
     Attributes: ``backend`` (its ``name``, ``device`` and the ``reason`` it was chosen),
     ``engine`` (what runs the steps: ``engine.fast`` and the ``engine.reason`` it was chosen, see
@@ -73,7 +80,7 @@ class Network:
     """
 
     def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
-                 seed=None, fast=None, input_shape=None):
+                 seed=None, fast=None, input_shape=None, cuda_graphs=False):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
                             f"{type(layers).__name__}")
@@ -88,6 +95,8 @@ class Network:
         if fast is not None and not isinstance(fast, bool):
             raise TypeError(f"fast must be True, False or None, got {fast!r}")
         self.fast = not reference_forced() if fast is None else fast
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
         self.input_shape = check_input_shape(layers, input_shape)
         self.output_shape = self._output_shape(self.input_shape, layers) if self.input_shape \
             else None
@@ -95,6 +104,10 @@ class Network:
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer)
         self.backend = get_backend(backend)
+        if cuda_graphs and not hasattr(self.backend.kernels, "device_scalars"):
+            raise ValueError(f"cuda_graphs=True needs the CuPy backend (CUDA graphs); this "
+                             f"network runs on the {self.backend.name} backend")
+        self.cuda_graphs = cuda_graphs
         self.dtype = self.backend.dtype(dtype)
         self.dtype_name = dtype
         self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)  # type: ignore[arg-type]
@@ -317,8 +330,8 @@ class Network:
 
     def load_state_dict(self, state, format="torch"):
         """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
-        (e.g. ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``); everything is
-        checked first, so a refused state changes nothing."""
+        (e.g. ``torch_model.state_dict()`` of the equivalent torch model, on the CPU); everything
+        is checked first, so a refused state changes nothing."""
         from .export import load_state_dict
 
         load_state_dict(self, state, format=format)
@@ -380,12 +393,13 @@ class Network:
     @_on_device
     def predict(self, X, batch_size=None):
         """Outputs for ``X`` as a host NumPy array (inference mode), computed ``batch_size`` rows
-        at a time (None: all at once) by the engine's forward pass (the fast one reuses its
-        buffers from call to call)."""
+        at a time (None: all at once, in blocks of at most ``INFERENCE_CHUNK`` rows) by the
+        engine's forward pass (the fast one reuses its buffers from call to call)."""
         batch_size = check_batch_size(batch_size)
         Xd = self._input(X, borrow=True)
         n = Xd.shape[0]
         bs = n if batch_size is None or n == 0 else batch_size
+        bs = min(bs, INFERENCE_CHUNK) if n else bs
         engine, result = self.engine, None
         for s in range(0, max(n, 1), max(bs, 1)):
             out = self.backend.to_numpy(engine.forward(Xd[s:min(s + bs, n), ...], False))
@@ -400,13 +414,14 @@ class Network:
     def evaluate(self, X, y):
         """``{"loss": float}`` on ``(X, y)`` in inference mode, plus ``"accuracy"`` for
         classification losses (argmax for cross-entropy; threshold 0.5 or logit 0 for BCE)."""
+        from .metrics import Accuracy
+        from .training import evaluate_arrays
+
         Xd, yd = self._data(X, y, borrow=True)
-        engine = self.engine
-        out = engine.forward(Xd, False)
-        logs = {"loss": self.backend.to_float(engine.loss(out, yd))}
-        if self.loss.is_classification:
-            logs["accuracy"] = self.backend.to_float(self.loss.accuracy(out, yd))
-        return logs
+        if Xd.shape[0] == 0:
+            raise ValueError("X holds no samples; evaluate needs at least one")
+        metrics = [Accuracy().bind(self.backend, self.loss)] if self.loss.is_classification else []
+        return evaluate_arrays(self, Xd, yd, metrics, INFERENCE_CHUNK)
 
     # -- persistence -----------------------------------------------------------------------------------------
     @_on_device
