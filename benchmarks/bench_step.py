@@ -44,12 +44,14 @@ idle threads have parked: OpenBLAS's spin for about 0.1 s after a product and wo
 take a core from PyTorch's first steps, and PyTorch's OpenMP threads from bpgpu's.
 
 fit: ``Network.fit`` on a synthetic 60000 x 784 float32 set handed in as NumPy (1 epoch, batch
-128, 784-256-256-10), against the equivalent PyTorch loop (``torch.from_numpy`` once, ``randperm``
+128, 784-256-256-10), plain and with ``metrics=["accuracy"]`` (issue 11's target: within 5 %
+of plain), against the equivalent PyTorch loop (``torch.from_numpy`` once, ``randperm``
 shuffling, the same step, the loss summed on the device and read once). Each side runs in a
 fresh subprocess, alternating, so peak memory is clean: host peak RSS (VmHWM) and its growth
 during fit; on the GPU the CuPy memory pool's size after fit and torch.cuda.max_memory_reserved().
 
-Writes benchmarks/results/<backend>-<date>.json and .md unless --no-save.
+Writes benchmarks/results/<backend>.json and .md unless --no-save, replacing the previous run's
+(the results keep the latest run per backend; older ones live in the git history).
 """
 
 import argparse
@@ -393,8 +395,8 @@ def fit_child(side, backend, n_samples):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n_samples, FIT_SIZES[0])).astype(np.float32)
     y = rng.integers(0, FIT_SIZES[-1], n_samples)
-    result = {"side": side, "samples": n_samples}
-    if side == "bpgpu":
+    result = {"side": side, "samples": n_samples, "data_mib": (X.nbytes + y.nbytes) / 2**20}
+    if side.startswith("bpgpu"):
         import bpgpu
         from bpgpu.optimizers import Adam
 
@@ -409,7 +411,8 @@ def fit_child(side, backend, n_samples):
         rss0 = _rss_kib("VmRSS")
         _reset_hwm()
         t0 = time.perf_counter()
-        history = net.fit(X, y, epochs=1, batch_size=FIT_BATCH, verbose=0)
+        metrics = ["accuracy"] if side == "bpgpu_metrics" else None
+        history = net.fit(X, y, epochs=1, batch_size=FIT_BATCH, verbose=0, metrics=metrics)
         net.backend.synchronize()
         elapsed = time.perf_counter() - t0
         result["loss"] = float(history["loss"][-1])
@@ -470,10 +473,13 @@ def _reset_hwm():
         pass
 
 
+FIT_SIDES = ("bpgpu", "bpgpu_metrics", "torch")
+
+
 def measure_fit(backend, n_samples, runs):
-    results = {"bpgpu": [], "torch": []}
+    results = {side: [] for side in FIT_SIDES}
     for r in range(runs):
-        for side in (("bpgpu", "torch") if r % 2 == 0 else ("torch", "bpgpu")):
+        for side in (FIT_SIDES if r % 2 == 0 else FIT_SIDES[::-1]):
             cmd = [sys.executable, os.path.abspath(__file__), "--fit-child", side,
                    "--backend", backend, "--fit-samples", str(n_samples)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -484,6 +490,7 @@ def measure_fit(backend, n_samples, runs):
     for side, runs_ in results.items():
         best = max(runs_, key=lambda d: d["samples_per_s"])
         summary[side] = {"samples_per_s_median": statistics.median(d["samples_per_s"] for d in runs_),
+                         "data_mib": best["data_mib"],
                          "samples_per_s_runs": [round(d["samples_per_s"]) for d in runs_],
                          "peak_rss_mib": best["peak_rss_mib"], "rss_growth_mib": best["rss_growth_mib"],
                          **{k: best[k] for k in ("gpu_pool_bytes", "gpu_max_allocated_bytes",
@@ -491,6 +498,9 @@ def measure_fit(backend, n_samples, runs):
     summary["samples"] = n_samples
     summary["ratio_throughput_bpgpu_over_torch"] = (summary["bpgpu"]["samples_per_s_median"]
                                                     / summary["torch"]["samples_per_s_median"])
+    # issue 11's target: fit with metrics within 5 % of fit without (time ratio, lower is better)
+    summary["metrics_time_over_plain"] = (summary["bpgpu"]["samples_per_s_median"]
+                                          / summary["bpgpu_metrics"]["samples_per_s_median"])
     return summary
 
 
@@ -621,18 +631,27 @@ def render(result):
         b, tq = fit["bpgpu"], fit["torch"]
         lines += ["", f"fit, 784-256-256-10, batch {FIT_BATCH}, {fit['samples']} samples, 1 epoch "
                   "(data handed in as NumPy; fresh process per run):", "",
-                  "| | samples/s (median) | runs | peak RSS | RSS growth during fit |" +
-                  (" GPU memory |" if backend == "cupy" else ""),
-                  "|---|---:|---|---:|---:|" + ("---:|" if backend == "cupy" else "")]
-        for label, d in (("bpgpu", b), ("PyTorch", tq)):
+                  "| | samples/s (median) | runs | peak RSS | RSS growth during fit | growth / data |"
+                  + (" GPU memory |" if backend == "cupy" else ""),
+                  "|---|---:|---|---:|---:|---:|" + ("---:|" if backend == "cupy" else "")]
+        rows = [("bpgpu", b), ("bpgpu, metrics=['accuracy']", fit.get("bpgpu_metrics")),
+                ("PyTorch", tq)]
+        for label, d in rows:
+            if d is None:
+                continue
             gpu = ""
             if backend == "cupy":
                 gpu = (f" pool {d['gpu_pool_bytes'] / 2**20:.0f} MiB |" if "gpu_pool_bytes" in d
                        else f" max reserved {d.get('gpu_max_reserved_bytes', 0) / 2**20:.0f} MiB |")
             lines.append(f"| {label} | {d['samples_per_s_median']:.0f} | {d['samples_per_s_runs']} | "
-                         f"{d['peak_rss_mib']:.0f} MiB | {d['rss_growth_mib']:.0f} MiB |{gpu}")
+                         f"{d['peak_rss_mib']:.0f} MiB | {d['rss_growth_mib']:.0f} MiB | "
+                         f"{d['rss_growth_mib'] / d['data_mib']:.2f} ({d['data_mib']:.0f} MiB) |{gpu}")
         lines.append(f"\nthroughput ratio bpgpu / PyTorch: "
                      f"{fit['ratio_throughput_bpgpu_over_torch']:.2f} (higher is better)")
+        if "metrics_time_over_plain" in fit:
+            ratio = fit["metrics_time_over_plain"]
+            lines.append(f"fit with metrics / without (time): {ratio:.3f} (target <= 1.05: "
+                         f"{'met' if ratio <= 1.05 else 'NOT met'})")
     if "import" in result:
         imp = result["import"]
         lines += ["", f"import bpgpu over import numpy: {imp['bpgpu_over_numpy_s_min'] * 1e3:.0f} ms "
@@ -673,8 +692,8 @@ def main(argv=None):
     parser.add_argument("--no-steps", action="store_true", help="skip the per-step cases")
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--out", help="results path without extension "
-                                      "(default benchmarks/results/<backend>-<date>)")
-    parser.add_argument("--fit-child", choices=("bpgpu", "torch"), help=argparse.SUPPRESS)
+                                      "(default benchmarks/results/<backend>, or <backend>-quick)")
+    parser.add_argument("--fit-child", choices=FIT_SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--fit-samples", type=int, default=60000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -795,9 +814,8 @@ def main(argv=None):
     print()
     print(text)
     if not args.no_save:
-        stem = args.out or os.path.join(HERE, "results", f"{args.backend}-"
-                                        f"{datetime.date.today().isoformat()}"
-                                        + ("-quick" if args.quick else ""))
+        stem = args.out or os.path.join(HERE, "results",
+                                        args.backend + ("-quick" if args.quick else ""))
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         with open(stem + ".json", "w") as f:
             json.dump(result, f, indent=1, default=float)

@@ -12,8 +12,9 @@ global batch holds G = N * batch_size rows. What ``fit(distributed=comm)`` adds:
    raises (its own error on the rank that rejected, :class:`~bpgpu.DistributedError` elsewhere)
    and nothing has changed.
 2. Rank 0's training state is broadcast: weights, buffers, optimizer state, the shuffling
-   generator, epoch counter and history. Rank r > 0 then draws dropout masks from a stream of its
-   own, seeded from (rank 0's seed, epoch, r).
+   and device generators, epoch counter and history. Every rank then makes the same draws: a
+   draw for a batch (a Dropout mask) is made for the whole global batch and each rank keeps its
+   share's rows (:class:`RowWindow`), so masks are those of one process with the global batch.
 3. Every rank draws the same epoch order (rank 0's shuffling generator, now everyone's); each
    global batch of g rows (the last may be ragged) is cut into N contiguous shares, rank r taking
    rows [g r // N, g (r + 1) // N).
@@ -28,10 +29,14 @@ global batch holds G = N * batch_size rows. What ``fit(distributed=comm)`` adds:
    broadcast, so decisions (early stopping, learning-rate changes) agree; a stop asked for on any
    rank stops every rank. Only rank 0 prints, and callbacks with ``rank_zero_only`` (checkpoints,
    CSV logs) run on rank 0 alone.
+6. An exception raised on one rank during training (a callback's error, say) aborts the whole
+   job (``MPI_Abort``) with its message: the other ranks already wait in a collective, so
+   raising it on that rank alone would leave them waiting forever.
 
-Refused with a clear error: BatchNorm (each rank would normalise with its own rows' statistics)
-and metrics that keep host state between batches (``r2``'s shift). Dropout runs with per-rank
-masks: every rank ends with the same weights, but the run equals no single-process run.
+BatchNorm normalises with statistics over the global batch (:class:`SyncedStatistics`: 3 small
+all-reduces per BatchNorm layer and step), so it too trains as in one process. Refused with a
+clear error: metrics that keep host state between batches (``r2``'s shift) and fewer samples
+than ranks.
 
 Transports (:func:`choose_transport`): MPI reduces NumPy buffers in place; a CuPy network uses
 NCCL (its unique id broadcast over MPI) when NCCL is available, else MPI with host staging (copy
@@ -44,6 +49,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
+import sys
+import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +61,8 @@ import numpy as np
 from .errors import DistributedError, DistributedUnavailableError
 
 __all__ = [
+    "RowWindow",
+    "SyncedStatistics",
     "GPU_TRANSPORTS",
     "Communicator",
     "GradientSync",
@@ -64,6 +75,10 @@ __all__ = [
 GPU_TRANSPORTS = ("auto", "nccl", "mpi")
 
 _INSTALL = 'pip install "bpgpu[mpi]" (mpi4py and the MPICH wheel), then run under mpiexec -n N'
+
+#: Seconds between printing a rank's error and aborting the job (mpiexec forwards output
+#: asynchronously and may drop what is still in flight when the job is killed).
+ABORT_GRACE_S = 0.5
 
 #: Rows of the training data hashed into the fingerprint (evenly spaced, first and last included).
 SAMPLED_ROWS = 64
@@ -260,8 +275,8 @@ class _NCCLTransport:
 
         self.backend, self.reason = backend, reason
         self._cupy, self._nccl = cupy, nccl
-        uid = np.array(nccl.get_unique_id(), dtype=np.int16).tobytes() if comm.rank == 0 else None
-        uid = tuple(int(v) for v in np.frombuffer(comm.broadcast_bytes(uid), dtype=np.int16))
+        root_id = np.array(nccl.get_unique_id(), dtype=np.int16).tobytes() if comm.rank == 0 else None
+        uid = tuple(int(v) for v in np.frombuffer(comm.broadcast_bytes(root_id), dtype=np.int16))
         self._comm = nccl.NcclCommunicator(comm.size, uid, comm.rank)
         self._types = {np.dtype(np.float32): nccl.NCCL_FLOAT32,
                        np.dtype(np.float64): nccl.NCCL_FLOAT64}
@@ -296,6 +311,95 @@ class GradientSync:
         self.calls += 1
 
 
+class RowWindow:
+    """Makes a device generator draw for the whole global batch and return this rank's rows.
+
+    While installed (as the ``uniform`` of the generator object itself, which the layers share),
+    a draw whose leading dimension is this rank's row count ``rows`` is made with the global
+    batch's ``total`` rows instead, and rows [offset, offset + rows) are returned. Every rank thus
+    makes the same draws as one process with the global batch (same numbers, same generator
+    state afterwards): Dropout masks match it exactly. Other draws pass through unchanged.
+    """
+
+    def __init__(self, rng: Any) -> None:
+        self.rng, self.draw = rng, rng.uniform
+        self.offset, self.rows, self.total = 0, -1, -1
+        rng.uniform = self
+
+    def select(self, offset: int, rows: int, total: int) -> None:
+        self.offset, self.rows, self.total = offset, rows, total
+
+    def __call__(self, shape: tuple, dtype: Any) -> Any:
+        shape = tuple(shape)
+        if not shape or shape[0] != self.rows or self.rows == self.total:
+            return self.draw(shape, dtype)
+        whole = self.draw((self.total, *shape[1:]), dtype)
+        return whole[self.offset:self.offset + self.rows, ...]
+
+    def remove(self) -> None:
+        """Give the generator its own ``uniform`` back."""
+        del self.rng.uniform
+
+
+class SyncedStatistics:
+    """BatchNorm's batch statistics over the global batch (installed as the layers'
+    ``statistics`` while a distributed ``fit`` runs; see :class:`~bpgpu.layers.BatchNorm`).
+
+    With G the global batch's rows, n_r this rank's (0 for a one-row stand-in) and m values per
+    row and channel: ``count`` = G m; ``mean(v)`` = (sum over every rank's rows of v) / (G m), one
+    all-reduce; ``grad_means(a, b)`` = the two averages of BatchNorm's backward pass over the
+    global batch, in this rank's units (its loss is the mean over its n_r rows, i.e. G / n_r times
+    its share of the global loss): (G / n_r) sum_r' (n_r' / G) sum a / (G m), one all-reduce for
+    both. So BatchNorm normalises, keeps running statistics and backpropagates exactly as in one
+    process with the global batch, for 3 small all-reduces per BatchNorm layer and step.
+    """
+
+    def __init__(self, parallel: DataParallel) -> None:
+        self.parallel = parallel
+
+    def _window(self) -> tuple[int, int, Any]:
+        """``(G, n_r, transport)`` of the current step."""
+        window, sync = self.parallel.window, self.parallel.sync
+        if window is None or sync is None:
+            raise RuntimeError("SyncedStatistics serves a distributed fit only")
+        return window.total, round(sync.weight * window.total), sync.transport
+
+    def count(self, x: Any) -> int:
+        total, _, _ = self._window()
+        return total * math.prod(x.shape[2:])
+
+    def _global_sum(self, parts: list, scale: float) -> list:
+        """Each part summed over every rank (this rank's multiplied by ``scale``), in one
+        all-reduce."""
+        _, _, transport = self._window()
+        xp = self.parallel.net.backend.xp
+        shapes = [tuple(p.shape) for p in parts]
+        flat = xp.concat([xp.reshape(p, (-1,)) for p in parts])
+        flat = flat * scale if scale != 0.0 else xp.zeros_like(flat)
+        total = transport.allreduce(flat)
+        out, offset = [], 0
+        for shape in shapes:
+            size = math.prod(shape)
+            out.append(xp.reshape(total[offset:offset + size], shape))
+            offset += size
+        return out
+
+    def mean(self, v: Any, axes: tuple) -> Any:
+        total, rows, _ = self._window()
+        xp = self.parallel.net.backend.xp
+        (summed,) = self._global_sum([xp.sum(v, axis=axes, keepdims=True)],
+                                     1.0 if rows else 0.0)
+        return summed / float(total * math.prod(v.shape[2:]))
+
+    def grad_means(self, a: Any, b: Any, axes: tuple) -> tuple[Any, Any]:
+        total, rows, _ = self._window()
+        xp = self.parallel.net.backend.xp
+        summed = self._global_sum([xp.sum(a, axis=axes, keepdims=True),
+                                   xp.sum(b, axis=axes, keepdims=True)], rows / total)
+        unit = total / max(rows, 1) / float(total * math.prod(a.shape[2:]))
+        return summed[0] * unit, summed[1] * unit
+
+
 # -- what fit adds ----------------------------------------------------------------------------------------
 def row_share(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
     """``(a, b)``: rank ``rank``'s contiguous share of the rows [start, stop) cut among ``size``
@@ -321,19 +425,14 @@ class DataParallel:
                             f"got {comm!r}")
         self.comm, self.net = comm, net
         self.rank, self.size = comm.rank, comm.size
-        self.sync = None
+        self.sync: GradientSync | None = None  # set by attached()
+        self.window: RowWindow | None = None
 
     # -- before the first step ------------------------------------------------------------------
     def check(self, n_samples, metrics):
         """Refuse what data-parallel training cannot reproduce (ValueError)."""
-        from .layers.normalization import BatchNorm
         from .metrics import Metric
 
-        if any(isinstance(layer, BatchNorm) for layer in self.net.structure.all_layers):
-            raise ValueError("BatchNorm cannot train data-parallel: each rank would normalise with "
-                             "the statistics of its own rows, so the ranks together would not "
-                             "follow one process with the global batch. Use LayerNorm, or train "
-                             "in one process")
         for metric in metrics:
             if type(metric).begin is not Metric.begin:
                 raise ValueError(f"metric {metric.name!r} keeps state between batches that "
@@ -397,14 +496,15 @@ class DataParallel:
 
     def broadcast_state(self):
         """Give every rank rank 0's weights, buffers, optimizer state, generators, epoch and
-        history; then seed rank r's own dropout stream."""
+        history (the device generator too: every rank draws what rank 0 draws)."""
         from .io import _restore_training_state, _training_state
 
         net, comm = self.net, self.comm
-        header = arrays = None
+        header: Any = None  # rank 0 sends the JSON bytes; every rank then holds the parsed dict
+        arrays: dict[str, np.ndarray] = {}  # rank 0's, to send
         if self.rank == 0:
-            training, arrays = _training_state(net)
-            arrays = dict(arrays)
+            training, state_arrays = _training_state(net)
+            arrays = dict(state_arrays)
             for i, w in enumerate(net.get_weights()):
                 arrays[f"param:{i}"] = w
             for j, layer in enumerate(net.structure.all_layers):
@@ -428,20 +528,63 @@ class DataParallel:
                                                               dtype=net.dtype)
             _restore_training_state(net, header["training"], received)
             net.epoch = int(header["epoch"])
-            own = net.backend.make_rng(np.random.SeedSequence(
-                int(header["seed"]), spawn_key=(net.epoch, self.rank)))
-            net.backend.set_rng_state(net.device_rng, net.backend.rng_state(own))
 
     # -- during training ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def attached(self):
-        """Put the gradient hook first in ``net.gradient_hooks`` for the duration of the block."""
+        """For the duration of the block: the gradient hook first in ``net.gradient_hooks``, the
+        device generator's draws windowed to this rank's rows (:class:`RowWindow`), and every
+        BatchNorm's statistics taken over the global batch (:class:`SyncedStatistics`)."""
+        from .layers.normalization import BatchNorm
+
         self.sync = GradientSync(self.comm.transport_for(self.net.backend))
+        self.window = RowWindow(self.net.device_rng)
         self.net.gradient_hooks.insert(0, self.sync)
+        norms = [layer for layer in self.net.structure.all_layers
+                 if isinstance(layer, BatchNorm)] if self.size > 1 else []  # 1 rank: its own
+        for layer in norms:
+            layer.statistics = SyncedStatistics(self)
         try:
             yield self
         finally:
             self.net.gradient_hooks.remove(self.sync)
+            self.window.remove()
+            for layer in norms:
+                del layer.statistics  # back to the class's None
+
+    def select(self, start, stop):
+        """Prepare the step on the global rows [start, stop); ``(a, b, rows)``: the rows this rank
+        runs (one row weighted zero when its share is empty) and how many of them count."""
+        if self.sync is None or self.window is None:
+            raise RuntimeError("select() runs inside attached()")
+        a, b = self.share(start, stop)
+        rows = b - a
+        self.sync.weight = rows / (stop - start)
+        b = max(b, a + 1)
+        self.window.select(a - start, b - a, stop - start)
+        return a, b, rows
+
+    @contextlib.contextmanager
+    def abort_on_error(self):
+        """Turn an exception raised on this rank alone after the start agreement (state
+        broadcast, training) into an abort of the whole job: the other ranks already wait in the
+        next collective and would wait forever. :class:`~bpgpu.TrainingDivergedError` passes, as
+        every rank raises it at the same step."""
+        from .errors import TrainingDivergedError
+
+        try:
+            yield
+        except TrainingDivergedError:
+            raise
+        except BaseException as exc:
+            print(f"bpgpu.distributed: rank {self.rank} of {self.size} failed during training "
+                  f"({type(exc).__name__}: {exc}); aborting every rank, as the others wait for "
+                  "it in a collective", file=sys.stderr, flush=True)
+            traceback.print_exc()
+            sys.stderr.flush()
+            time.sleep(ABORT_GRACE_S)  # let the launcher forward the message before the kill
+            self.comm.mpi.Abort(1)
+            raise
 
     def share(self, start, stop):
         """``(a, b)``: this rank's rows of the global rows [start, stop)."""

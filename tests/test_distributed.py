@@ -42,13 +42,15 @@ needs_mpi = pytest.mark.skipif(
     reason='mpi4py or mpiexec is missing: pip install "bpgpu[mpi]" (mpi4py and the MPICH wheel)')
 
 
-def _launch(scenario, out, *args):
-    """Run the worker on 2 ranks; fail (never hang) after TIMEOUT seconds."""
+def _run(scenario, out, *args, ranks=worker.RANKS):
+    """``(returncode, stdout, stderr)`` of the worker on ``ranks`` ranks (None: plain python, no
+    mpiexec); the test fails (never hangs) after TIMEOUT seconds."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")])}
     env.pop("BPGPU_CPU_SHARDS", None)
-    cmd = [_mpiexec(), "-n", str(worker.RANKS), sys.executable, str(HERE / "distributed_worker.py"),
-           scenario, str(out), *map(str, args)]
+    launcher = [] if ranks is None else [_mpiexec(), "-n", str(ranks)]
+    cmd = [*launcher, sys.executable, str(HERE / "distributed_worker.py"), scenario, str(out),
+           *map(str, args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env, start_new_session=True)
     try:
@@ -57,9 +59,15 @@ def _launch(scenario, out, *args):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         pytest.fail(f"mpiexec {scenario} did not finish within {TIMEOUT} s (a hang)")
-    assert proc.returncode == 0, f"mpiexec {scenario} failed:\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    return proc.returncode, stdout, stderr
+
+
+def _launch(scenario, out, *args, ranks=worker.RANKS):
+    """Run the worker (see :func:`_run`); every rank's results."""
+    code, stdout, stderr = _run(scenario, out, *args, ranks=ranks)
+    assert code == 0, f"mpiexec {scenario} failed:\n{stdout[-2000:]}\n{stderr[-4000:]}"
     return [json.loads((pathlib.Path(out) / f"{scenario}-rank{r}.json").read_text())
-            for r in range(worker.RANKS)]
+            for r in range(ranks or 1)]
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +115,27 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(trained, name):
 
 
 @needs_mpi
+def test_one_rank_without_mpiexec_is_a_plain_fit_bit_for_bit(tmp_path):
+    (single,) = _launch("single", tmp_path, ranks=None)
+    assert single["size"] == 1
+    for name, case in worker.CASES.items():
+        net, history = _one_process(case, batch_size=case["batch"])
+        assert single[name]["weights"] == [w.tolist() for w in net.get_weights()], name
+        assert single[name]["history"] == history.history, name
+
+
+@needs_mpi
+def test_only_rank_0_prints(trained):
+    assert trained[0]["printed"].count("epoch ") == worker.CASES["fast_ce"]["epochs"]
+    assert trained[1]["printed"] == ""
+
+
+@needs_mpi
 @pytest.mark.parametrize("name", list(worker.CASES))
 def test_one_all_reduce_per_step(trained, name):
     case = worker.CASES[name]
-    steps = math.ceil(case["n"] / (worker.RANKS * case["batch"])) * case["epochs"]
+    global_batch = case["n"] if case["batch"] is None else worker.RANKS * case["batch"]
+    steps = math.ceil(case["n"] / global_batch) * case["epochs"]
     for rank in range(worker.RANKS):
         assert trained[rank][name]["calls"] == list(range(1, steps + 1))
 
@@ -131,6 +156,24 @@ def test_batch_logs_carry_the_global_batch_loss(trained):
 def test_transport_for_numpy_and_strict_networks(trained):
     assert "in place" in trained[0]["fast_ce"]["transport"]
     assert "host staging" in trained[0]["strict"]["transport"]
+
+
+@needs_mpi
+def test_three_ranks_with_an_empty_share_batchnorm_and_dropout(tmp_path):
+    ranks = _launch("three", tmp_path, ranks=3)
+    case = worker.THREE_RANKS
+    net = worker.build(case, dropout=0.2)
+    kwargs = worker.fit_kwargs(case, 3)
+    history = net.fit(kwargs.pop("x"), kwargs.pop("y"), **kwargs)
+    _assert_same_run(ranks[0], net, history)
+    assert ranks[1] == ranks[0] and ranks[2] == ranks[0]
+
+
+@needs_mpi
+def test_memory_mapped_training_data(trained):
+    for rank in trained:
+        assert rank["memmap"]["weights"] == rank["fast_ce"]["weights"]
+        assert rank["memmap"]["history"] == rank["fast_ce"]["history"]
 
 
 @needs_mpi
@@ -169,11 +212,17 @@ def test_a_stop_asked_on_one_rank_stops_every_rank(trained):
 
 
 @needs_mpi
-def test_dropout_ranks_draw_their_own_masks_and_end_identical(trained):
+def test_dropout_masks_are_those_of_one_process_with_the_global_batch(trained):
+    case = worker.CASES["fast_ce"]
+    net = worker.build(case, dropout=0.3)
+    kwargs = worker.fit_kwargs(case, worker.RANKS)
+    history = net.fit(kwargs.pop("x"), kwargs.pop("y"), **kwargs)
     ranks = [r["dropout"] for r in trained]
-    assert ranks[0]["weights"] == ranks[1]["weights"]
-    assert ranks[0]["history"] == ranks[1]["history"]
-    assert ranks[0]["mask"] != ranks[1]["mask"]
+    _assert_same_run(ranks[0], net, history)
+    assert ranks[1]["weights"] == ranks[0]["weights"]
+    # the device generators end where one process's does: the next mask is the same everywhere
+    mask = net.backend.to_numpy(net.layers[2].forward(np.ones((4, 8)), training=True)).tolist()
+    assert ranks[0]["mask"] == ranks[1]["mask"] == mask
 
 
 REJECTIONS = {  # label -> (rank 0's error, rank 1's error, words in rank 0's message)
@@ -184,7 +233,6 @@ REJECTIONS = {  # label -> (rank 0's error, rank 1's error, words in rank 0's me
     "batch size differs": ("DistributedError", "DistributedError", '"batch_size": 6'),
     "one rank rejects its arguments": ("DistributedError", "ValueError",
                                        "rank 1: ValueError: epochs must be"),
-    "batchnorm": ("ValueError", "ValueError", "BatchNorm cannot train data-parallel"),
     "r2 metric": ("ValueError", "ValueError", "metric 'r2'"),
     "fewer samples than ranks": ("ValueError", "ValueError", "at least one sample per rank"),
 }
@@ -229,6 +277,16 @@ def test_checkpoints_move_between_one_process_and_distributed(tmp_path):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(resumed.history.history["loss"], straight_history.history["loss"],
                                rtol=1e-9)
+
+
+@needs_mpi
+def test_an_error_on_one_rank_mid_training_ends_the_job_instead_of_hanging(tmp_path):
+    code, stdout, stderr = _run("crash", tmp_path)
+    output = f"exit status {code}\nstdout:\n{stdout[-2000:]}\nstderr:\n{stderr[-3000:]}"
+    assert code != 0, output
+    assert "rank 1 of 2 failed during training (RuntimeError: a callback failed on rank 1)" \
+        in stderr, output
+    assert not list(tmp_path.glob("crash-*.json")), output
 
 
 # -- in this process, without MPI ----------------------------------------------------------------------
@@ -420,3 +478,21 @@ def test_nccl_probe_reasons(monkeypatch, nccl, usable, words):
     assert got is usable and words in reason
     kind, why = choose_transport("cupy", "auto")
     assert kind == ("nccl" if usable else "mpi") and words in why
+
+
+def test_row_window_hands_each_rank_its_rows_of_the_global_draw():
+    backend = bpgpu.get_backend("numpy")
+    reference = backend.make_rng(np.random.SeedSequence(5))
+    whole = reference.uniform((10, 3), np.float64)
+    pieces = []
+    for offset, rows in ((0, 3), (3, 3), (6, 4)):  # three ranks' shares of 10 rows
+        rng = backend.make_rng(np.random.SeedSequence(5))
+        window = bpgpu.distributed.RowWindow(rng)
+        window.select(offset, rows, 10)
+        pieces.append(rng.uniform((rows, 3), np.float64))
+        assert rng.get_state() == reference.get_state()  # the same draws as one process
+        other = rng.uniform((7, 3), np.float64)  # not this rank's rows: passes through
+        assert other.shape == (7, 3)
+        window.remove()
+        assert "uniform" not in vars(rng)
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
