@@ -22,11 +22,14 @@ import os
 import warnings
 from typing import Any
 
+from .registry import get_registry
 from .schedules import Schedule
 from .validation import check_number
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
            "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"]
+
+_CALLBACKS = get_registry("callback")
 
 
 class Callback:
@@ -35,6 +38,10 @@ class Callback:
 
     network: Any = None  # the Network being trained, set by fit before the first hook
     rank_zero_only = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _CALLBACKS.register(cls)  # found by name like every other component
 
     def set_network(self, network: Any) -> None:
         self.network = network
