@@ -5,7 +5,9 @@ data to the device once, gathers mini-batches there, and reads the loss back onc
 """
 
 import math
+import threading
 import warnings
+import weakref
 
 import numpy as np
 
@@ -15,9 +17,50 @@ from .kernels import reference_forced, train_step_for
 from .layers import Dense, Layer, Sigmoid, Softmax, get_activation
 from .losses import BinaryCrossEntropy, CrossEntropy, get_loss
 from .optimizers import get_optimizer
-from .validation import as_numeric, check_batch_size, check_finite, check_positive_int
+from .validation import as_numeric, cast_finite, check_batch_size, check_positive_int
 
 __all__ = ["Network"]
+
+
+#: Which live Network each built layer object belongs to (weak on both sides).
+_OWNERS = weakref.WeakKeyDictionary()
+
+
+def _check_layers_unshared(layers):
+    """ValueError when a layer object appears twice in ``layers`` (nested ones included) or
+    already belongs to another live Network: sharing would mix their gradients, and building
+    this network would re-draw the other's weights."""
+    seen = set()
+    for layer in (sub for top in layers for sub in top.walk()):
+        if id(layer) in seen:
+            raise ValueError(f"the layer object {layer!r} appears twice in this network; create "
+                             "a separate layer for each position (copy.deepcopy(layer) before "
+                             "the network is built)")
+        seen.add(id(layer))
+        owner = _OWNERS.get(layer)
+        if owner is not None and owner() is not None:
+            raise ValueError(f"the layer object {layer!r} already belongs to another Network; "
+                             "building it here would replace that network's weights. Create a "
+                             "new layer (or copy.deepcopy the other network)")
+
+
+_PROBABILITY_OUTPUTS = (Sigmoid, Softmax)
+
+
+def _warn_if_bce_mismatch(last, loss):
+    """Warn when binary cross-entropy cannot fit the last layer: probabilities expected after a
+    built-in layer that does not produce them, or logits expected after a Sigmoid."""
+    if not isinstance(loss, BinaryCrossEntropy):
+        return
+    if loss.from_logits and isinstance(last, Sigmoid):
+        warnings.warn("bce_with_logits (BinaryCrossEntropy(from_logits=True)) applies the sigmoid "
+                      "itself: after a final Sigmoid layer it is applied twice. Drop the Sigmoid "
+                      "layer, or use 'bce'.", stacklevel=3)
+    elif not loss.from_logits and not isinstance(last, _PROBABILITY_OUTPUTS) \
+            and type(last).__module__.startswith("bpgpu."):
+        warnings.warn(f"'bce' expects probabilities in [0, 1], but the last layer is "
+                      f"{type(last).__name__}, whose outputs are not; end with a Sigmoid layer "
+                      "or use 'bce_with_logits' on the raw outputs.", stacklevel=3)
 
 
 class Network:
@@ -52,6 +95,7 @@ class Network:
             raise TypeError(f"layers must all be bpgpu Layer objects; got {', '.join(strangers)}")
         if not layers:
             raise ValueError("a Network needs at least one layer")
+        _check_layers_unshared(layers)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
@@ -84,9 +128,30 @@ class Network:
         if isinstance(self.layers[-1], Softmax) and isinstance(self.loss, CrossEntropy):
             warnings.warn("CrossEntropy takes logits and applies softmax itself: a final Softmax "
                           "layer applies it twice. Drop the Softmax layer.", stacklevel=2)
+        _warn_if_bce_mismatch(self.layers[-1], self.loss)
         self.epoch = 0
         self.history = History()
         self.stop_training = False
+        # One step, predict or evaluate at a time: layers keep per-call state between forward
+        # and backward, so a predict from another thread during fit would corrupt a step.
+        self._lock = threading.RLock()
+        self._fit_callbacks = None  # the callbacks of the last fit (their state is saved)
+        self._restored_callbacks = None  # callback states from a checkpoint, for the next fit
+        self._claim_layers()
+
+    def _claim_layers(self):
+        for layer in self._all_layers:
+            _OWNERS[layer] = weakref.ref(self)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
+        self._claim_layers()
 
     @classmethod
     def from_sizes(cls, layer_sizes, activation="relu", output_activation=None, init="he_normal",
@@ -156,10 +221,9 @@ class Network:
         if self.input_shape is not None and tuple(X.shape[1:]) != tuple(self.input_shape):
             raise ValueError(f"{name} has {tuple(X.shape[1:])} features per sample; the network "
                              f"expects {tuple(self.input_shape)}")
-        check_finite(X, name, self.backend)
         if self.input_shape is None:  # e.g. Conv2D first: the data's shape fixes the output's
             self._data_output_shape = self._output_shape(tuple(X.shape[1:]))
-        return self.backend.asarray(X, dtype=self.dtype)
+        return cast_finite(X, name, self.backend, self.dtype)
 
     def _target(self, y, n_samples, name="y"):
         output_shape = self.output_shape or self._output_shape_from_data()
@@ -175,8 +239,11 @@ class Network:
         raise ValueError("the network's input shape is unknown (its first layer does not declare "
                          "one); start it with a Dense layer or another layer with input_shape()")
 
-    def _data(self, X, y):
+    def _data(self, X, y, what="X"):
         Xd = self._input(X)
+        if Xd.shape[0] == 0:
+            raise ValueError(f"{what} holds no samples (shape {tuple(Xd.shape)}); training and "
+                             "evaluating need at least one")
         return Xd, self._target(y, Xd.shape[0])
 
     # -- the backprop chain ----------------------------------------------------------------------------
@@ -228,7 +295,9 @@ class Network:
     def forward(self, X, training=False):
         """The network's output for ``X`` (n_samples, n_features), as a backend array.
         ``training=True`` runs training-mode layers (dropout, batch statistics)."""
-        return self._forward(self._input(X), training)
+        Xd = self._input(X)
+        with self._lock:
+            return self._forward(Xd, training)
 
     def compute_loss(self, output, y):
         """The loss (0-d backend array) of ``output`` (from :meth:`forward`) against targets ``y``,
@@ -248,20 +317,25 @@ class Network:
         """One forward, backward and update on the batch ``(X, y)``; returns the loss before the
         update as a float."""
         Xd, yd = self._data(X, y)
-        return self.backend.to_float(self._train_batch(Xd, yd))
+        with self._lock:
+            return self.backend.to_float(self._train_batch(Xd, yd))
 
     def compute_gradients(self, X, y):
         """``(loss, grads)`` for the batch ``(X, y)`` without changing any weight or buffer: grads
         is a list of host NumPy arrays in :meth:`get_weights` order."""
         Xd, yd = self._data(X, y)
-        saved = [dict(layer.buffers) for layer in self._all_layers]
-        try:
-            loss = self._loss(self._forward(Xd, True), yd)
-            self._backward()
-        finally:
-            for layer, buffers in zip(self._all_layers, saved):
-                layer.buffers = buffers
-        return self.backend.to_float(loss), self.gradients()
+        with self._lock:
+            saved = [dict(layer.buffers) for layer in self._all_layers]
+            rng_state = self.backend.rng_state(self.device_rng)
+            try:
+                loss = self._loss(self._forward(Xd, True), yd)
+                self._backward()
+            finally:
+                for layer, buffers in zip(self._all_layers, saved):
+                    layer.buffers = buffers
+                if self.backend.rng_state(self.device_rng) != rng_state:
+                    self.backend.set_rng_state(self.device_rng, rng_state)
+            return self.backend.to_float(loss), self.gradients()
 
     def gradients(self):
         """The last computed gradients as host NumPy arrays, in :meth:`get_weights` order."""
@@ -276,7 +350,8 @@ class Network:
     def get_weights(self):
         """Learnable parameters as host NumPy arrays: layer order, nested layers depth first,
         and within a layer its parameters in order (Dense: W then b)."""
-        return [self.backend.to_numpy(layer.params[key]) for layer, key in self._slots]
+        with self._lock:
+            return [self.backend.to_numpy(layer.params[key]) for layer, key in self._slots]
 
     def set_weights(self, weights):
         """Replace every learnable parameter (same order and shapes as :meth:`get_weights`).
@@ -292,10 +367,10 @@ class Network:
             expected = tuple(layer.params[key].shape)
             if tuple(w.shape) != expected:
                 raise ValueError(f"{name} has shape {tuple(w.shape)}; expected {expected}")
-            check_finite(w, name, self.backend)
-            checked.append(w)
-        for (layer, key), w in zip(self._slots, checked):
-            layer.params[key] = self.backend.asarray(w, dtype=self.dtype)
+            checked.append(cast_finite(w, name, self.backend, self.dtype))
+        with self._lock:
+            for (layer, key), w in zip(self._slots, checked):
+                layer.params[key] = w
 
     # -- training loop -----------------------------------------------------------------------------------
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
@@ -345,8 +420,9 @@ class Network:
         Xd = self._input(X)
         n = Xd.shape[0]
         bs = n if batch_size is None or n == 0 else batch_size
-        parts = [self.backend.to_numpy(self._forward(Xd[s:min(s + bs, n), ...], False))
-                 for s in range(0, max(n, 1), max(bs, 1))]
+        with self._lock:
+            parts = [self.backend.to_numpy(self._forward(Xd[s:min(s + bs, n), ...], False))
+                     for s in range(0, max(n, 1), max(bs, 1))]
         return np.concatenate(parts, axis=0)
 
     def evaluate(self, X, y):
@@ -355,10 +431,11 @@ class Network:
         return self._evaluate(*self._data(X, y))
 
     def _evaluate(self, Xd, yd):
-        out = self._forward(Xd, False)
-        logs = {"loss": self.backend.to_float(self._loss(out, yd))}
-        if self.loss.is_classification:
-            logs["accuracy"] = self.backend.to_float(self.loss.accuracy(out, yd))
+        with self._lock:
+            out = self._forward(Xd, False)
+            logs = {"loss": self.backend.to_float(self._loss(out, yd))}
+            if self.loss.is_classification:
+                logs["accuracy"] = self.backend.to_float(self.loss.accuracy(out, yd))
         return logs
 
     # -- persistence -----------------------------------------------------------------------------------------
@@ -369,4 +446,5 @@ class Network:
         :func:`bpgpu.load`, ``fit`` continues exactly where this network stopped."""
         from .io import save
 
-        save(self, path)
+        with self._lock:
+            save(self, path)

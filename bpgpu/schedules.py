@@ -27,7 +27,9 @@ and is then saved and loaded with the network like the built-in ones (classes re
 
 import math
 
-from .validation import check_number
+import numpy as np
+
+from .validation import check_number, check_positive_int, is_real_number
 
 __all__ = ["Schedule", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
            "ReduceLROnPlateau", "serialize_schedule", "deserialize_schedule"]
@@ -40,9 +42,7 @@ def _positive(value, name, integer=False):
     """``value`` as a float > 0, or with ``integer`` as an int >= 1 (a Python int)."""
     if not integer:
         return check_number(value, name, 0, low_open=True)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    return check_positive_int(value, name)
 
 
 class Schedule:
@@ -63,9 +63,9 @@ class Schedule:
         self.per = per
 
     def __call__(self, t):
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
             raise ValueError(f"a schedule is evaluated at integer steps t >= 0, got {t!r}")
-        return float(self.rate(t))
+        return float(self.rate(int(t)))
 
     def rate(self, t):
         """The learning rate at step ``t`` (an int >= 0)."""
@@ -124,8 +124,7 @@ class CosineAnnealingLR(Schedule):
         super().__init__(per)
         self.lr = _positive(lr, "lr")
         self.T_max = _positive(T_max, "T_max", integer=True)
-        if isinstance(eta_min, bool) or not isinstance(eta_min, (int, float)) \
-                or not 0.0 <= eta_min <= self.lr:
+        if not is_real_number(eta_min) or not 0.0 <= eta_min <= self.lr:
             raise ValueError(f"eta_min must be a number in [0, lr={self.lr}], got {eta_min!r}")
         self.eta_min = float(eta_min)
 
@@ -154,8 +153,7 @@ class LinearWarmup(Schedule):
         super().__init__(self.then.per if per is None else per)
         if start_factor is None:
             start_factor = 1.0 / (self.warmup_steps + 1)
-        if isinstance(start_factor, bool) or not isinstance(start_factor, (int, float)) \
-                or not 0.0 < start_factor <= 1.0:
+        if not is_real_number(start_factor) or not 0.0 < start_factor <= 1.0:
             raise ValueError(f"start_factor must be a number in (0, 1], got {start_factor!r}")
         self.start_factor = float(start_factor)
 

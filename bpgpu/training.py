@@ -34,7 +34,7 @@ from .errors import TrainingDivergedError
 from .history import History
 from .metrics import Accuracy, get_metric
 from .schedules import Schedule
-from .validation import check_batch_size, check_positive_int
+from .validation import check_batch_size, check_bool, check_positive_int, is_real_number
 
 __all__ = ["fit", "evaluate_arrays", "copy_weights", "restore_weights", "Progress"]
 
@@ -48,13 +48,13 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
     step, so a rejected call changes nothing."""
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_batch_size(batch_size)
+    shuffle = check_bool(shuffle, "shuffle")
     if verbose not in (0, 1, 2, False, True):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     if validation_split is not None:
         if validation_data is not None:
             raise ValueError("give validation_data or validation_split, not both")
-        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) \
-                or not 0.0 < validation_split < 1.0:
+        if not is_real_number(validation_split) or not 0.0 < validation_split < 1.0:
             raise ValueError(f"validation_split must be a fraction in (0, 1), e.g. 0.2, got "
                              f"{validation_split!r}")
     if initial_epoch is not None:
@@ -71,8 +71,6 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
     callback_list = CallbackList(callbacks, net)
     Xd, yd = net._data(X, y)
     n = Xd.shape[0]
-    if n == 0:
-        raise ValueError("X holds no samples; fit needs at least one")
     validation = None
     if validation_split is not None:
         split = int(math.floor(n * (1.0 - validation_split)))
@@ -84,17 +82,55 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
     elif validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (X_val, y_val)")
-        validation = net._data(*validation_data)
-        if validation[0].shape[0] == 0:
-            raise ValueError("validation_data holds no samples")
+        validation = net._data(*validation_data, what="validation_data")
     # Progress counts this call's epochs ("epoch 1/5"), or absolute ones with initial_epoch.
     if initial_epoch is None:
         start, end, shown_from = net.epoch, net.epoch + epochs, net.epoch
     else:
         start, end, shown_from = int(initial_epoch), epochs, 0
+    _check_last_batch(net, Xd, batch_size)
     loop = _Loop(net, Xd, yd, batch_size, shuffle, train_metrics, val_metrics, validation,
                  callback_list, verbose)
     return loop.run(start, end, shown_from)
+
+
+def _check_last_batch(net, Xd, batch_size):
+    """ValueError, before any step, when a batch of an epoch would hold a single sample and a
+    BatchNorm would then see one value per channel (its batch statistics need two)."""
+    n = Xd.shape[0]
+    size = n if batch_size is None else min(batch_size, n)
+    last = n - (-(-n // size) - 1) * size
+    if last != 1:
+        return
+    if not _single_sample_values(net.layers, tuple(Xd.shape[1:])):
+        return
+    where = "the only batch" if size == 1 or n == 1 else "the last batch of every epoch"
+    hint = (f"use a batch_size that leaves at least 2 samples in the last batch (e.g. "
+            f"{size + 1} or {size - 1})" if n > 2 else "train on at least 2 samples")
+    raise ValueError(f"{where} would hold 1 sample ({n} samples, batch_size={batch_size}); "
+                     "BatchNorm needs at least 2 values per channel in training: " + hint)
+
+
+def _single_sample_values(layers, shape):
+    """True when some BatchNorm in ``layers`` (fed per-sample ``shape``) would see one value per
+    channel from a one-sample batch, i.e. gets (N, C) inputs. Unknown shapes count as (N, C)."""
+    from .layers import BatchNorm, Layer
+
+    for layer in layers:
+        if isinstance(layer, BatchNorm):
+            if len(shape) != 3 or shape[1] * shape[2] < 2:
+                return True
+        elif any(isinstance(sub, BatchNorm) for sub in layer.walk()):
+            inner = getattr(layer, "layers", None)  # Sequential; Residual/Checkpoint hold a block
+            if inner is None and isinstance(getattr(layer, "block", None), Layer):
+                inner = [layer.block]
+            if inner is None or _single_sample_values(inner, shape):
+                return True
+        try:
+            shape = tuple(layer.output_shape(shape)) if shape else ()
+        except ValueError:
+            shape = ()
+    return False
 
 
 def _metric_list(metrics, net):
@@ -151,17 +187,18 @@ class _Loop:
         """One update; the loss (0-d, on the device) before it. With metrics, the chain is run
         explicitly so the batch output can feed them (same operations as ``_train_batch``)."""
         net = self.net
-        if not self.train_metrics:
-            return net._train_batch(xb, yb)
-        out = net._forward(xb, True)
-        loss = net._loss(out, yb)
-        if metric_sums is not None:
-            for i, metric in enumerate(self.train_metrics):
-                s = metric.update(out, yb)
-                metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
-        net._backward()
-        net._apply_gradients()
-        return loss
+        with net._lock:  # a predict() from another thread waits for the step to finish
+            if not self.train_metrics:
+                return net._train_batch(xb, yb)
+            out = net._forward(xb, True)
+            loss = net._loss(out, yb)
+            if metric_sums is not None:
+                for i, metric in enumerate(self.train_metrics):
+                    s = metric.update(out, yb)
+                    metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
+            net._backward()
+            net._apply_gradients()
+            return loss
 
     def _run_epoch(self, host_order, progress):
         net = self.net
@@ -241,6 +278,10 @@ class _Loop:
         logs = {}
         prev = None
         callbacks.on_train_begin()
+        if net._restored_callbacks:
+            callbacks.restore(net._restored_callbacks)
+        net._restored_callbacks = None
+        net._fit_callbacks = callbacks.callbacks
         try:
             while net.epoch < end and not net.stop_training:
                 epoch = net.epoch
@@ -299,8 +340,9 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None):
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
-        out = net._forward(xb, False)
-        loss = net._loss(out, yb) * float(stop - start)
+        with net._lock:
+            out = net._forward(xb, False)
+            loss = net._loss(out, yb) * float(stop - start)
         total = loss if total is None else total + loss
         for i, metric in enumerate(metrics):
             s = metric.update(out, yb)
