@@ -113,8 +113,8 @@ class CallbackList:
         except TypeError:
             items = None
         if items is None or not all(isinstance(c, Callback) for c in items):
-            raise TypeError("callbacks must be an iterable (list, tuple, ...) of "
-                            f"bpgpu.callbacks.Callback objects, got {callbacks!r}")
+            raise TypeError("callbacks must be a list of bpgpu.callbacks.Callback objects (or "
+                            f"another iterable of them), got {callbacks!r}")
         self.callbacks = items
         for callback in self.callbacks:
             callback.set_network(network)

@@ -97,23 +97,41 @@ def save(net, path) -> None:
     _write_atomically(path, arrays)
 
 
+_PLAIN = (int, float, str, bool, type(None), tuple)
+_BASE_ATTRIBUTES = frozenset(vars(Layer()))
+
+
 def _check_rebuildable(net) -> None:
     """ValueError unless every layer is a concrete registered class that its own description
-    rebuilds (``from_config(get_config())`` with the same config)."""
+    rebuilds: ``get_config()`` is JSON, ``from_config(get_config())`` works and gives a layer
+    whose plain settings (public numbers, strings, tuples set by its constructor) are the
+    same."""
     for layer in net._all_layers:
-        cls = type(layer)
+        cls, name = type(layer), type(layer).__name__
         try:
             _check_layer_class(cls)
-            twin = cls.from_config(layer.get_config())
-            same = twin.get_config() == layer.get_config()
+        except ValueError as exc:
+            raise ValueError(f"cannot save {name}: {exc}") from None
+        config = layer.get_config()
+        try:
+            json.dumps(config)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"cannot save {name}: its get_config() is not JSON-serialisable "
+                             f"({exc}); return plain numbers, strings, lists and dicts") from None
+        try:
+            twin = cls.from_config(config)
         except (TypeError, ValueError, KeyError) as exc:
-            raise ValueError(f"cannot save {cls.__name__}: {cls.__name__}.from_config("
-                             f"get_config()) fails ({exc}); give the layer a get_config() that "
-                             "returns its constructor arguments") from None
-        if not same:
-            raise ValueError(f"cannot save {cls.__name__}: rebuilding it from get_config() "
-                             "gives a different configuration; get_config() must return every "
-                             "constructor argument")
+            raise ValueError(f"cannot save {name}: {name}.from_config(get_config()) fails "
+                             f"({exc}); give the layer a get_config() that returns its "
+                             "constructor arguments") from None
+        differ = [key for key, value in vars(twin).items()
+                  if key not in _BASE_ATTRIBUTES and not key.startswith("_")
+                  and isinstance(value, _PLAIN) and key in vars(layer)
+                  and (type(value) is not type(vars(layer)[key]) or value != vars(layer)[key])]
+        if twin.get_config() != config or differ:
+            raise ValueError(f"cannot save {name}: rebuilding it from get_config() gives a "
+                             f"different layer ({', '.join(differ) or 'config'} differ); "
+                             "get_config() must return every constructor argument")
 
 
 def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
