@@ -34,14 +34,14 @@ def _check_layers_unshared(layers):
     for layer in (sub for top in layers for sub in top.walk()):
         if id(layer) in seen:
             raise ValueError(f"the layer object {layer!r} appears twice in this network; create "
-                             "a separate layer for each position (copy.deepcopy(layer) before "
-                             "the network is built)")
+                             "a separate layer for each position")
         seen.add(id(layer))
         owner = _OWNERS.get(layer)
         if owner is not None and owner() is not None:
             raise ValueError(f"the layer object {layer!r} already belongs to another Network; "
                              "building it here would replace that network's weights. Create a "
-                             "new layer (or copy.deepcopy the other network)")
+                             "new layer with the same settings "
+                             "(type(layer).from_config(layer.get_config()))")
 
 
 _PROBABILITY_OUTPUTS = (Sigmoid, Softmax)
@@ -137,21 +137,8 @@ class Network:
         self._lock = threading.RLock()
         self._fit_callbacks = None  # the callbacks of the last fit (their state is saved)
         self._restored_callbacks = None  # callback states from a checkpoint, for the next fit
-        self._claim_layers()
-
-    def _claim_layers(self):
         for layer in self._all_layers:
             _OWNERS[layer] = weakref.ref(self)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
-        self._claim_layers()
 
     @classmethod
     def from_sizes(cls, layer_sizes, activation="relu", output_activation=None, init="he_normal",

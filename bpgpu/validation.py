@@ -17,18 +17,19 @@ _NUMERIC_KINDS = ("bool", "integral", "real floating")
 
 def as_numeric(data, name, backend):
     """``data`` as a NumPy array or a native array of ``backend``; TypeError/ValueError if it does
-    not hold real numbers. The result may share memory with ``data``: do not mutate it."""
+    not hold real numbers. The result may share memory with ``data``: do not mutate it. A masked
+    array is refused if any entry is masked (its hidden values would be used)."""
+    if isinstance(data, np.ma.MaskedArray):
+        if np.ma.getmaskarray(data).any():
+            raise ValueError(f"{name} is a masked array with masked entries; bpgpu does not "
+                             "handle missing values: fill them first (e.g. X.filled(0.0))")
+        data = np.ma.getdata(data)
     if backend.is_native(data):
         if not backend.xp.isdtype(data.dtype, _NUMERIC_KINDS):
             raise TypeError(f"{name} must hold real numbers, got an array of dtype {data.dtype}")
         return data
     if data is None:
         raise TypeError(f"{name} must be an array of numbers, got None")
-    if isinstance(data, np.ma.MaskedArray):
-        if np.ma.getmask(data) is not np.ma.nomask and np.ma.getmaskarray(data).any():
-            raise ValueError(f"{name} is a masked array with masked entries; bpgpu does not "
-                             "handle missing values: fill them first (e.g. X.filled(0.0))")
-        data = np.ma.getdata(data)
     try:
         host = np.asarray(data)
     except (ValueError, TypeError) as exc:
