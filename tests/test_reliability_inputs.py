@@ -18,6 +18,8 @@ from bpgpu.losses import BinaryCrossEntropy, CrossEntropy
 from bpgpu.optimizers import SGD, Adam, RMSprop
 from bpgpu.schedules import StepLR
 
+from reliability_helpers import assert_same_state, network_state
+
 RNG = np.random.default_rng(11)
 X = RNG.normal(size=(20, 3))
 Y = X[:, :1] * 0.5 - X[:, 2:3]
@@ -29,28 +31,11 @@ def _net(backend="numpy", dtype="float32", layers=None, **kwargs):
     return bpgpu.Network(layers, backend=backend, dtype=dtype, seed=2, **kwargs)
 
 
-def _state(net):
-    """Everything a call could change, on the host."""
-    opt = net.optimizer.state_dict()
-    return {"weights": net.get_weights(),
-            "buffers": [{k: net.backend.to_numpy(v) for k, v in layer.buffers.items()}
-                        for layer in net._all_layers],
-            "optimizer": (opt["step_count"], opt["schedule_step"],
-                          {k: [net.backend.to_numpy(a) for a in v] for k, v in opt["state"].items()}),
-            "shuffle": net.shuffle_rng.bit_generator.state,
-            "device": net.backend.rng_state(net.device_rng),
-            "epoch": net.epoch, "history": net.history.to_dict()}
-
-
-def _assert_same_state(a, b):
-    np.testing.assert_equal(a, b)
-
-
 def _unchanged(net, call, error, match):
-    before = _state(net)
+    before = network_state(net)
     with pytest.raises(error, match=match):
         call()
-    _assert_same_state(_state(net), before)
+    assert_same_state(network_state(net), before)
 
 
 # -- numbers: finiteness after the cast ------------------------------------------------------
@@ -163,10 +148,10 @@ def test_a_layer_used_twice_is_refused():
 
 def test_a_layer_of_another_network_is_refused_and_that_network_unchanged():
     first = _net()
-    before = _state(first)
+    before = network_state(first)
     with pytest.raises(ValueError, match="already belongs to another Network"):
         bpgpu.Network([first.layers[0], Dense(5, 1)], backend="numpy", seed=9)
-    _assert_same_state(_state(first), before)
+    assert_same_state(network_state(first), before)
     np.testing.assert_array_equal(first.predict(X), _net().predict(X))
     # a new layer with the same settings is free, and so is a layer whose network is gone
     twin = type(first.layers[0]).from_config(first.layers[0].get_config())
@@ -221,12 +206,12 @@ def test_batchnorm_one_sample_last_batch_is_refused_before_training():
 
 def test_compute_gradients_leaves_every_random_stream_alone(backend):
     net, twin = _net(backend), _net(backend)
-    before = _state(net)
+    before = network_state(net)
     net.compute_gradients(X, Y)
-    _assert_same_state(_state(net), before)
+    assert_same_state(network_state(net), before)
     net.fit(X, Y, epochs=2, batch_size=8, verbose=0)
     twin.fit(X, Y, epochs=2, batch_size=8, verbose=0)
-    _assert_same_state(_state(net), _state(twin))
+    assert_same_state(network_state(net), network_state(twin))
 
 
 def test_predict_from_another_thread_does_not_disturb_fit():
@@ -249,7 +234,7 @@ def test_predict_from_another_thread_does_not_disturb_fit():
         done.set()
         thread.join()
     twin.fit(X, Y, epochs=30, batch_size=2, verbose=0)
-    _assert_same_state(_state(net), _state(twin))
+    assert_same_state(network_state(net), network_state(twin))
     assert len(outputs) > 0 and all(np.isfinite(o).all() and o.shape == (7, 1) for o in outputs)
 
 
