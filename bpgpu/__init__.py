@@ -1,7 +1,8 @@
 """bpgpu: neural networks trained by explicit backpropagation, on NumPy, CuPy or any Array API
 library, chosen with one switch (``backend=``)."""
 
-from . import callbacks, initializers, layers, losses, metrics, optimizers, schedules
+from . import (callbacks, export, initializers, layers, losses, metrics, optimizers, registry,
+               schedules, special)
 from .backend import Backend, available_backends, get_backend
 from .errors import BackendUnavailableError, ModelFileError, TrainingDivergedError
 from .gradcheck import gradcheck, gradient_errors
@@ -14,4 +15,4 @@ __version__ = "0.1.0"
 __all__ = ["Network", "History", "Backend", "get_backend", "available_backends", "load",
            "gradcheck", "gradient_errors", "BackendUnavailableError", "ModelFileError",
            "TrainingDivergedError", "layers", "losses", "optimizers", "initializers",
-           "schedules", "callbacks", "metrics"]
+           "schedules", "callbacks", "metrics", "export", "special", "registry"]

@@ -27,6 +27,7 @@ import inspect
 import math
 import os
 import warnings
+from typing import Any
 
 from .schedules import Schedule
 from .validation import check_bool, check_number, check_whole, is_real_number
@@ -50,52 +51,52 @@ def callback_class(name):
 class Callback:
     """Base class; every hook does nothing."""
 
-    network = None
+    network: Any = None  # the Network being trained, set by fit before the first hook
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _REGISTRY[cls.__name__] = cls
 
     # -- state for exact resume (see the module docstring) ----------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """What this callback remembers between epochs, as JSON values (numbers, strings, None,
         lists, dicts). The base class remembers nothing."""
         return {}
 
-    def weights_state(self):
+    def weights_state(self) -> Any:
         """A copy of the network's weights this callback holds (from
-        ``bpgpu.training.copy_weights``), or None."""
+        ``bpgpu._snapshot.copy_weights``), or None."""
         return None
 
-    def load_state_dict(self, state, weights=None):
+    def load_state_dict(self, state: dict[str, Any], weights: Any = None) -> None:
         """Take back a state from :meth:`state_dict` (and :meth:`weights_state`)."""
 
     @classmethod
-    def check_state(cls, state):
+    def check_state(cls, state: Any) -> None:
         """ValueError unless ``state`` is one :meth:`state_dict` of this class could return;
         run on every state read from a file."""
         if not isinstance(state, dict):
             raise ValueError(f"a callback state must be a dict, got {state!r}")
 
-    def set_network(self, network):
+    def set_network(self, network: Any) -> None:
         self.network = network
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_divergence(self, error):
+    def on_divergence(self, error: Exception) -> bool:
         """Called when the training loss became NaN or infinite (the network already holds the
         weights of the last finite step). Return True to end training cleanly instead of
         raising ``error`` (a :class:`~bpgpu.TrainingDivergedError`)."""
@@ -249,7 +250,7 @@ class EarlyStopping(Callback):
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, epoch, logs=None):
-        from .training import copy_weights
+        from ._snapshot import copy_weights
 
         value = _monitored(logs, self.monitor, "EarlyStopping")
         if value is None:
@@ -265,7 +266,7 @@ class EarlyStopping(Callback):
             self.network.stop_training = True
 
     def on_train_end(self, logs=None):
-        from .training import restore_weights
+        from ._snapshot import restore_weights
 
         if self.restore_best_weights and self.best_weights is not None:
             restore_weights(self.network, self.best_weights)
@@ -463,8 +464,8 @@ class CSVLogger(Callback):
         self.path = os.fspath(path)
         self.separator = separator
         self.append = check_bool(append, "append")
-        self._file = None
-        self._writer = None
+        self._file: Any = None  # the open CSV file and its writer, while training
+        self._writer: Any = None
         self._keys = None
 
     def on_train_begin(self, logs=None):

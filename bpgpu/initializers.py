@@ -3,17 +3,17 @@
 Each takes ``(rng, shape, fan_in, fan_out)`` (``rng`` a ``numpy.random.Generator``) and returns a
 float64 NumPy array; the layer then casts and moves it to its backend.
 
-=================  =========================================  =====================
-name               distribution                               scale
-=================  =========================================  =====================
-``he_normal``      N(0, std^2)                                std = sqrt(2 / fan_in)
-``he_uniform``     U(-a, a)                                   a = sqrt(6 / fan_in)
-``glorot_normal``  N(0, std^2)  (alias ``xavier_normal``)     std = sqrt(2 / (fan_in + fan_out))
-``glorot_uniform`` U(-a, a)     (alias ``xavier_uniform``)    a = sqrt(6 / (fan_in + fan_out))
-``lecun_normal``   N(0, std^2)                                std = sqrt(1 / fan_in)
-``lecun_uniform``  U(-a, a)                                   a = sqrt(3 / fan_in)
-``zeros``          all zeros
-=================  =========================================  =====================
+==================  =========================================  ==================================
+name                distribution                               scale
+==================  =========================================  ==================================
+``he_normal``       N(0, std^2)                                std = sqrt(2 / fan_in)
+``he_uniform``      U(-a, a)                                   a = sqrt(6 / fan_in)
+``glorot_normal``   N(0, std^2)  (alias ``xavier_normal``)     std = sqrt(2 / (fan_in + fan_out))
+``glorot_uniform``  U(-a, a)     (alias ``xavier_uniform``)    a = sqrt(6 / (fan_in + fan_out))
+``lecun_normal``    N(0, std^2)                                std = sqrt(1 / fan_in)
+``lecun_uniform``   U(-a, a)                                   a = sqrt(3 / fan_in)
+``zeros``           all zeros
+==================  =========================================  ==================================
 """
 
 import math

@@ -30,7 +30,7 @@ import secrets
 import signal
 import stat
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from array_api_compat import numpy as compat_numpy
@@ -40,6 +40,10 @@ from .layers import Layer, deserialize_layer, layer_class, serialize_layer
 from .losses import deserialize_loss, serialize_loss
 from .optimizers import deserialize_optimizer, serialize_optimizer
 from .safe_npz import NpzError, SafeNpz
+
+if TYPE_CHECKING:  # only for the annotations: network.py imports this module
+    from .backend import Backend
+    from .network import Network
 
 __all__ = ["save", "load", "FORMAT_VERSION", "DEFAULT_MAX_BYTES"]
 
@@ -60,7 +64,7 @@ _MEMBER = re.compile(rf"meta|param:\d+|buffer:\d+:{_NAME}|optimizer:{_NAME}:\d+"
 
 
 # -- saving ----------------------------------------------------------------------------------------
-def save(net, path) -> None:
+def save(net: Network, path: str | os.PathLike[str]) -> None:
     """Write ``net`` to ``path`` atomically: a temporary file in the same folder is renamed over
     ``path`` only once it is complete, so a crash never leaves a half-written file behind.
 
@@ -79,6 +83,7 @@ def save(net, path) -> None:
         "dtype": net.dtype_name,
         "seed": net.seed,
         "epoch": net.epoch,
+        "input_shape": None if net.input_shape is None else list(net.input_shape),
     }
     meta["training"], arrays = _training_state(net)
     meta["callbacks"], callback_arrays = _callback_state(net)
@@ -91,7 +96,7 @@ def save(net, path) -> None:
                          "numbers, strings, lists and dicts") from None
     for i, w in enumerate(net.get_weights()):
         arrays[f"param:{i}"] = w
-    for j, layer in enumerate(net._all_layers):
+    for j, layer in enumerate(net.structure.all_layers):
         for name, value in layer.buffers.items():
             arrays[f"buffer:{j}:{name}"] = net.backend.to_numpy(value)
     _write_atomically(path, arrays)
@@ -106,7 +111,7 @@ def _check_rebuildable(net) -> None:
     rebuilds: ``get_config()`` is JSON, ``from_config(get_config())`` works and gives a layer
     whose plain settings (public numbers, strings, tuples set by its constructor) are the
     same."""
-    for layer in net._all_layers:
+    for layer in net.structure.all_layers:
         cls, name = type(layer), type(layer).__name__
         try:
             _check_layer_class(cls)
@@ -145,12 +150,12 @@ def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
     # A fresh name in the same folder, so the rename is atomic; opened with "x" (never an existing
     # file) rather than by tempfile.mkstemp, whose files are private to their owner: the
     # checkpoint gets the permissions of any new file, or those of the file it replaces.
+    # The name is this call's alone, so whatever exists under it after a failure is ours to remove
+    # (even when the signal came between open() creating the file and the next statement).
     tmp = os.path.join(folder, f".bpgpu-{os.getpid()}-{secrets.token_hex(8)}.tmp")
-    created = False
     with _TerminationAsException():
         try:
             with open(tmp, "xb") as f:
-                created = True
                 np.savez(f, **arrays)
                 f.flush()
                 os.fsync(f.fileno())
@@ -158,17 +163,17 @@ def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
                 os.chmod(tmp, mode)
             os.replace(tmp, path)
         except OSError as exc:
-            _remove(tmp, created)
+            _remove(tmp)
             if exc.errno is None:
                 raise
             raise type(exc)(exc.errno, f"cannot save the model: {exc.strerror}", path) from None
         except BaseException:
-            _remove(tmp, created)
+            _remove(tmp)
             raise
 
 
-def _remove(tmp: str, created: bool) -> None:
-    if created and os.path.exists(tmp):
+def _remove(tmp: str) -> None:
+    if os.path.exists(tmp):
         os.unlink(tmp)
 
 
@@ -200,7 +205,8 @@ class _TerminationAsException:
 
 
 # -- loading ---------------------------------------------------------------------------------------
-def load(path, backend=None, max_bytes: int = DEFAULT_MAX_BYTES):
+def load(path: str | os.PathLike[str], backend: str | Backend | None = None,
+         max_bytes: int = DEFAULT_MAX_BYTES) -> Network:
     """Rebuild a saved :class:`~bpgpu.Network` on ``backend`` (any backend, whatever the one it
     was saved from).
 
@@ -520,7 +526,7 @@ class _Loader:
             layers = [deserialize_layer(spec) for spec in meta["layers"]]
             net = Network(layers, loss=deserialize_loss(meta["loss"]),
                           optimizer=deserialize_optimizer(meta["optimizer"]), backend=backend,
-                          dtype=dtype, seed=meta["seed"])
+                          dtype=dtype, seed=meta["seed"], input_shape=meta.get("input_shape"))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
                 RecursionError) as exc:
             raise self.refuse(f"{rebuild}: {exc}") from None
@@ -529,7 +535,7 @@ class _Loader:
             net.set_weights([self.archive.array(f"param:{i}") for i in range(len(arch.params))])
         except (ValueError, TypeError) as exc:
             raise self.refuse(f"{fit}: {exc}") from None
-        for j, layer in enumerate(net._all_layers):
+        for j, layer in enumerate(net.structure.all_layers):
             for name in list(layer.buffers):
                 key = f"buffer:{j}:{name}"
                 value = self.finite(key, fit, key in arch.nonnegative)
@@ -597,14 +603,14 @@ def _restore_training_state(net, training, loader: _Loader) -> None:
     part = "its training state does not fit the described network"
     names = list(info["state"])
     expected = set(net.optimizer._init_state([p for p in (layer.params[key]
-                                                          for layer, key in net._slots)]))
+                                                          for layer, key in net.structure.slots)]))
     if (names or counts["step_count"]) and set(names) != expected:
         raise ValueError(f"the optimizer state holds {sorted(names)}; "
                          f"{type(net.optimizer).__name__} keeps {sorted(expected)}")
     nonnegative = set(getattr(net.optimizer, "nonnegative_state", ()))
     state = {name: [net.backend.asarray(loader.finite(f"optimizer:{name}:{i}", part,
                                                       name in nonnegative), dtype=net.dtype)
-                    for i in range(len(net._slots))]
+                    for i in range(len(net.structure.slots))]
              for name in names}
     history = History.from_dict(training["history"])
     shuffle_state = training["shuffle_rng"]
@@ -655,7 +661,7 @@ def _flatten_weights(weights) -> list:
 
 
 def _unflatten_weights(net, flat: list):
-    n = len(net._slots)
+    n = len(net.structure.slots)
     params, rest = flat[:n], iter(flat[n:])
-    buffers = [{name: next(rest) for name in layer.buffers} for layer in net._all_layers]
+    buffers = [{name: next(rest) for name in layer.buffers} for layer in net.structure.all_layers]
     return params, buffers

@@ -4,10 +4,16 @@ All use PyTorch's default ``reduction="mean"``, so numbers compare one to one wi
 ``torch.nn.MSELoss``, ``BCELoss``, ``BCEWithLogitsLoss`` and ``CrossEntropyLoss``.
 """
 
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
 import numpy as np
 from array_api_compat import array_namespace, device
 
 from .layers.activations import stable_sigmoid
+from .registry import get_registry
+from .typing import Array, ArrayLike, Namespace
 from .validation import as_numeric, cast_finite, check_finite
 
 __all__ = ["Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "get_loss", "LOSSES",
@@ -22,6 +28,9 @@ _P_FLOOR = 1e-45
 # The floor of p (1 - p) in the BCE gradient: torch's 1e-12, which it stores as a float32.
 _GRAD_FLOOR = float(np.float32(1e-12))
 
+_LOSSES = get_registry("loss")
+_L = TypeVar("_L", bound="Loss")
+
 
 class Loss:
     """Base class. Subclasses implement ``forward``, ``backward`` and ``prepare_target``."""
@@ -29,11 +38,16 @@ class Loss:
     name = "loss"
     #: True for losses whose targets are classes (evaluate() then reports an accuracy).
     is_classification = False
+    xp: Namespace
 
-    def __init__(self):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _LOSSES.register(cls)  # every loss class can be rebuilt from a file by its name
+
+    def __init__(self) -> None:
         self.xp = None
 
-    def bind(self, backend):
+    def bind(self: _L, backend: Any) -> _L:
         """Use ``backend.xp`` from now on (set by the Network that owns the loss)."""
         self.xp = backend.xp
         return self
@@ -41,16 +55,17 @@ class Loss:
     def _ns(self, x):
         return self.xp if self.xp is not None else array_namespace(x)
 
-    def __call__(self, pred, target):
+    def __call__(self, pred: Array, target: Array) -> Array:
         return self.forward(pred, target)
 
-    def forward(self, pred, target):
+    def forward(self, pred: Array, target: Array) -> Array:
         raise NotImplementedError
 
-    def backward(self):
+    def backward(self) -> Array:
         raise NotImplementedError
 
-    def prepare_target(self, y, backend, dtype, output_shape):
+    def prepare_target(self, y: ArrayLike, backend: Any, dtype: Any,
+                       output_shape: tuple[int, ...]) -> Array:
         """Validate targets ``y`` for per-sample network outputs of ``output_shape`` and return
         them on ``backend``: the boundary check done once per fit/evaluate."""
         y = as_numeric(y, "y", backend)
@@ -68,12 +83,17 @@ class Loss:
     def _check_values(self, y, backend):
         """Hook: reject target values outside the loss's domain."""
 
-    def accuracy(self, pred, target):
+    def accuracy(self, pred: Array, target: Array) -> Array:
         """Fraction of correct predictions as a 0-d array (classification losses only)."""
         raise TypeError(f"accuracy is not defined for the {self.name!r} loss")
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-serialisable dict (``cls(**config)`` rebuilds it)."""
         return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Loss:
+        return cls(**config)
 
 
 class MSE(Loss):
@@ -99,7 +119,7 @@ class BinaryCrossEntropy(Loss):
     dL/dp = (p - t) / max(p (1 - p), 1e-12) / n.
 
     ``from_logits=True``: ``pred`` are logits z, p = sigma(z) (``torch.nn.BCEWithLogitsLoss``);
-    L = mean(max(z, 0) - z t + log(1 + e^-|z|)), dL/dz = (sigma(z) - t) / n.
+    ``L = mean(max(z, 0) - z t + log(1 + e^-|z|))``, dL/dz = (sigma(z) - t) / n.
     """
 
     name = "bce"
@@ -242,28 +262,21 @@ LOSSES = {
     "cross_entropy": CrossEntropy,
     "categorical_cross_entropy": CrossEntropy,
 }
+_LOSSES.use_names(LOSSES)  # the names Network(loss=...) accepts; add yours with add_name
 
-_CLASSES = {"MSE": MSE, "BinaryCrossEntropy": BinaryCrossEntropy, "CrossEntropy": CrossEntropy}
 
-
-def get_loss(loss):
+def get_loss(loss: Loss | str) -> Loss:
     """A loss from its name (``"mse"``, ``"bce"``, ``"cross_entropy"``, ...) or a Loss instance."""
     if isinstance(loss, Loss):
         return loss
-    try:
-        return LOSSES[loss.lower()]()
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown loss {loss!r}; expected a Loss instance or one of "
-                         f"{', '.join(LOSSES)}") from None
+    return _LOSSES.create(loss)
 
 
-def serialize_loss(loss):
-    return {"class": type(loss).__name__, "config": loss.get_config()}
+def serialize_loss(loss: Loss) -> dict[str, Any]:
+    """``{"class": name, "config": {...}}`` describing ``loss`` (JSON-serialisable)."""
+    return _LOSSES.serialize(loss)
 
 
-def deserialize_loss(spec):
-    try:
-        cls = _CLASSES[spec["class"]]
-        return cls(**spec.get("config", {}))
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown loss description {spec!r}; known: {', '.join(_CLASSES)}") from None
+def deserialize_loss(spec: dict[str, Any]) -> Loss:
+    """Rebuild a loss from :func:`serialize_loss`'s output (any registered Loss class)."""
+    return _LOSSES.deserialize(spec)

@@ -12,7 +12,7 @@ By name (``pred`` is the network output, ``t`` the target as the loss prepared i
   with ``from_logits=True``) against ``t > 0.5``, element-wise. Classification losses only.
 * ``"binary_accuracy"``: mean over elements of ``(pred > threshold) == (t > 0.5)``, threshold 0
   for ``bce_with_logits``, else 0.5. Not for cross-entropy.
-* ``"mae"``: mean |pred - t| over all elements;  ``"rmse"``: sqrt(mean (pred - t)^2).
+* ``"mae"``: ``mean |pred - t|`` over all elements;  ``"rmse"``: sqrt(mean (pred - t)^2).
 * ``"r2"``: coefficient of determination 1 - SS_res / SS_tot per output column, averaged over
   columns (scikit-learn's ``r2_score``; a constant column scores 1 if predicted exactly, else 0).
 
@@ -22,13 +22,23 @@ float), and its epoch value is the batch-size-weighted mean; its ``__name__`` na
 metric that is not a per-sample mean, subclass :class:`Metric`.
 """
 
+from __future__ import annotations
+
 import math
+from typing import Any, TypeVar
 
 import numpy as np
 from array_api_compat import device
 
+from .registry import get_registry
+from .typing import Array, Namespace
+
 __all__ = ["Metric", "Accuracy", "BinaryAccuracy", "MAE", "RMSE", "R2", "FunctionMetric",
            "get_metric", "METRICS"]
+
+
+_METRICS = get_registry("metric")
+_M = TypeVar("_M", bound="Metric")
 
 
 class Metric:
@@ -38,27 +48,40 @@ class Metric:
     loss the metric makes no sense for (ValueError)."""
 
     name = "metric"
+    xp: Namespace
 
-    def __init__(self):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _METRICS.register(cls)  # every metric class can be rebuilt from a description by name
+
+    def __init__(self) -> None:
         self.xp = None
         self.count = 0
 
-    def bind(self, backend, loss):
+    def bind(self: _M, backend: Any, loss: Any) -> _M:
         self.xp = backend.xp
         return self
 
-    def begin(self):
+    def begin(self) -> None:
         """Reset the host-side counters before an epoch (or a validation pass)."""
         self.count = 0
 
-    def update(self, pred, target):
+    def update(self, pred: Array, target: Array) -> Array:
         raise NotImplementedError
 
-    def result(self, sums):
+    def result(self, sums: np.ndarray) -> float:
         raise NotImplementedError
 
     def _vector(self, *values):
         return self.xp.stack(values)
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-serialisable dict (``cls(**config)`` rebuilds it)."""
+        return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Metric:
+        return cls(**config)
 
     def __repr__(self):
         return f"{type(self).__name__}()"
@@ -124,7 +147,7 @@ class _Regression(Metric):
 
 
 class MAE(_Regression):
-    """Mean absolute error over all elements: mean |pred - target|."""
+    """Mean absolute error over all elements: ``mean |pred - target|``."""
 
     name = "mae"
 
@@ -193,6 +216,10 @@ class FunctionMetric(Metric):
                              "bpgpu.metrics.FunctionMetric(fn, name='...')")
         self.fn, self.name = fn, name
 
+    def get_config(self):
+        raise TypeError(f"the metric function {self.name!r} cannot be described in a file (that "
+                        "would mean storing code); subclass bpgpu.metrics.Metric instead")
+
     def update(self, pred, target):
         xp = self.xp
         value = self.fn(target, pred)
@@ -215,16 +242,15 @@ METRICS = {"accuracy": Accuracy, "acc": Accuracy, "binary_accuracy": BinaryAccur
            "mae": MAE, "mean_absolute_error": MAE, "rmse": RMSE, "r2": R2}
 
 
-def get_metric(metric):
+_METRICS.use_names(METRICS)  # the names fit(metrics=[...]) accepts; add yours with add_name
+
+
+def get_metric(metric: Any) -> Metric:
     """A fresh :class:`Metric` from a name (see :data:`METRICS`), a Metric or a function."""
     if isinstance(metric, Metric):
         return metric
     if isinstance(metric, str):
-        try:
-            return METRICS[metric.lower()]()
-        except KeyError:
-            raise ValueError(f"unknown metric {metric!r}; expected one of "
-                             f"{', '.join(METRICS)}, a Metric or a function") from None
+        return _METRICS.create(metric)
     if callable(metric):
         return FunctionMetric(metric)
     raise TypeError(f"a metric is a name, a bpgpu.metrics.Metric or a function, got {metric!r}")

@@ -4,26 +4,59 @@ Data crosses between the host and the device only here, at the API boundary: ``f
 data to the device once, gathers mini-batches there, and reads the loss back once per epoch.
 """
 
+from __future__ import annotations
+
+import functools
 import math
+import os
 import threading
 import warnings
 import weakref
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
+from ._engine import reference_forced, run_backward, run_forward, select_engine
+from ._structure import NetworkStructure
+from .architecture import check_input_shape, summary_table
 from .backend import get_backend
 from .history import History
-from .kernels import reference_forced, train_step_for
 from .layers import Dense, Layer, Sigmoid, Softmax, get_activation
 from .losses import BinaryCrossEntropy, CrossEntropy, get_loss
 from .optimizers import get_optimizer
+from .typing import Array, ArrayLike
 from .validation import as_numeric, cast_finite, check_batch_size, check_positive_int
 
 __all__ = ["Network"]
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _on_device(method: Callable[Concatenate[Network, _P], _R]) -> Callable[Concatenate[Network, _P], _R]:
+    """Run a Network method with its backend's device current (``backend.activate()``), so on
+    ``"cupy:N"`` every array and kernel of the call lands on device N."""
+    @functools.wraps(method)
+    def run(self: Network, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.backend.activate():
+            return method(self, *args, **kwargs)
+    return run
+
+
+def _locked(method: Callable[Concatenate[Network, _P], _R]) -> Callable[Concatenate[Network, _P], _R]:
+    """Run a Network method holding the network's lock: layers and the engine keep per-call
+    state (activations, reused buffers), so a predict from another thread must wait for a
+    training step to finish (fit takes the lock once per step, see bpgpu.training)."""
+    @functools.wraps(method)
+    def run(self: Network, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
 
 #: Which live Network each built layer object belongs to (weak on both sides).
-_OWNERS = weakref.WeakKeyDictionary()
+_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _check_layers_unshared(layers):
@@ -44,9 +77,6 @@ def _check_layers_unshared(layers):
                              "(type(layer).from_config(layer.get_config()))")
 
 
-_PROBABILITY_OUTPUTS = (Sigmoid, Softmax)
-
-
 def _warn_if_bce_mismatch(last, loss):
     """Warn when binary cross-entropy cannot fit the last layer: probabilities expected after a
     built-in layer that does not produce them, or logits expected after a Sigmoid."""
@@ -56,7 +86,7 @@ def _warn_if_bce_mismatch(last, loss):
         warnings.warn("bce_with_logits (BinaryCrossEntropy(from_logits=True)) applies the sigmoid "
                       "itself: after a final Sigmoid layer it is applied twice. Drop the Sigmoid "
                       "layer, or use 'bce'.", stacklevel=3)
-    elif not loss.from_logits and not isinstance(last, _PROBABILITY_OUTPUTS) \
+    elif not loss.from_logits and not isinstance(last, (Sigmoid, Softmax)) \
             and type(last).__module__.startswith("bpgpu."):
         warnings.warn(f"'bce' expects probabilities in [0, 1], but the last layer is "
                       f"{type(last).__name__}, whose outputs are not; end with a Sigmoid layer "
@@ -70,8 +100,8 @@ class Network:
         layers: list of :class:`~bpgpu.layers.Layer` objects, applied in order.
         loss: a :class:`~bpgpu.losses.Loss` or its name (``"mse"``, ``"bce"``, ``"cross_entropy"``).
         optimizer: an :class:`~bpgpu.optimizers.Optimizer` or its name (``"sgd"``, ``"adam"``, ...).
-        backend: ``"auto"``, ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, a
-            :class:`~bpgpu.Backend`, or None for ``$BPGPU_BACKEND`` (default ``"auto"``).
+        backend: ``"auto"``, ``"numpy"``, ``"cupy"`` (``"cupy:N"``: CUDA device N), ``"torch"``,
+            ``"array_api_strict"``, a :class:`~bpgpu.Backend`, or None for ``$BPGPU_BACKEND`` (default ``"auto"``).
         dtype: ``"float32"`` (default) or ``"float64"``.
         seed: seeds the initial weights (drawn on the host, so equal on every backend), the
             shuffling in :meth:`fit` and the device random numbers (dropout). None: a fresh seed,
@@ -80,13 +110,21 @@ class Network:
             buffers, fused kernels) where it applies; False forces the reference path. None:
             fast unless the environment variable ``BPGPU_REFERENCE=1``. Same numbers either way,
             to rounding; the fast path updates parameter arrays in place.
+        input_shape: the per-sample input shape, e.g. ``(1, 8, 8)`` for a CNN on one-channel
+            8x8 images: checked against every layer now (and against the data later), and shown
+            with every output shape by :meth:`summary`. None: the first layer's own, if any.
 
     Attributes: ``backend`` (its ``name``, ``device`` and the ``reason`` it was chosen),
-    ``layers``, ``loss``, ``optimizer``, ``input_shape`` and ``output_shape`` (per sample).
+    ``engine`` (what runs the steps: ``engine.fast`` and the ``engine.reason`` it was chosen, see
+    :mod:`bpgpu._engine`), ``layers``, ``loss``, ``optimizer``, ``input_shape`` and
+    ``output_shape`` (per sample). Hooks for features built on the step (see
+    :mod:`bpgpu._engine`): ``gradient_hooks``, a list of ``hook(flat_grads, rows)`` run between
+    the backward pass and the update, and ``engine_requirements``, a set of feature names the
+    chosen engine must serve.
     """
 
     def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
-                 seed=None, fast=None):
+                 seed=None, fast=None, input_shape=None):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
                             f"{type(layers).__name__}")
@@ -102,29 +140,30 @@ class Network:
         if fast is not None and not isinstance(fast, bool):
             raise TypeError(f"fast must be True, False or None, got {fast!r}")
         self.fast = not reference_forced() if fast is None else fast
+        self.input_shape = check_input_shape(layers, input_shape)
+        self.output_shape = self._output_shape(self.input_shape, layers) if self.input_shape \
+            else None
         self.layers = list(layers)
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer)
         self.backend = get_backend(backend)
         self.dtype = self.backend.dtype(dtype)
         self.dtype_name = dtype
-        self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)
+        self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)  # type: ignore[arg-type]
         self.loss.bind(self.backend)
         self.optimizer.bind(self.backend)
         seeds = np.random.SeedSequence(self.seed).spawn(2)
         self.shuffle_rng = np.random.default_rng(seeds[0])
         self.device_rng = self.backend.make_rng(seeds[1])
         weights_rng = np.random.default_rng(self.seed)
-        for layer in self.layers:
-            layer.build(self.backend, self.dtype, weights_rng, self.device_rng)
+        with self.backend.activate():
+            for layer in self.layers:
+                layer.build(self.backend, self.dtype, weights_rng, self.device_rng)
         self.layers[0].input_grad = False
         self._refresh_structure()
-        self.input_shape = self.layers[0].input_shape()
-        self.output_shape = self._output_shape(self.input_shape) if self.input_shape else None
         self._data_output_shape = None  # set by _input when the input shape comes from the data
-        self._fuse_sigmoid_bce = (isinstance(self.layers[-1], Sigmoid)
-                                  and isinstance(self.loss, BinaryCrossEntropy)
-                                  and not self.loss.from_logits)
+        self.gradient_hooks = []
+        self.engine_requirements = set()
         if isinstance(self.layers[-1], Softmax) and isinstance(self.loss, CrossEntropy):
             warnings.warn("CrossEntropy takes logits and applies softmax itself: a final Softmax "
                           "layer applies it twice. Drop the Softmax layer.", stacklevel=2)
@@ -132,12 +171,10 @@ class Network:
         self.epoch = 0
         self.history = History()
         self.stop_training = False
-        # One step, predict or evaluate at a time: layers keep per-call state between forward
-        # and backward, so a predict from another thread during fit would corrupt a step.
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # see _locked
         self._fit_callbacks = None  # the callbacks of the last fit (their state is saved)
         self._restored_callbacks = None  # callback states from a checkpoint, for the next fit
-        for layer in self._all_layers:
+        for layer in self.structure.all_layers:
             _OWNERS[layer] = weakref.ref(self)
 
     @classmethod
@@ -164,43 +201,48 @@ class Network:
 
     # -- structure ---------------------------------------------------------------------------------
     def _refresh_structure(self):
-        """Cache the flat parameter list and the layers adding a penalty (after building)."""
-        self._all_layers = [sub for layer in self.layers for sub in layer.walk()]
-        self._slots = [(layer, key) for layer in self._all_layers for key in layer.params]
-        self._penalized = [layer for layer in self._all_layers
-                           if type(layer).penalty is not Layer.penalty]
+        """Describe the built layers for the engines (:class:`~bpgpu._structure.NetworkStructure`)."""
+        self.structure = NetworkStructure(self.layers, self.loss)
 
-    def _output_shape(self, shape):
-        for layer in self.layers:
+    @property
+    def engine(self):
+        """The engine running this network's steps (:mod:`bpgpu._engine`): ``engine.fast`` and
+        ``engine.reason`` say which one and why."""
+        return select_engine(self)
+
+    @property
+    def _slots(self):  # the pre-0.2 name of ``structure.slots``, kept for code written against it
+        return self.structure.slots
+
+    @property
+    def _all_layers(self):  # the pre-0.2 name of ``structure.all_layers``
+        return self.structure.all_layers
+
+    def _output_shape(self, shape, layers=None):
+        for layer in self.layers if layers is None else layers:
             shape = layer.output_shape(shape)
         return tuple(shape)
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         """Number of learnable scalars."""
-        return sum(math.prod(layer.params[key].shape) for layer, key in self._slots)
+        return sum(math.prod(layer.params[key].shape) for layer, key in self.structure.slots)
 
-    def summary(self):
-        """A table of the layers, their output shapes and parameter counts, as a string."""
-        rows = [("layer", "output shape", "params")]
-        shape = self.input_shape
-        for layer in self.layers:
-            shape = layer.output_shape(shape) if shape is not None else None
-            count = sum(math.prod(p.shape) for sub in layer.walk() for p in sub.params.values())
-            rows.append((repr(layer), str(("N",) + tuple(shape)) if shape else "?", str(count)))
-        width = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, width)) for row in rows]
-        lines.append(f"total: {self.n_params} parameters; loss {self.loss.name}, optimizer "
-                     f"{self.optimizer!r}; backend {self.backend.name} ({self.backend.reason})")
-        return "\n".join(lines)
+    def summary(self) -> str:
+        """A compact table of the layers (nested ones indented), their output shapes and
+        parameter counts, and the totals. A string that displays as the table at an interactive
+        prompt; ``print(net.summary())`` anywhere. Output shapes need a known input shape
+        (``input_shape=`` or a first layer that implies one)."""
+        return summary_table(self)
 
     def __repr__(self):
         return (f"Network({len(self.layers)} layers, {self.n_params} params, "
                 f"backend={self.backend.name!r}, dtype={self.dtype_name!r})")
 
     # -- boundary: data in ---------------------------------------------------------------------------
-    def _input(self, X, name="X"):
-        """Validate features and move them to the device (a copy)."""
+    def _input(self, X, name="X", borrow=False):
+        """Validate features and move them to the device: a copy, unless ``borrow`` and the
+        backend can read ``X`` in place (``Backend.borrow``; the caller then only reads it)."""
         X = as_numeric(X, name, self.backend)
         if X.ndim < 2:
             raise ValueError(f"{name} must have shape (n_samples, n_features), got shape "
@@ -210,7 +252,7 @@ class Network:
                              f"expects {tuple(self.input_shape)}")
         if self.input_shape is None:  # e.g. Conv2D first: the data's shape fixes the output's
             self._data_output_shape = self._output_shape(tuple(X.shape[1:]))
-        return cast_finite(X, name, self.backend, self.dtype)
+        return cast_finite(X, name, self.backend, self.dtype, borrow=borrow)
 
     def _target(self, y, n_samples, name="y"):
         output_shape = self.output_shape or self._output_shape_from_data()
@@ -226,140 +268,138 @@ class Network:
         raise ValueError("the network's input shape is unknown (its first layer does not declare "
                          "one); start it with a Dense layer or another layer with input_shape()")
 
-    def _data(self, X, y, what="X"):
-        Xd = self._input(X)
+    def _data(self, X, y, borrow=False, what="X"):
+        Xd = self._input(X, borrow=borrow)
         if Xd.shape[0] == 0:
             raise ValueError(f"{what} holds no samples (shape {tuple(Xd.shape)}); training and "
                              "evaluating need at least one")
         return Xd, self._target(y, Xd.shape[0])
 
-    # -- the backprop chain ----------------------------------------------------------------------------
-    def _forward(self, x, training):
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
-        return x
-
-    def _loss(self, out, y):
-        value = self.loss.forward(out, y)
-        for layer in self._penalized:
-            term = layer.penalty()
-            if term is not None:
-                value = value + term
-        return value
-
-    def _backward(self):
-        if self._fuse_sigmoid_bce:
-            dy, layers = self.loss.backward_through_sigmoid(), self.layers[:-1]
-        else:
-            dy, layers = self.loss.backward(), self.layers
-        for layer in reversed(layers):
-            dy = layer.backward(dy)
-        return dy
-
-    def _apply_gradients(self):
-        step = train_step_for(self)
-        if step is not None:
-            step.apply_gradients()
-            return
-        slots = self._slots
-        new = self.optimizer.step([layer.params[key] for layer, key in slots],
-                                  [layer.grads[key] for layer, key in slots])
-        for (layer, key), value in zip(slots, new):
-            layer.params[key] = value
-
+    # -- the backprop chain (run by the engine, see bpgpu._engine) --------------------------------------
     def _train_batch(self, xb, yb):
         """One step on device arrays: forward, loss, backward, update. Returns the loss (0-d,
         on the device, before the update)."""
-        step = train_step_for(self)
-        if step is not None:
-            return step(xb, yb)
-        loss = self._loss(self._forward(xb, True), yb)
-        self._backward()
-        self._apply_gradients()
-        return loss
+        return self.engine.train_step(xb, yb)
 
     # -- public step-level API ---------------------------------------------------------------------------
-    def forward(self, X, training=False):
+    @_on_device
+    @_locked
+    def forward(self, X: ArrayLike, training: bool = False) -> Array:
         """The network's output for ``X`` (n_samples, n_features), as a backend array.
         ``training=True`` runs training-mode layers (dropout, batch statistics)."""
-        Xd = self._input(X)
-        with self._lock:
-            return self._forward(Xd, training)
+        return run_forward(self.structure, self._input(X), training)
 
-    def compute_loss(self, output, y):
+    @_on_device
+    @_locked
+    def compute_loss(self, output: Array, y: ArrayLike) -> Array:
         """The loss (0-d backend array) of ``output`` (from :meth:`forward`) against targets ``y``,
         penalties included; prepares :meth:`backward`."""
-        return self._loss(output, self._target(y, output.shape[0]))
+        target = self._target(y, output.shape[0])
+        return self.structure.penalized_loss(self.loss.forward(output, target))
 
-    def backward(self):
+    @_on_device
+    @_locked
+    def backward(self) -> Array | None:
         """Backpropagate the gradient of the last :meth:`compute_loss` through every layer,
         filling each layer's ``grads``. Returns dL/dX, or None when the first layer skips it."""
-        return self._backward()
+        return run_backward(self.structure, self.loss)
 
-    def apply_gradients(self):
+    @_on_device
+    @_locked
+    def apply_gradients(self) -> None:
         """Update the weights with the optimizer from the gradients of the last :meth:`backward`."""
-        self._apply_gradients()
+        self.engine.apply_update()
 
-    def train_step(self, X, y):
+    @_on_device
+    @_locked
+    def train_step(self, X: ArrayLike, y: ArrayLike) -> float:
         """One forward, backward and update on the batch ``(X, y)``; returns the loss before the
         update as a float."""
         Xd, yd = self._data(X, y)
-        with self._lock:
-            return self.backend.to_float(self._train_batch(Xd, yd))
+        return self.backend.to_float(self._train_batch(Xd, yd))
 
-    def compute_gradients(self, X, y):
+    @_on_device
+    @_locked
+    def compute_gradients(self, X: ArrayLike, y: ArrayLike) -> tuple[float, list[np.ndarray]]:
         """``(loss, grads)`` for the batch ``(X, y)`` without changing any weight or buffer: grads
         is a list of host NumPy arrays in :meth:`get_weights` order."""
         Xd, yd = self._data(X, y)
-        with self._lock:
-            saved = [dict(layer.buffers) for layer in self._all_layers]
-            rng_state = self.backend.rng_state(self.device_rng)
-            try:
-                loss = self._loss(self._forward(Xd, True), yd)
-                self._backward()
-            finally:
-                for layer, buffers in zip(self._all_layers, saved):
-                    layer.buffers = buffers
-                if self.backend.rng_state(self.device_rng) != rng_state:
-                    self.backend.set_rng_state(self.device_rng, rng_state)
-            return self.backend.to_float(loss), self.gradients()
+        structure = self.structure
+        saved = [dict(layer.buffers) for layer in structure.all_layers]
+        rng_state = self.backend.rng_state(self.device_rng)  # dropout draws are put back too
+        try:
+            loss = structure.penalized_loss(self.loss.forward(run_forward(structure, Xd, True), yd))
+            run_backward(structure, self.loss)
+        finally:
+            for layer, buffers in zip(structure.all_layers, saved):
+                layer.buffers = buffers
+            if self.backend.rng_state(self.device_rng) != rng_state:
+                self.backend.set_rng_state(self.device_rng, rng_state)
+        return self.backend.to_float(loss), self.gradients()
 
-    def gradients(self):
+    @_on_device
+    def gradients(self) -> list[np.ndarray]:
         """The last computed gradients as host NumPy arrays, in :meth:`get_weights` order."""
-        missing = [f"{type(layer).__name__}.{key}" for layer, key in self._slots
+        missing = [f"{type(layer).__name__}.{key}" for layer, key in self.structure.slots
                    if key not in layer.grads]
         if missing:
             raise RuntimeError(f"no gradients computed yet for {', '.join(missing)}; call "
                                "compute_gradients(X, y), train_step(X, y) or fit(...) first")
-        return [self.backend.to_numpy(layer.grads[key]) for layer, key in self._slots]
+        return [self.backend.to_numpy(layer.grads[key]) for layer, key in self.structure.slots]
 
     # -- weights ---------------------------------------------------------------------------------------
-    def get_weights(self):
+    @_on_device
+    @_locked
+    def get_weights(self) -> list[np.ndarray]:
         """Learnable parameters as host NumPy arrays: layer order, nested layers depth first,
         and within a layer its parameters in order (Dense: W then b)."""
-        with self._lock:
-            return [self.backend.to_numpy(layer.params[key]) for layer, key in self._slots]
+        return [self.backend.to_numpy(layer.params[key]) for layer, key in self.structure.slots]
 
-    def set_weights(self, weights):
+    @_on_device
+    @_locked
+    def set_weights(self, weights: list[ArrayLike]) -> None:
         """Replace every learnable parameter (same order and shapes as :meth:`get_weights`).
         All arrays are checked first: a rejected call changes nothing."""
         weights = list(weights)
-        if len(weights) != len(self._slots):
+        if len(weights) != len(self.structure.slots):
             raise ValueError(f"set_weights got {len(weights)} arrays; the network has "
-                             f"{len(self._slots)} parameters (see get_weights())")
+                             f"{len(self.structure.slots)} parameters (see get_weights())")
         checked = []
-        for i, ((layer, key), w) in enumerate(zip(self._slots, weights)):
+        for i, ((layer, key), w) in enumerate(zip(self.structure.slots, weights)):
             name = f"weights[{i}] ({type(layer).__name__}.{key})"
             w = as_numeric(w, name, self.backend)
             expected = tuple(layer.params[key].shape)
             if tuple(w.shape) != expected:
                 raise ValueError(f"{name} has shape {tuple(w.shape)}; expected {expected}")
             checked.append(cast_finite(w, name, self.backend, self.dtype))
-        with self._lock:
-            for (layer, key), w in zip(self._slots, checked):
-                layer.params[key] = w
+        for (layer, key), w in zip(self.structure.slots, checked):
+            layer.params[key] = w
+
+    def state_dict(self, format="torch"):
+        """``{name: host NumPy array}`` of every parameter and buffer, named and laid out as the
+        equivalent ``torch.nn`` modules expect (``Dense`` -> ``nn.Linear`` weight (out, in), ...);
+        see :mod:`bpgpu.export` for the names of nested layers."""
+        from .export import state_dict
+
+        return state_dict(self, format=format)
+
+    def load_state_dict(self, state, format="torch"):
+        """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
+        (e.g. ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``); everything is
+        checked first, so a refused state changes nothing."""
+        from .export import load_state_dict
+
+        load_state_dict(self, state, format=format)
+
+    def save_safetensors(self, path, metadata=None):
+        """Write :meth:`state_dict` to a safetensors file (see :mod:`bpgpu.export`); read it back
+        with :func:`bpgpu.export.load_safetensors` or ``safetensors.torch.load_file``."""
+        from .export import save_safetensors
+
+        save_safetensors(self, path, metadata=metadata)
 
     # -- training loop -----------------------------------------------------------------------------------
+    @_on_device
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
             validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
         """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
@@ -400,38 +440,47 @@ class Network:
                    initial_epoch=initial_epoch)
 
     # -- inference ---------------------------------------------------------------------------------------
+    @_on_device
+    @_locked
     def predict(self, X, batch_size=None):
         """Outputs for ``X`` as a host NumPy array (inference mode), computed ``batch_size`` rows
-        at a time (None: all at once)."""
+        at a time (None: all at once) by the engine's forward pass (the fast one reuses its
+        buffers from call to call)."""
         batch_size = check_batch_size(batch_size)
-        Xd = self._input(X)
+        Xd = self._input(X, borrow=True)
         n = Xd.shape[0]
         bs = n if batch_size is None or n == 0 else batch_size
-        with self._lock:
-            parts = [self.backend.to_numpy(self._forward(Xd[s:min(s + bs, n), ...], False))
-                     for s in range(0, max(n, 1), max(bs, 1))]
-        return np.concatenate(parts, axis=0)
+        engine, result = self.engine, None
+        for s in range(0, max(n, 1), max(bs, 1)):
+            out = self.backend.to_numpy(engine.forward(Xd[s:min(s + bs, n), ...], False))
+            if bs >= n:
+                return np.ascontiguousarray(out)
+            if result is None:
+                result = np.empty((n,) + out.shape[1:], out.dtype)
+            result[s:s + out.shape[0], ...] = out
+        return result
 
+    @_on_device
+    @_locked
     def evaluate(self, X, y):
         """``{"loss": float}`` on ``(X, y)`` in inference mode, plus ``"accuracy"`` for
         classification losses (argmax for cross-entropy; threshold 0.5 or logit 0 for BCE)."""
-        return self._evaluate(*self._data(X, y))
-
-    def _evaluate(self, Xd, yd):
-        with self._lock:
-            out = self._forward(Xd, False)
-            logs = {"loss": self.backend.to_float(self._loss(out, yd))}
-            if self.loss.is_classification:
-                logs["accuracy"] = self.backend.to_float(self.loss.accuracy(out, yd))
+        Xd, yd = self._data(X, y, borrow=True)
+        engine = self.engine
+        out = engine.forward(Xd, False)
+        logs = {"loss": self.backend.to_float(engine.loss(out, yd))}
+        if self.loss.is_classification:
+            logs["accuracy"] = self.backend.to_float(self.loss.accuracy(out, yd))
         return logs
 
     # -- persistence -----------------------------------------------------------------------------------------
-    def save(self, path):
+    @_on_device
+    @_locked
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the network (architecture, weights, buffers, loss and optimizer settings) and
         its training state (optimizer moments and counters, schedule position, random generator
         states, epoch counter, history) to one ``.npz`` file, atomically; after
         :func:`bpgpu.load`, ``fit`` continues exactly where this network stopped."""
         from .io import save
 
-        with self._lock:
-            save(self, path)
+        save(self, path)

@@ -24,11 +24,11 @@ found may differ.
 
 import copy
 import math
-import sys
-import time
 
 import numpy as np
 
+from ._progress import Progress
+from ._snapshot import Snapshot
 from .callbacks import CallbackList, LearningRateScheduler, ReduceLROnPlateau
 from .errors import TrainingDivergedError
 from .history import History
@@ -36,7 +36,7 @@ from .metrics import Accuracy, get_metric
 from .schedules import Schedule
 from .validation import check_batch_size, check_bool, check_positive_int, is_real_number
 
-__all__ = ["fit", "evaluate_arrays", "copy_weights", "restore_weights", "Progress"]
+__all__ = ["fit", "evaluate_arrays"]
 
 #: Smallest chunk used to evaluate validation data (inference needs no small batches).
 VALIDATION_CHUNK = 1024
@@ -69,7 +69,7 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
                    else [Accuracy().bind(net.backend, net.loss)] if net.loss.is_classification
                    else [])
     callback_list = CallbackList(callbacks, net)
-    Xd, yd = net._data(X, y)
+    Xd, yd = net._data(X, y, borrow=True)  # read in place where the backend can (never written)
     n = Xd.shape[0]
     validation = None
     if validation_split is not None:
@@ -82,7 +82,7 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
     elif validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
             raise ValueError("validation_data must be a pair (X_val, y_val)")
-        validation = net._data(*validation_data, what="validation_data")
+        validation = net._data(*validation_data, borrow=True, what="validation_data")
     # Progress counts this call's epochs ("epoch 1/5"), or absolute ones with initial_epoch.
     if initial_epoch is None:
         start, end, shown_from = net.epoch, net.epoch + epochs, net.epoch
@@ -156,6 +156,7 @@ class _Loop:
         self.n = Xd.shape[0]
         self.bs = self.n if batch_size is None else min(batch_size, self.n)
         self.n_steps = -(-self.n // self.bs)
+        self._gathered = None  # the reused batch buffers of shuffled epochs
         self.shuffle = bool(shuffle) and self.bs < self.n
         self.train_metrics, self.val_metrics = train_metrics, val_metrics
         self.validation = validation
@@ -179,25 +180,28 @@ class _Loop:
         stop = min(start + self.bs, self.n)
         if order is None:
             return self.Xd[start:stop, ...], self.yd[start:stop, ...]
-        xp = self.net.backend.xp
+        backend = self.net.backend
+        if self._gathered is None:  # one batch of each, reused by every step (Backend.take_rows)
+            xp = backend.xp
+            self._gathered = tuple(xp.empty((self.bs,) + tuple(a.shape[1:]), dtype=a.dtype,
+                                            device=backend.device) for a in (self.Xd, self.yd))
         idx = order[start:stop]
-        return xp.take(self.Xd, idx, axis=0), xp.take(self.yd, idx, axis=0)
+        size = stop - start
+        return (backend.take_rows(self.Xd, idx, self._gathered[0][:size, ...]),
+                backend.take_rows(self.yd, idx, self._gathered[1][:size, ...]))
 
     def _step(self, xb, yb, metric_sums=None):
-        """One update; the loss (0-d, on the device) before it. With metrics, the chain is run
-        explicitly so the batch output can feed them (same operations as ``_train_batch``)."""
-        net = self.net
-        with net._lock:  # a predict() from another thread waits for the step to finish
-            if not self.train_metrics:
-                return net._train_batch(xb, yb)
-            out = net._forward(xb, True)
-            loss = net._loss(out, yb)
-            if metric_sums is not None:
-                for i, metric in enumerate(self.train_metrics):
-                    s = metric.update(out, yb)
-                    metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
-            net._backward()
-            net._apply_gradients()
+        """One update by the network's engine; the loss (0-d, on the device) before it. With
+        metrics, the engine also hands back the batch's output to feed them. Holds the
+        network's lock, so a predict() from another thread waits for the step to finish."""
+        engine = self.net.engine
+        with self.net._lock:
+            if not self.train_metrics or metric_sums is None:
+                return engine.train_step(xb, yb)
+            loss, out = engine.train_step(xb, yb, output=True)
+            for i, metric in enumerate(self.train_metrics):
+                s = metric.update(out, yb)
+                metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
             return loss
 
     def _run_epoch(self, host_order, progress):
@@ -227,7 +231,7 @@ class _Loop:
         net = self.net
         xp, dtype = net.backend.xp, net.dtype
         bad = sum(xp.sum(xp.astype(xp.logical_not(xp.isfinite(layer.params[key])), dtype))
-                  for layer, key in net._slots)
+                  for layer, key in net.structure.slots)
         parts = [xp.reshape(xp.astype(xp.asarray(total), dtype), (1,)),
                  xp.reshape(xp.asarray(bad, dtype=dtype), (1,))]
         parts += [xp.reshape(s, (-1,)) for s in sums]
@@ -260,10 +264,10 @@ class _Loop:
                 else:
                     snap.restore(net)
                 return TrainingDivergedError(epoch, step, loss)
-            before_previous, before = before, _Snapshot(net)
+            before_previous, before = before, Snapshot(net)
             losses.append(loss)
         if not all(bool(net.backend.xp.all(net.backend.xp.isfinite(layer.params[key])))
-                   for layer, key in net._slots):
+                   for layer, key in net.structure.slots):
             before_previous.restore(net)
             return TrainingDivergedError(epoch, steps_run - 1, float("nan"), weights=True)
         return losses
@@ -287,7 +291,7 @@ class _Loop:
                 epoch = net.epoch
                 callbacks.on_epoch_begin(epoch)
                 host_order = net.shuffle_rng.permutation(self.n) if self.shuffle else None
-                snap = _Snapshot(net, host_order)
+                snap = Snapshot(net, host_order)
                 lr = net.optimizer.learning_rate()
                 progress.begin(f"epoch {epoch - shown_from + 1}/{end - shown_from}", self.n_steps)
                 total, sums, seen, steps = self._run_epoch(host_order, progress)
@@ -331,7 +335,7 @@ class _Loop:
 def evaluate_arrays(net, Xd, yd, metrics, chunk=None):
     """``{"loss": float, metric name: float}`` on device arrays, in inference mode, ``chunk``
     rows at a time (None: all at once), with one device read."""
-    xp = net.backend.xp
+    xp, engine = net.backend.xp, net.engine
     n = Xd.shape[0]
     chunk = n if chunk is None else chunk
     for metric in metrics:
@@ -340,13 +344,13 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None):
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
-        with net._lock:
-            out = net._forward(xb, False)
-            loss = net._loss(out, yb) * float(stop - start)
-        total = loss if total is None else total + loss
-        for i, metric in enumerate(metrics):
-            s = metric.update(out, yb)
-            sums[i] = s if sums[i] is None else sums[i] + s
+        with net._lock:  # the engine may reuse its output buffer for another thread's call
+            out = engine.forward(xb, False)
+            loss = engine.loss(out, yb) * float(stop - start)
+            total = loss if total is None else total + loss
+            for i, metric in enumerate(metrics):
+                s = metric.update(out, yb)
+                sums[i] = s if sums[i] is None else sums[i] + s
     parts = [xp.reshape(xp.astype(xp.asarray(total), net.dtype), (1,))]
     parts += [xp.reshape(s, (-1,)) for s in sums]
     host = net.backend.to_numpy(xp.concat(parts)).astype(np.float64)
@@ -356,145 +360,3 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None):
         logs[metric.name] = metric.result(host[offset:offset + s.shape[0]])
         offset += s.shape[0]
     return logs
-
-
-# -- copies of the training state ------------------------------------------------------------------
-def _copy(xp, a):
-    return xp.asarray(a, copy=True)
-
-
-def copy_weights(net):
-    """Device copies of every parameter and buffer (for :func:`restore_weights`)."""
-    xp = net.backend.xp
-    return ([_copy(xp, layer.params[key]) for layer, key in net._slots],
-            [{k: _copy(xp, v) for k, v in layer.buffers.items()} for layer in net._all_layers])
-
-
-def restore_weights(net, weights):
-    """Put back parameters and buffers from :func:`copy_weights` (the copy stays usable)."""
-    xp = net.backend.xp
-    params, buffers = weights
-    for (layer, key), value in zip(net._slots, params):
-        layer.params[key] = _copy(xp, value)
-    for layer, saved in zip(net._all_layers, buffers):
-        layer.buffers = {k: _copy(xp, v) for k, v in saved.items()}
-
-
-class _Snapshot:
-    """Everything a training step changes: weights, buffers, optimizer state, step counters and
-    learning rate, and the device RNG; plus the epoch's batch order and how many steps it ran."""
-
-    def __init__(self, net, order=None):
-        xp = net.backend.xp
-        self.weights = copy_weights(net)
-        state = net.optimizer.state_dict()
-        self.optimizer = {"step_count": state["step_count"],
-                          "schedule_step": state.get("schedule_step", 0),
-                          "state": {k: [_copy(xp, a) for a in v] for k, v in state["state"].items()}}
-        self.lr = net.optimizer.lr
-        self.rng = net.backend.rng_state(net.device_rng)
-        self.order = order
-        self.steps = 0
-
-    def restore(self, net):
-        xp = net.backend.xp
-        restore_weights(net, self.weights)
-        net.optimizer.load_state_dict({
-            "step_count": self.optimizer["step_count"],
-            "schedule_step": self.optimizer["schedule_step"],
-            "state": {k: [_copy(xp, a) for a in v] for k, v in self.optimizer["state"].items()}})
-        net.optimizer.lr = self.lr
-        net.backend.set_rng_state(net.device_rng, copy.deepcopy(self.rng))
-
-
-# -- progress display ----------------------------------------------------------------------------------
-def _isatty(stream):
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def format_logs(logs):
-    return "  ".join(f"{k} {v:.6g}" for k, v in logs.items())
-
-
-class Progress:
-    """What ``fit`` prints. ``verbose=0``: nothing. ``verbose=1`` on a terminal: a progress bar per
-    epoch (tqdm when installed, else a plain one) that shows the epoch's loss and metrics when it
-    completes. ``verbose=2``, or 1 when not writing to a terminal: one line per epoch."""
-
-    BAR_WIDTH = 30
-    REDRAW_SECONDS = 0.1
-
-    def __init__(self, verbose, stream=None):
-        self.stream = sys.stdout if stream is None else stream
-        self.verbose = int(verbose)
-        self.bar = self.verbose == 1 and _isatty(self.stream)
-        self._tqdm_class = _tqdm() if self.bar else None
-        self._tqdm = None
-
-    def begin(self, label, n_steps):
-        self.label, self.n, self.i = label, n_steps, 0
-        self._open = True
-        self.t0 = self._drawn = time.perf_counter()
-        if self.bar and self._tqdm_class is not None:
-            self._tqdm = self._tqdm_class(total=n_steps, desc=label, unit="batch", leave=True,
-                                          file=self.stream, dynamic_ncols=True, mininterval=0.1)
-        elif self.bar:
-            self._draw()
-
-    def advance(self):
-        if not self.bar:
-            return
-        self.i += 1
-        if self._tqdm is not None:
-            self._tqdm.update(1)
-            return
-        now = time.perf_counter()
-        if now - self._drawn >= self.REDRAW_SECONDS:
-            self._drawn = now
-            self._draw()
-
-    def _draw(self, tail=""):
-        filled = self.BAR_WIDTH * self.i // max(self.n, 1)
-        bar = "=" * filled + "." * (self.BAR_WIDTH - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {self.i}/{self.n}{tail}")
-        self.stream.flush()
-
-    def end(self, logs):
-        if not self.verbose:
-            return
-        text = format_logs(logs)
-        seconds = time.perf_counter() - self.t0
-        self._open = False
-        if self._tqdm is not None:
-            self._tqdm.set_postfix_str(text, refresh=False)
-            self._tqdm.close()
-            self._tqdm = None
-        elif self.bar:
-            self._draw(f"  {text}  ({seconds:.2f}s)\n")
-        else:
-            print(f"{self.label}  {text}  ({seconds:.2f}s)", file=self.stream, flush=True)
-
-    def message(self, text):
-        if self.verbose:
-            print(text, file=self.stream, flush=True)
-
-    def close(self):
-        """Close an unfinished bar (after an error or a clean stop)."""
-        if self._tqdm is not None:
-            self._tqdm.close()
-            self._tqdm = None
-        elif self.bar and getattr(self, "_open", False):
-            self.stream.write("\n")
-            self.stream.flush()
-        self._open = False
-
-
-def _tqdm():
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm

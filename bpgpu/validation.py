@@ -54,10 +54,11 @@ def check_finite(x, name, backend, after=""):
         raise ValueError(f"{name} contains NaN or infinite values; expected finite numbers{after}")
 
 
-def cast_finite(x, name, backend, dtype):
-    """``x`` copied onto ``backend`` as ``dtype``; ValueError when a value is NaN or infinite
-    after that cast (1e39 is finite in float64 but overflows float32), so nothing non-finite
-    ever reaches the network."""
+def cast_finite(x, name, backend, dtype, borrow=False):
+    """``x`` copied onto ``backend`` as ``dtype`` (with ``borrow``, ``x`` itself where
+    ``backend.borrow`` can read it in place); ValueError when a value is NaN or infinite after
+    that cast (1e39 is finite in float64 but overflows float32), so nothing non-finite ever
+    reaches the network."""
     dtype_name = backend.dtype_name(dtype)
     after = f" (as {dtype_name}, magnitudes above {float(np.finfo(dtype_name).max):.3g} overflow)"
     with np.errstate(over="ignore", invalid="ignore"):
@@ -65,7 +66,7 @@ def cast_finite(x, name, backend, dtype):
             x = x.astype(dtype_name, copy=False)  # checked on the host: counts come for free
             check_finite(x, name, backend, after)
             return backend.asarray(x, dtype=dtype)
-        out = backend.asarray(x, dtype=dtype)
+        out = backend.borrow(x, dtype) if borrow else backend.asarray(x, dtype=dtype)
     check_finite(out, name, backend, after)
     return out
 
