@@ -36,7 +36,7 @@ __all__ = ["Callback", "CallbackList", "callback_class", "EarlyStopping", "Model
            "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"]
 
 
-_REGISTRY = {}
+_REGISTRY: dict[str, type] = {}
 
 
 def callback_class(name):
@@ -132,11 +132,10 @@ class CallbackList:
         about the ones that do not match (they start fresh)."""
         mismatched = []
         for i, item in enumerate(saved):
-            callback = self.callbacks[i] if i < len(self.callbacks) else None
-            if type(callback).__name__ != item["class"]:
+            if i >= len(self.callbacks) or type(self.callbacks[i]).__name__ != item["class"]:
                 mismatched.append(f"{i}: {item['class']}")
                 continue
-            callback.load_state_dict(item["state"], item["weights"])
+            self.callbacks[i].load_state_dict(item["state"], item["weights"])
         if mismatched:
             warnings.warn("the checkpoint holds the state of callbacks this fit does not have at "
                           f"the same position ({', '.join(mismatched)}); they start fresh. Pass "

@@ -139,7 +139,7 @@ def _check_rebuildable(net) -> None:
                              "get_config() must return every constructor argument")
 
 
-def _write_atomically(path: str, arrays: dict[str, np.ndarray]) -> None:
+def _write_atomically(path: str, arrays: dict[str, Any]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -240,7 +240,7 @@ def _check_leading_bytes(path: str) -> None:
         raise ModelFileError(f"{path!r} is not a readable bpgpu model file (not an .npz archive)")
 
 
-def _check_layer_class(cls: type) -> None:
+def _check_layer_class(cls: type[Layer]) -> None:
     """ValueError unless ``cls`` is the concrete, public layer class registered under its name."""
     name = cls.__name__
     if name.startswith("_") or cls.forward is Layer.forward or cls.backward is Layer.backward:
@@ -281,7 +281,7 @@ class _Architecture:
         _check_config_sizes(layer_specs, max_bytes)
         layers = [deserialize_layer(spec) for spec in layer_specs]
         probe = _ProbeBackend(itemsize, max_bytes)
-        rng = _ProbeRNG(max_bytes)
+        rng: Any = _ProbeRNG(max_bytes)  # stands in for a numpy Generator
         for layer in layers:
             layer.build(probe, np.float64, rng, None)
         walked = [sub for layer in layers for sub in layer.walk()]

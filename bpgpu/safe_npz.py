@@ -198,6 +198,5 @@ class SafeNpz:
         except _READ_ERRORS as exc:
             raise NpzError(f"member {name}.npy is damaged ({type(exc).__name__}: {exc})") from None
         flat = np.frombuffer(data, dtype=header.dtype)
-        order = "F" if header.fortran_order else "C"
-        array = flat.reshape(header.shape, order=order)
+        array = flat.reshape(header.shape, order="F" if header.fortran_order else "C")
         return array if header.dtype.isnative else array.astype(header.dtype.newbyteorder("="))

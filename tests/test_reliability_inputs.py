@@ -191,7 +191,7 @@ def test_batchnorm_one_sample_last_batch_is_refused_before_training():
     for n, batch_size in ((9, 4), (1, 4), (5, None), (20, 19)):
         if n == 5:
             n = 1
-        _unchanged(net, lambda: net.fit(X[:n], Y[:n], batch_size=batch_size, verbose=0),
+        _unchanged(net, lambda n=n, size=batch_size: net.fit(X[:n], Y[:n], batch_size=size, verbose=0),
                    ValueError, "would hold 1 sample")
     nested = _net(layers=[Dense(3, 4), Sequential([BatchNorm(4), ReLU()]), Dense(4, 1)])
     _unchanged(nested, lambda: nested.fit(X[:9], Y[:9], batch_size=4, verbose=0), ValueError,
