@@ -78,3 +78,52 @@ def test_damaged_checkpoints_are_refused_or_load_exactly(saved, tmp_path, varian
         assert_same_state(network_state(net), saved["state"])
         outcomes["loaded"] += 1
     assert outcomes["refused"] > CASES // 2  # the damage does reach what the loader reads
+
+
+HOSTILE_JSON = [None, True, -1, 0, 2.5, 1e300, 2**70, "x", "", [], {}, [[[]]], {"class": "Dense"},
+                {"class": "_BlockWrapper", "config": {}}, [1, 2, 3], {"state": None}]
+
+
+def _paths(value, prefix=()):
+    """Every path (tuple of keys and indices) into a JSON value."""
+    yield prefix
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, prefix + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _paths(item, prefix + (index,))
+
+
+def test_type_confused_descriptions_are_refused_or_load(saved, tmp_path):
+    """The JSON description with one value anywhere replaced by a value of another type or
+    range: only ModelFileError may escape (a replacement the format tolerates, such as another
+    history value, loads)."""
+    import io
+    import json
+
+    with zipfile.ZipFile(io.BytesIO(saved["stored"])) as z:
+        members = {info.filename: z.read(info) for info in z.infolist()}
+    meta = json.loads(str(np.load(io.BytesIO(members["meta.npy"]))))
+    paths = [p for p in _paths(meta) if p]
+    rng = np.random.default_rng(99)
+    path = tmp_path / "confused.npz"
+    refused = 0
+    for _ in range(CASES // 2):
+        edited = json.loads(json.dumps(meta))
+        *parents, last = paths[int(rng.integers(0, len(paths)))]
+        target = edited
+        for key in parents:
+            target = target[key]
+        target[last] = HOSTILE_JSON[int(rng.integers(0, len(HOSTILE_JSON)))]
+        buffer = io.BytesIO()
+        np.save(buffer, np.array(json.dumps(edited)))
+        with zipfile.ZipFile(path, "w") as z:
+            for name, data in members.items():
+                z.writestr(name, buffer.getvalue() if name == "meta.npy" else data)
+        try:
+            bpgpu.load(path, backend="numpy")
+        except bpgpu.ModelFileError as error:
+            assert str(path) in str(error)
+            refused += 1
+    assert refused > CASES // 4
