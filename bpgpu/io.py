@@ -220,6 +220,9 @@ def load(path: str | os.PathLike[str], backend: str | Backend | None = None,
         raise ValueError(f"max_bytes must be an integer >= 1, got {max_bytes!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no such model file: {path!r}")
+    from .backend import get_backend
+
+    backend = get_backend(backend)  # a bad backend argument is the caller's error, not the file's
     _check_leading_bytes(path)
     try:
         with SafeNpz(path) as archive:

@@ -384,3 +384,9 @@ def test_crc_is_checked(members, tmp_path):
     data[offset] ^= 0x40
     path.write_bytes(bytes(data))
     _refused(path, "Bad CRC-32")
+
+
+def test_a_bad_backend_argument_is_not_blamed_on_the_file(members, tmp_path):
+    with pytest.raises(ValueError) as info:
+        bpgpu.load(_edited(members, tmp_path), backend="no-such-backend")
+    assert not isinstance(info.value, bpgpu.ModelFileError)
