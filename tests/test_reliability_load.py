@@ -390,3 +390,42 @@ def test_a_bad_backend_argument_is_not_blamed_on_the_file(members, tmp_path):
     with pytest.raises(ValueError) as info:
         bpgpu.load(_edited(members, tmp_path), backend="no-such-backend")
     assert not isinstance(info.value, bpgpu.ModelFileError)
+
+
+def _every_layer_kind():
+    """Networks that together use every built-in layer class."""
+    from bpgpu.layers import (GELU, AvgPool2D, Checkpoint, Conv2D, Dropout, Flatten, Identity,
+                              LayerNorm, LeakyReLU, MaxPool2D, Reshape, Residual, Sequential,
+                              Sigmoid, SiLU, Softmax, Tanh)
+
+    images = [Conv2D(1, 3, 3, padding=1), BatchNorm(3), GELU(), MaxPool2D(2), Conv2D(3, 4, 2),
+              AvgPool2D(2, stride=1), Flatten(), Dense(4, 6), LayerNorm(6),
+              Residual(Sequential([Dense(6, 6), SiLU()])), Checkpoint(Sequential([Dense(6, 6),
+                                                                                  LeakyReLU(0.2)])),
+              Dropout(0.1), Reshape((2, 3)), Flatten(), Identity(), Tanh(), Dense(6, 3), Softmax(),
+              Sigmoid()]
+    return [(images, (1, 6, 6)), ([Dense(3, 4), ReLU(), Dense(4, 1)], None)]
+
+
+def test_the_shape_probe_equals_a_real_build():
+    """The probe (shapes without allocation) is a fast twin of building the layers: same
+    parameter and buffer shapes, for every built-in layer class."""
+    for layers, input_shape in _every_layer_kind():
+        net = bpgpu.Network(layers, backend="numpy", seed=0, input_shape=input_shape)
+        specs = json.loads(json.dumps([bpgpu.layers.serialize_layer(layer) for layer in net.layers]))
+        probe = bio._Architecture(specs, 4, 10**9)
+        assert probe.params == [w.shape for w in net.get_weights()]
+        assert list(probe.buffers.values()) == [tuple(v.shape) for layer in net.structure.all_layers
+                                                for v in layer.buffers.values()]
+        assert probe.nonnegative == {f"buffer:{j}:running_var" for j, layer
+                                     in enumerate(net.structure.all_layers)
+                                     if isinstance(layer, BatchNorm)}
+
+
+def test_every_built_in_layer_round_trips(tmp_path):
+    x = np.random.default_rng(0).normal(size=(2, 1, 6, 6))
+    layers, input_shape = _every_layer_kind()[0]
+    net = bpgpu.Network(layers, backend="numpy", seed=0, input_shape=input_shape)
+    net.save(tmp_path / "all.npz")
+    np.testing.assert_array_equal(bpgpu.load(tmp_path / "all.npz", backend="numpy").predict(x),
+                                  net.predict(x))
