@@ -3,7 +3,8 @@ import time.
 
     python benchmarks/bench_step.py --backend numpy            # vs PyTorch and JAX on the CPU
     python benchmarks/bench_step.py --backend numpy --peers torch   # PyTorch only
-    python benchmarks/bench_step.py --backend cupy             # vs PyTorch on CUDA
+    python benchmarks/bench_step.py --backend cupy             # vs PyTorch on CUDA (and
+                                                               # bpgpu with CUDA graphs)
     python benchmarks/bench_step.py --backend numpy --quick    # a fast smoke run
     python benchmarks/bench_step.py --out benchmarks/results/numpy-official   # where to write
 
@@ -43,7 +44,8 @@ idle threads have parked: OpenBLAS's spin for about 0.1 s after a product and wo
 take a core from PyTorch's first steps, and PyTorch's OpenMP threads from bpgpu's.
 
 fit: ``Network.fit`` on a synthetic 60000 x 784 float32 set handed in as NumPy (1 epoch, batch
-128, 784-256-256-10), against the equivalent PyTorch loop (``torch.from_numpy`` once, ``randperm``
+128, 784-256-256-10), plain and with ``metrics=["accuracy"]`` (issue 11's target: within 5 %
+of plain), against the equivalent PyTorch loop (``torch.from_numpy`` once, ``randperm``
 shuffling, the same step, the loss summed on the device and read once). Each side runs in a
 fresh subprocess, alternating, so peak memory is clean: host peak RSS (VmHWM) and its growth
 during fit; on the GPU the CuPy memory pool's size after fit and torch.cuda.max_memory_reserved().
@@ -144,12 +146,13 @@ class CpuMeter:
 
 
 # -- the two contenders --------------------------------------------------------------------------
-def build_bpgpu(sizes, batch, backend, rng, fast=True):
+def build_bpgpu(sizes, batch, backend, rng, fast=True, cuda_graphs=False):
     import bpgpu
     from bpgpu.optimizers import Adam
 
     net = bpgpu.Network.from_sizes(sizes, loss="cross_entropy", optimizer=Adam(1e-3),
-                                   backend=backend, dtype="float32", seed=0, fast=fast)
+                                   backend=backend, dtype="float32", seed=0, fast=fast,
+                                   cuda_graphs=cuda_graphs)
     X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
     y = rng.integers(0, sizes[-1], batch)
     Xd, yd = net._data(X, y)
@@ -391,8 +394,8 @@ def fit_child(side, backend, n_samples):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n_samples, FIT_SIZES[0])).astype(np.float32)
     y = rng.integers(0, FIT_SIZES[-1], n_samples)
-    result = {"side": side, "samples": n_samples}
-    if side == "bpgpu":
+    result = {"side": side, "samples": n_samples, "data_mib": (X.nbytes + y.nbytes) / 2**20}
+    if side.startswith("bpgpu"):
         import bpgpu
         from bpgpu.optimizers import Adam
 
@@ -407,7 +410,8 @@ def fit_child(side, backend, n_samples):
         rss0 = _rss_kib("VmRSS")
         _reset_hwm()
         t0 = time.perf_counter()
-        history = net.fit(X, y, epochs=1, batch_size=FIT_BATCH, verbose=0)
+        metrics = ["accuracy"] if side == "bpgpu_metrics" else None
+        history = net.fit(X, y, epochs=1, batch_size=FIT_BATCH, verbose=0, metrics=metrics)
         net.backend.synchronize()
         elapsed = time.perf_counter() - t0
         result["loss"] = float(history["loss"][-1])
@@ -468,10 +472,13 @@ def _reset_hwm():
         pass
 
 
+FIT_SIDES = ("bpgpu", "bpgpu_metrics", "torch")
+
+
 def measure_fit(backend, n_samples, runs):
-    results = {"bpgpu": [], "torch": []}
+    results = {side: [] for side in FIT_SIDES}
     for r in range(runs):
-        for side in (("bpgpu", "torch") if r % 2 == 0 else ("torch", "bpgpu")):
+        for side in (FIT_SIDES if r % 2 == 0 else FIT_SIDES[::-1]):
             cmd = [sys.executable, os.path.abspath(__file__), "--fit-child", side,
                    "--backend", backend, "--fit-samples", str(n_samples)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -482,6 +489,7 @@ def measure_fit(backend, n_samples, runs):
     for side, runs_ in results.items():
         best = max(runs_, key=lambda d: d["samples_per_s"])
         summary[side] = {"samples_per_s_median": statistics.median(d["samples_per_s"] for d in runs_),
+                         "data_mib": best["data_mib"],
                          "samples_per_s_runs": [round(d["samples_per_s"]) for d in runs_],
                          "peak_rss_mib": best["peak_rss_mib"], "rss_growth_mib": best["rss_growth_mib"],
                          **{k: best[k] for k in ("gpu_pool_bytes", "gpu_max_allocated_bytes",
@@ -489,6 +497,9 @@ def measure_fit(backend, n_samples, runs):
     summary["samples"] = n_samples
     summary["ratio_throughput_bpgpu_over_torch"] = (summary["bpgpu"]["samples_per_s_median"]
                                                     / summary["torch"]["samples_per_s_median"])
+    # issue 11's target: fit with metrics within 5 % of fit without (time ratio, lower is better)
+    summary["metrics_time_over_plain"] = (summary["bpgpu"]["samples_per_s_median"]
+                                          / summary["bpgpu_metrics"]["samples_per_s_median"])
     return summary
 
 
@@ -619,18 +630,27 @@ def render(result):
         b, tq = fit["bpgpu"], fit["torch"]
         lines += ["", f"fit, 784-256-256-10, batch {FIT_BATCH}, {fit['samples']} samples, 1 epoch "
                   "(data handed in as NumPy; fresh process per run):", "",
-                  "| | samples/s (median) | runs | peak RSS | RSS growth during fit |" +
-                  (" GPU memory |" if backend == "cupy" else ""),
-                  "|---|---:|---|---:|---:|" + ("---:|" if backend == "cupy" else "")]
-        for label, d in (("bpgpu", b), ("PyTorch", tq)):
+                  "| | samples/s (median) | runs | peak RSS | RSS growth during fit | growth / data |"
+                  + (" GPU memory |" if backend == "cupy" else ""),
+                  "|---|---:|---|---:|---:|---:|" + ("---:|" if backend == "cupy" else "")]
+        rows = [("bpgpu", b), ("bpgpu, metrics=['accuracy']", fit.get("bpgpu_metrics")),
+                ("PyTorch", tq)]
+        for label, d in rows:
+            if d is None:
+                continue
             gpu = ""
             if backend == "cupy":
                 gpu = (f" pool {d['gpu_pool_bytes'] / 2**20:.0f} MiB |" if "gpu_pool_bytes" in d
                        else f" max reserved {d.get('gpu_max_reserved_bytes', 0) / 2**20:.0f} MiB |")
             lines.append(f"| {label} | {d['samples_per_s_median']:.0f} | {d['samples_per_s_runs']} | "
-                         f"{d['peak_rss_mib']:.0f} MiB | {d['rss_growth_mib']:.0f} MiB |{gpu}")
+                         f"{d['peak_rss_mib']:.0f} MiB | {d['rss_growth_mib']:.0f} MiB | "
+                         f"{d['rss_growth_mib'] / d['data_mib']:.2f} ({d['data_mib']:.0f} MiB) |{gpu}")
         lines.append(f"\nthroughput ratio bpgpu / PyTorch: "
                      f"{fit['ratio_throughput_bpgpu_over_torch']:.2f} (higher is better)")
+        if "metrics_time_over_plain" in fit:
+            ratio = fit["metrics_time_over_plain"]
+            lines.append(f"fit with metrics / without (time): {ratio:.3f} (target <= 1.05: "
+                         f"{'met' if ratio <= 1.05 else 'NOT met'})")
     if "import" in result:
         imp = result["import"]
         lines += ["", f"import bpgpu over import numpy: {imp['bpgpu_over_numpy_s_min'] * 1e3:.0f} ms "
@@ -672,7 +692,7 @@ def main(argv=None):
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--out", help="results path without extension "
                                       "(default benchmarks/results/<backend>-<date>)")
-    parser.add_argument("--fit-child", choices=("bpgpu", "torch"), help=argparse.SUPPRESS)
+    parser.add_argument("--fit-child", choices=FIT_SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--fit-samples", type=int, default=60000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -740,6 +760,10 @@ def main(argv=None):
             contenders["bpgpu_one_piece"] = (one_step, bp_sync)
         if args.backend == "numpy":
             contenders["matmuls"] = (matmul_job(sizes, batch), lambda: None)
+        else:  # the same fast step captured once and replayed as a CUDA graph
+            _, graph_step, _ = build_bpgpu(sizes, batch, backend, np.random.default_rng(0),
+                                           cuda_graphs=True)
+            contenders["bpgpu_cuda_graphs"] = (graph_step, bp_sync)
         print(f"{name}: timing {', '.join(contenders)} over {rounds} rounds ...", flush=True)
         samples = measure_case(contenders, rounds, block_s, meter,
                                0.05 if args.quick else 0.25, args.max_foreign_load, args.wait_quiet)

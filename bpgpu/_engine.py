@@ -162,10 +162,24 @@ class FastEngine(Engine):
     def __init__(self, net: Any, structure: NetworkStructure, plan: Any) -> None:
         super().__init__(net, structure, "")
         self.plan = plan
+        self._graphs: Any = None  # CUDA graphs of the step (net.cuda_graphs), made on first use
 
     @property
     def reason(self) -> str:
-        return f"fast: {self.plan.describe()}"
+        graphs = self.graphs
+        return f"fast: {self.plan.describe()}" + (f"; {graphs.status}" if graphs else "")
+
+    @property
+    def graphs(self) -> Any:
+        """The :class:`~bpgpu.kernels.cuda_graphs.GraphedSteps` capturing the step when
+        ``net.cuda_graphs`` is set (CuPy), else None."""
+        if not getattr(self.net, "cuda_graphs", False):
+            return None
+        if self._graphs is None:
+            from .kernels.cuda_graphs import GraphedSteps
+
+            self._graphs = GraphedSteps(self.net, self.plan)
+        return self._graphs
 
     def forward(self, x: Any, training: bool = False) -> Any:
         return self.plan.forward(x, training)
@@ -174,6 +188,9 @@ class FastEngine(Engine):
         return self.structure.penalized_loss(self.plan.inference_loss(out, y))
 
     def train_step(self, x: Any, y: Any, output: bool = False) -> Any:
+        graphs = self.graphs
+        if graphs is not None and not output and not self.net.gradient_hooks:
+            return graphs.train_step(x, y)
         value, out = self.plan.compute(x, y, output)
         if self.net.gradient_hooks:
             allow = self._hooks_allow_update(self.plan.summed_gradients(), x.shape[0])
@@ -206,11 +223,13 @@ def select_engine(net: Any) -> Engine:
     """The engine serving ``net`` now, built on first use and cached on the network; rebuilt
     when its structure, loss, ``fast`` flag or ``engine_requirements`` change."""
     structure = net.structure
-    key = (structure, net.loss, net.fast, frozenset(net.engine_requirements))
     cached = net.__dict__.get("_engine_cache")
-    if cached is not None and cached[0][0] is key[0] and cached[0][1] is key[1] \
-            and cached[0][2:] == key[2:]:
-        return cached[1]
+    if cached is not None:  # checked every step: no allocation on this path
+        known, current = cached
+        if known[0] is structure and known[1] is net.loss and known[2] == net.fast \
+                and known[3] == net.engine_requirements:
+            return current
+    key = (structure, net.loss, net.fast, frozenset(net.engine_requirements))
     kernels = net.backend.kernels if net.fast else None
     reason = _reference_reason(net, structure, kernels)
     if reason is None:

@@ -8,6 +8,8 @@ import math
 from collections.abc import Sequence as SequenceOf
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from .layers import Layer, Sequential
 
 if TYPE_CHECKING:
@@ -26,9 +28,9 @@ def check_input_shape(layers: SequenceOf[Layer],
     own = layers[0].input_shape()
     if input_shape is None:
         return own
-    shape = (input_shape,) if isinstance(input_shape, int) else input_shape
+    shape = (input_shape,) if isinstance(input_shape, (int, np.integer)) else input_shape
     if not isinstance(shape, (tuple, list)) or not shape or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in shape):
         raise ValueError("input_shape must be the per-sample shape (no batch axis) as a tuple of "
                          f"positive ints, e.g. (1, 8, 8) or (64,), got {input_shape!r}")
     shape = tuple(int(s) for s in shape)

@@ -49,9 +49,11 @@ def callback_class(name):
 
 
 class Callback:
-    """Base class; every hook does nothing."""
+    """Base class; every hook does nothing. ``rank_zero_only``: in a distributed ``fit``, run on
+    rank 0 alone (callbacks that write files); others run on every rank."""
 
     network: Any = None  # the Network being trained, set by fit before the first hook
+    rank_zero_only = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -129,7 +131,10 @@ class CallbackList:
     def restore(self, saved):
         """Hand the states ``saved`` (from a loaded checkpoint: dicts with ``class``, ``state``
         and ``weights``) to the callbacks at the same positions with the same classes; warn
-        about the ones that do not match (they start fresh)."""
+        about the ones that do not match (they start fresh). A fit without callbacks drops the
+        states silently."""
+        if not self.callbacks:
+            return
         mismatched = []
         for i, item in enumerate(saved):
             if i >= len(self.callbacks) or type(self.callbacks[i]).__name__ != item["class"]:
@@ -277,7 +282,10 @@ class ModelCheckpoint(Callback):
 
     ``path`` may hold ``str.format`` fields: ``{epoch}`` (epochs completed, so the file of the
     first epoch has epoch 1) and any log value, e.g. ``"ckpt-{epoch:03d}-{val_loss:.4f}.npz"``.
+    In a distributed ``fit`` only rank 0 writes.
     """
+
+    rank_zero_only = True
 
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
         self.path = os.fspath(path)
@@ -457,7 +465,10 @@ class TerminateOnNaN(Callback):
 
 class CSVLogger(Callback):
     """Write one row per epoch to ``path``: ``epoch`` then the logs (columns fixed by the first
-    epoch), separated by ``separator``. ``append=True`` continues an existing file."""
+    epoch), separated by ``separator``. ``append=True`` continues an existing file. In a
+    distributed ``fit`` only rank 0 writes."""
+
+    rank_zero_only = True
 
     def __init__(self, path, separator=",", append=False):
         self.path = os.fspath(path)

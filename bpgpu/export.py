@@ -115,9 +115,10 @@ def state_dict(net: Network, format: str = "torch") -> dict[str, np.ndarray]:
 
 def load_state_dict(net: Network, state: dict[str, Any], format: str = "torch") -> None:
     """Set ``net``'s parameters and buffers from ``state`` (``{name: array}`` in the names and
-    layouts of :func:`state_dict`, e.g. a torch model's ``state_dict()`` converted with
-    ``.numpy()``). Every name, shape and value is checked first: a rejected call changes
-    nothing. ``num_batches_tracked`` entries may be missing and are not read."""
+    layouts of :func:`state_dict`, e.g. the ``state_dict()`` of the equivalent torch model on the
+    CPU: any value ``numpy.asarray`` reads). Every name, shape and value is checked first: a
+    rejected call changes nothing. ``num_batches_tracked`` entries may be missing and are not
+    read."""
     entries = _network_entries(net, format)
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict of name -> array, got {type(state).__name__}")

@@ -501,12 +501,10 @@ class _Loader:
                                   "(load(..., max_bytes=...) raises the limit)")
 
     def finite(self, name: str, part: str, nonnegative: bool = False) -> np.ndarray:
-        value = self.archive.array(name)
-        if not np.isfinite(value).all():
-            raise self.refuse(f"{part}: {name} contains NaN or infinite values")
-        if nonnegative and (value < 0).any():
-            raise self.refuse(f"{part}: {name} holds negative values; it is a variance")
-        return value
+        try:
+            return _checked_values(self.archive.array(name), name, nonnegative)
+        except ValueError as exc:
+            raise self.refuse(f"{part}: {exc}") from None
 
     # -- the network ----------------------------------------------------------------------------
     def network(self, backend):
@@ -546,7 +544,7 @@ class _Loader:
         net.epoch = meta.get("epoch", 0)
         if "training" in meta:
             try:
-                _restore_training_state(net, meta["training"], self)
+                _restore_training_state(net, meta["training"], _Members(self.archive))
             except (KeyError, ValueError, TypeError, IndexError, AttributeError) as exc:
                 raise self.refuse(f"its training state does not fit the described network: "
                                   f"{exc}") from None
@@ -595,15 +593,36 @@ def _training_state(net):
     return meta, arrays
 
 
-def _restore_training_state(net, training, loader: _Loader) -> None:
-    """Inverse of :func:`_training_state` on a freshly built ``net``. The device generator's
-    state is restored only when it comes from the same kind of generator (device random streams
-    differ between backends); otherwise the one seeded from ``net.seed`` is kept."""
+class _Members:
+    """The arrays of an archive by member name, read when asked for (a mapping for
+    :func:`_restore_training_state`)."""
+
+    def __init__(self, archive: SafeNpz):
+        self.archive = archive
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.archive.array(name)
+
+
+def _checked_values(value: np.ndarray, name: str, nonnegative: bool = False) -> np.ndarray:
+    """``value`` unless it holds NaN or infinity, or (``nonnegative``) a negative number."""
+    if not np.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    if nonnegative and (value < 0).any():
+        raise ValueError(f"{name} holds negative values; it is a variance")
+    return value
+
+
+def _restore_training_state(net, training, arrays) -> None:
+    """Inverse of :func:`_training_state` on a freshly built ``net``; ``arrays`` maps member
+    names (``optimizer:<name>:<i>``) to host arrays. Everything is checked (ValueError, TypeError
+    or KeyError otherwise). The device generator's state is restored only when it comes from the
+    same kind of generator (device random streams differ between backends); otherwise the one
+    seeded from ``net.seed`` is kept."""
     from .history import History
 
     info = training["optimizer"]
     counts = {key: _whole(info[key], f"optimizer {key}") for key in ("step_count", "schedule_step")}
-    part = "its training state does not fit the described network"
     names = list(info["state"])
     expected = set(net.optimizer._init_state([p for p in (layer.params[key]
                                                           for layer, key in net.structure.slots)]))
@@ -611,10 +630,19 @@ def _restore_training_state(net, training, loader: _Loader) -> None:
         raise ValueError(f"the optimizer state holds {sorted(names)}; "
                          f"{type(net.optimizer).__name__} keeps {sorted(expected)}")
     nonnegative = set(getattr(net.optimizer, "nonnegative_state", ()))
-    state = {name: [net.backend.asarray(loader.finite(f"optimizer:{name}:{i}", part,
-                                                      name in nonnegative), dtype=net.dtype)
-                    for i in range(len(net.structure.slots))]
-             for name in names}
+    shapes = [tuple(layer.params[key].shape) for layer, key in net.structure.slots]
+    state = {}
+    for name in names:
+        values = []
+        for i, shape in enumerate(shapes):
+            key = f"optimizer:{name}:{i}"
+            value = arrays[key]
+            if tuple(value.shape) != shape or value.dtype.kind != "f":
+                raise ValueError(f"{key} has shape {tuple(value.shape)} and dtype {value.dtype}; "
+                                 f"expected floats of shape {shape}")
+            checked = _checked_values(value, key, name in nonnegative)
+            values.append(net.backend.asarray(checked, dtype=net.dtype))
+        state[name] = values
     history = History.from_dict(training["history"])
     shuffle_state = training["shuffle_rng"]
     kind = net.shuffle_rng.bit_generator.state["bit_generator"]

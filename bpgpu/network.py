@@ -30,6 +30,10 @@ from .validation import as_numeric, cast_finite, check_batch_size, check_positiv
 
 __all__ = ["Network"]
 
+#: Most rows ``predict`` and ``evaluate`` send through one forward pass: bounds the buffers an
+#: inference pass makes (and the fast engine keeps for the next call) whatever the data's size.
+INFERENCE_CHUNK = 4096
+
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
@@ -113,6 +117,9 @@ class Network:
         input_shape: the per-sample input shape, e.g. ``(1, 8, 8)`` for a CNN on one-channel
             8x8 images: checked against every layer now (and against the data later), and shown
             with every output shape by :meth:`summary`. None: the first layer's own, if any.
+        cuda_graphs: capture the fast training step as a CUDA graph and replay it (CuPy only;
+            :mod:`bpgpu.kernels.cuda_graphs`): far fewer kernel launches per step for small
+            networks; off by default until measured faster on your GPU.
 
     Attributes: ``backend`` (its ``name``, ``device`` and the ``reason`` it was chosen),
     ``engine`` (what runs the steps: ``engine.fast`` and the ``engine.reason`` it was chosen, see
@@ -124,7 +131,7 @@ class Network:
     """
 
     def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
-                 seed=None, fast=None, input_shape=None):
+                 seed=None, fast=None, input_shape=None, cuda_graphs=False):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
                             f"{type(layers).__name__}")
@@ -140,6 +147,8 @@ class Network:
         if fast is not None and not isinstance(fast, bool):
             raise TypeError(f"fast must be True, False or None, got {fast!r}")
         self.fast = not reference_forced() if fast is None else fast
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
         self.input_shape = check_input_shape(layers, input_shape)
         self.output_shape = self._output_shape(self.input_shape, layers) if self.input_shape \
             else None
@@ -147,6 +156,10 @@ class Network:
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer)
         self.backend = get_backend(backend)
+        if cuda_graphs and not hasattr(self.backend.kernels, "device_scalars"):
+            raise ValueError(f"cuda_graphs=True needs the CuPy backend (CUDA graphs); this "
+                             f"network runs on the {self.backend.name} backend")
+        self.cuda_graphs = cuda_graphs
         self.dtype = self.backend.dtype(dtype)
         self.dtype_name = dtype
         self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)  # type: ignore[arg-type]
@@ -268,11 +281,13 @@ class Network:
         raise ValueError("the network's input shape is unknown (its first layer does not declare "
                          "one); start it with a Dense layer or another layer with input_shape()")
 
-    def _data(self, X, y, borrow=False, what="X"):
+    def _data(self, X, y, borrow=False, what="X", needs="training"):
+        """Features and targets on the device; ValueError for zero samples (``what`` names the
+        data, ``needs`` the call, in the message)."""
         Xd = self._input(X, borrow=borrow)
         if Xd.shape[0] == 0:
-            raise ValueError(f"{what} holds no samples (shape {tuple(Xd.shape)}); training and "
-                             "evaluating need at least one")
+            raise ValueError(f"{what} holds no samples; {needs} needs at least one (got shape "
+                             f"{tuple(Xd.shape)})")
         return Xd, self._target(y, Xd.shape[0])
 
     # -- the backprop chain (run by the engine, see bpgpu._engine) --------------------------------------
@@ -323,7 +338,7 @@ class Network:
     def compute_gradients(self, X: ArrayLike, y: ArrayLike) -> tuple[float, list[np.ndarray]]:
         """``(loss, grads)`` for the batch ``(X, y)`` without changing any weight or buffer: grads
         is a list of host NumPy arrays in :meth:`get_weights` order."""
-        Xd, yd = self._data(X, y)
+        Xd, yd = self._data(X, y, needs="compute_gradients")
         structure = self.structure
         saved = [dict(layer.buffers) for layer in structure.all_layers]
         rng_state = self.backend.rng_state(self.device_rng)  # dropout draws are put back too
@@ -385,8 +400,8 @@ class Network:
 
     def load_state_dict(self, state, format="torch"):
         """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
-        (e.g. ``{k: v.numpy() for k, v in torch_model.state_dict().items()}``); everything is
-        checked first, so a refused state changes nothing."""
+        (e.g. ``torch_model.state_dict()`` of the equivalent torch model, on the CPU); everything
+        is checked first, so a refused state changes nothing."""
         from .export import load_state_dict
 
         load_state_dict(self, state, format=format)
@@ -401,7 +416,8 @@ class Network:
     # -- training loop -----------------------------------------------------------------------------------
     @_on_device
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
+            validation_split=None, metrics=None, callbacks=None, initial_epoch=None,
+            distributed=None):
         """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
         epochs (``net.history`` keeps every epoch, across calls and checkpoints).
 
@@ -424,6 +440,10 @@ class Network:
             initial_epoch: Keras-style resume: set the epoch counter to ``initial_epoch`` and
                 run until ``epochs`` (then the index to stop before). Without it, ``fit``
                 continues from ``net.epoch``, so a loaded checkpoint continues with plain ``fit``.
+            distributed: a :class:`~bpgpu.distributed.Communicator` from
+                :func:`bpgpu.distributed.init`: train data-parallel, every rank passing the same
+                ``(X, y)``; ``batch_size`` is then per rank. N ranks with batch b train like one
+                process with batch N b (see :mod:`bpgpu.distributed`).
 
         Per epoch the history records ``loss`` (the batch losses, each taken before its update,
         weighted by batch size; penalties included), the metrics, ``val_loss`` and ``val_*``,
@@ -437,19 +457,20 @@ class Network:
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                    validation_data=validation_data, verbose=verbose,
                    validation_split=validation_split, metrics=metrics, callbacks=callbacks,
-                   initial_epoch=initial_epoch)
+                   initial_epoch=initial_epoch, distributed=distributed)
 
     # -- inference ---------------------------------------------------------------------------------------
     @_on_device
     @_locked
     def predict(self, X, batch_size=None):
         """Outputs for ``X`` as a host NumPy array (inference mode), computed ``batch_size`` rows
-        at a time (None: all at once) by the engine's forward pass (the fast one reuses its
-        buffers from call to call)."""
+        at a time (None: all at once, in blocks of at most ``INFERENCE_CHUNK`` rows) by the
+        engine's forward pass (the fast one reuses its buffers from call to call)."""
         batch_size = check_batch_size(batch_size)
         Xd = self._input(X, borrow=True)
         n = Xd.shape[0]
         bs = n if batch_size is None or n == 0 else batch_size
+        bs = min(bs, INFERENCE_CHUNK) if n else bs
         engine, result = self.engine, None
         for s in range(0, max(n, 1), max(bs, 1)):
             out = self.backend.to_numpy(engine.forward(Xd[s:min(s + bs, n), ...], False))
@@ -465,13 +486,12 @@ class Network:
     def evaluate(self, X, y):
         """``{"loss": float}`` on ``(X, y)`` in inference mode, plus ``"accuracy"`` for
         classification losses (argmax for cross-entropy; threshold 0.5 or logit 0 for BCE)."""
-        Xd, yd = self._data(X, y, borrow=True)
-        engine = self.engine
-        out = engine.forward(Xd, False)
-        logs = {"loss": self.backend.to_float(engine.loss(out, yd))}
-        if self.loss.is_classification:
-            logs["accuracy"] = self.backend.to_float(self.loss.accuracy(out, yd))
-        return logs
+        from .metrics import Accuracy
+        from .training import evaluate_arrays
+
+        Xd, yd = self._data(X, y, borrow=True, needs="evaluate")
+        metrics = [Accuracy().bind(self.backend, self.loss)] if self.loss.is_classification else []
+        return evaluate_arrays(self, Xd, yd, metrics, INFERENCE_CHUNK)
 
     # -- persistence -----------------------------------------------------------------------------------------
     @_on_device

@@ -43,9 +43,37 @@ VALIDATION_CHUNK = 1024
 
 
 def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-        validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
+        validation_split=None, metrics=None, callbacks=None, initial_epoch=None, distributed=None):
     """See :meth:`Network.fit <bpgpu.Network.fit>`. Everything is checked before any training
-    step, so a rejected call changes nothing."""
+    step, so a rejected call changes nothing. With ``distributed`` (a
+    :class:`~bpgpu.distributed.Communicator`) the ranks first agree that every one of them
+    accepted its call with the same data, network and settings (:mod:`bpgpu.distributed`)."""
+    parallel = None
+    if distributed is not None:
+        from .distributed import DataParallel
+
+        parallel = DataParallel(distributed, net)
+    try:
+        loop, span, fingerprint = _prepare(net, X, y, epochs, batch_size, shuffle,
+                                           validation_data, verbose, validation_split, metrics,
+                                           callbacks, initial_epoch, parallel)
+    except Exception as exc:
+        if parallel is not None:
+            parallel.agree(exc, None)
+        raise
+    if parallel is None:
+        return loop.run(*span)
+    parallel.agree(None, fingerprint)
+    with parallel.abort_on_error(), parallel.attached():
+        parallel.broadcast_state()
+        if initial_epoch is None:  # the epoch counter is rank 0's now
+            span = (net.epoch, net.epoch + span[1] - span[0], net.epoch)
+        return loop.run(*span)
+
+
+def _prepare(net, X, y, epochs, batch_size, shuffle, validation_data, verbose, validation_split,
+             metrics, callbacks, initial_epoch, parallel):
+    """Check every argument of :func:`fit`; ``(loop, (start, end, shown_from), fingerprint)``."""
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_batch_size(batch_size)
     shuffle = check_bool(shuffle, "shuffle")
@@ -85,13 +113,28 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
         validation = net._data(*validation_data, borrow=True, what="validation_data")
     # Progress counts this call's epochs ("epoch 1/5"), or absolute ones with initial_epoch.
     if initial_epoch is None:
-        start, end, shown_from = net.epoch, net.epoch + epochs, net.epoch
+        span = (net.epoch, net.epoch + epochs, net.epoch)
     else:
-        start, end, shown_from = int(initial_epoch), epochs, 0
+        span = (int(initial_epoch), epochs, 0)
     _check_last_batch(net, Xd, batch_size)
+    fingerprint = None
+    if parallel is not None:
+        parallel.check(Xd.shape[0], train_metrics + val_metrics)
+        settings = {"epochs": epochs, "batch_size": batch_size, "shuffle": bool(shuffle),
+                    "validation_split": validation_split, "initial_epoch": initial_epoch,
+                    "validation": None if validation is None
+                    else [list(validation[0].shape), list(validation[1].shape)],
+                    "metrics": [m.name for m in train_metrics + val_metrics]}
+        fingerprint = parallel.fingerprint(X, y, Xd, yd, settings)
+        if parallel.rank != 0:  # rank 0 alone prints and writes files
+            verbose = 0
+            callback_list = CallbackList([c for c in callback_list.callbacks
+                                          if not c.rank_zero_only], net)
+        if batch_size is not None:
+            batch_size *= parallel.size  # the global batch
     loop = _Loop(net, Xd, yd, batch_size, shuffle, train_metrics, val_metrics, validation,
-                 callback_list, verbose)
-    return loop.run(start, end, shown_from)
+                 callback_list, verbose, parallel)
+    return loop, span, fingerprint
 
 
 def _check_last_batch(net, Xd, batch_size):
@@ -151,8 +194,9 @@ def _metric_list(metrics, net):
 
 class _Loop:
     def __init__(self, net, Xd, yd, batch_size, shuffle, train_metrics, val_metrics, validation,
-                 callbacks, verbose):
+                 callbacks, verbose, parallel=None):
         self.net, self.Xd, self.yd = net, Xd, yd
+        self.parallel = parallel  # None, or the DataParallel of a distributed fit
         self.n = Xd.shape[0]
         self.bs = self.n if batch_size is None else min(batch_size, self.n)
         self.n_steps = -(-self.n // self.bs)
@@ -176,10 +220,15 @@ class _Loop:
         return self.net.backend.asarray(host_order, dtype=self.net.backend.xp.int64)
 
     def _batch(self, order, step):
+        """``(xb, yb, rows)``: the step's batch (this rank's share of it when distributed) and
+        how many of its rows count; a rank with an empty share gets one row that counts zero."""
         start = step * self.bs
         stop = min(start + self.bs, self.n)
+        rows = stop - start
+        if self.parallel is not None:
+            start, stop, rows = self.parallel.select(start, stop)
         if order is None:
-            return self.Xd[start:stop, ...], self.yd[start:stop, ...]
+            return self.Xd[start:stop, ...], self.yd[start:stop, ...], rows
         backend = self.net.backend
         if self._gathered is None:  # one batch of each, reused by every step (Backend.take_rows)
             xp = backend.xp
@@ -188,7 +237,13 @@ class _Loop:
         idx = order[start:stop]
         size = stop - start
         return (backend.take_rows(self.Xd, idx, self._gathered[0][:size, ...]),
-                backend.take_rows(self.yd, idx, self._gathered[1][:size, ...]))
+                backend.take_rows(self.yd, idx, self._gathered[1][:size, ...]), rows)
+
+    def _global_loss(self, loss):
+        """The loss of the step just run as a float (the global batch's, when distributed)."""
+        if self.parallel is None:
+            return self.net.backend.to_float(loss)
+        return self.parallel.step_loss(loss, self.parallel.sync.weight)
 
     def _step(self, xb, yb, metric_sums=None):
         """One update by the network's engine; the loss (0-d, on the device) before it. With
@@ -212,15 +267,21 @@ class _Loop:
             metric.begin()
         batch_hooks = self.callbacks.batch_hooks
         for step in range(self.n_steps):
-            xb, yb = self._batch(order, step)
-            size = xb.shape[0]
-            loss = self._step(xb, yb, sums)
-            weighted = loss * float(size)
-            total = weighted if total is None else total + weighted
+            xb, yb, size = self._batch(order, step)
+            loss = self._step(xb, yb, sums if size else None)
+            if size:
+                weighted = loss * float(size)
+                total = weighted if total is None else total + weighted
             seen += size
             steps += 1
             if batch_hooks:
-                self.callbacks.on_batch_end(step, {"batch": step, "size": size, "loss": loss})
+                logs = {"batch": step, "size": size, "loss": loss}
+                if self.parallel is not None:
+                    logs.update(size=min(self.bs, self.n - step * self.bs),
+                                loss=self._global_loss(loss))
+                self.callbacks.on_batch_end(step, logs)
+                if self.parallel is not None:
+                    net.stop_training = self.parallel.any(net.stop_training)
             progress.advance()
             if net.stop_training:
                 break
@@ -243,7 +304,7 @@ class _Loop:
         snapshot.restore(self.net)
         order = self._order(snapshot.order)
         for step in range(n_steps):
-            self._step(*self._batch(order, step))
+            self._step(*self._batch(order, step)[:2])
 
     def _recover(self, epoch, snap, prev, steps_run):
         """Replay the epoch step by step after a non-finite epoch sum. Returns the error (with
@@ -255,7 +316,8 @@ class _Loop:
         before_previous, before = None, snap
         losses = []
         for step in range(steps_run):
-            loss = net.backend.to_float(self._step(*self._batch(order, step)))
+            xb, yb, _ = self._batch(order, step)
+            loss = self._global_loss(self._step(xb, yb))
             if not math.isfinite(loss):
                 if before_previous is not None:
                     before_previous.restore(net)
@@ -290,6 +352,8 @@ class _Loop:
             while net.epoch < end and not net.stop_training:
                 epoch = net.epoch
                 callbacks.on_epoch_begin(epoch)
+                if self.parallel is not None:
+                    net.stop_training = self.parallel.any(net.stop_training)
                 host_order = net.shuffle_rng.permutation(self.n) if self.shuffle else None
                 snap = Snapshot(net, host_order)
                 lr = net.optimizer.learning_rate()
@@ -297,12 +361,17 @@ class _Loop:
                 total, sums, seen, steps = self._run_epoch(host_order, progress)
                 snap.steps = steps
                 host = self._read(total, sums)
+                if self.parallel is not None:
+                    host, seen = self.parallel.sum_sums(host, seen, self.train_metrics)
                 loss_sum = float(host[0])
                 if not math.isfinite(loss_sum) or host[1] > 0:
                     outcome = self._recover(epoch, snap, prev, steps)
                     if isinstance(outcome, TrainingDivergedError):
                         progress.close()
-                        if callbacks.on_divergence(outcome):
+                        stop = callbacks.on_divergence(outcome)
+                        if self.parallel is not None:
+                            stop = self.parallel.any(stop)
+                        if stop:
                             progress.message(f"stopped: {outcome}")
                             break
                         raise outcome
@@ -315,7 +384,8 @@ class _Loop:
                     logs[metric.name] = metric.result(host[offset:offset + size])
                     offset += size
                 if self.validation is not None:
-                    val = evaluate_arrays(net, *self.validation, self.val_metrics, self.val_chunk)
+                    val = evaluate_arrays(net, *self.validation, self.val_metrics, self.val_chunk,
+                                          self.parallel)
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 if self.log_lr:
                     logs["lr"] = lr
@@ -325,6 +395,8 @@ class _Loop:
                 net.optimizer.advance_schedule("epoch")
                 progress.end(logs)
                 callbacks.on_epoch_end(epoch, logs)
+                if self.parallel is not None:
+                    net.stop_training = self.parallel.any(net.stop_training)
                 prev = snap
         finally:
             progress.close()
@@ -332,11 +404,17 @@ class _Loop:
         return history
 
 
-def evaluate_arrays(net, Xd, yd, metrics, chunk=None):
+def evaluate_arrays(net, Xd, yd, metrics, chunk=None, parallel=None):
     """``{"loss": float, metric name: float}`` on device arrays, in inference mode, ``chunk``
-    rows at a time (None: all at once), with one device read."""
+    rows at a time (None: all at once), with one device read. With ``parallel`` (a distributed
+    fit) each rank evaluates its share of the rows and the sums are added across ranks (every
+    rank evaluates all rows when there are fewer rows than ranks)."""
     xp, engine = net.backend.xp, net.engine
     n = Xd.shape[0]
+    shared = parallel is not None and n >= parallel.size
+    if shared:
+        a, b = parallel.share(0, n)
+        Xd, yd, n = Xd[a:b, ...], yd[a:b, ...], b - a
     chunk = n if chunk is None else chunk
     for metric in metrics:
         metric.begin()
@@ -354,6 +432,8 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None):
     parts = [xp.reshape(xp.astype(xp.asarray(total), net.dtype), (1,))]
     parts += [xp.reshape(s, (-1,)) for s in sums]
     host = net.backend.to_numpy(xp.concat(parts)).astype(np.float64)
+    if shared:
+        host, n = parallel.sum_sums(host, n, metrics)
     logs = {"loss": float(host[0]) / n}
     offset = 1
     for metric, s in zip(metrics, sums):

@@ -134,24 +134,26 @@ def _arginfo(kernel_mod, cupy, np, kind, dtype, ndim, contiguous, index32):
     return kernel_mod._ArgInfo(ARRAY, cupy.ndarray, np.dtype(dtype), ndim, contiguous, index32)
 
 
-def elementwise_source(kernel, spec, ndim, index32):
-    """CuPy's generated code for ``kernel`` called with the layout ``spec`` describes."""
+def elementwise_source(kernel, spec, ndim, index32, scalars_as_arrays=False):
+    """CuPy's generated code for ``kernel`` called with the layout ``spec`` describes (with
+    ``scalars_as_arrays``, the scalars passed as broadcast 0-d device arrays)."""
     cupy, np, _carray, kmod, _red, _core, _header = _cupy_parts()
     infos = []
     for param in kernel.params:
         if param.name == "_ind":
             infos.append(kmod._ArgInfo(INDEXER, _carray.Indexer, None, ndim, True, index32))
-        elif param.name in spec.get("scalars", ()):
+        elif param.name in spec.get("scalars", ()) and not scalars_as_arrays:
             infos.append(_arginfo(kmod, cupy, np, SCALAR, param.dtype, 0, True, True))
         else:
-            infos.append(_arginfo(kmod, cupy, np, ARRAY, param.dtype, ndim,
-                                  param.name not in spec.get("broadcast", ()), index32))
+            contiguous = param.name not in spec.get("broadcast", ()) and \
+                param.name not in spec.get("scalars", ())
+            infos.append(_arginfo(kmod, cupy, np, ARRAY, param.dtype, ndim, contiguous, index32))
     return kmod._get_elementwise_kernel_code(tuple(infos), kmod._TypeMap(()), kernel.params,
                                              kernel.operation, kernel.name, kernel.preamble,
                                              **kernel.kwargs)
 
 
-def reduction_source(kernel, spec, ndim, index32):
+def reduction_source(kernel, spec, ndim, index32, scalars_as_arrays=False):
     """CuPy's generated code for a full reduction of ``ndim``-d inputs into a 0-d output."""
     cupy, np, _carray, kmod, rmod, _core, _header = _cupy_parts()
     infos = []
@@ -162,8 +164,10 @@ def reduction_source(kernel, spec, ndim, index32):
             infos.append(kmod._ArgInfo(INDEXER, _carray.Indexer, None, 0, True, index32))
         elif param.name == "_block_stride":
             infos.append(_arginfo(kmod, cupy, np, SCALAR, "int32", 0, True, True))
-        elif param.name in spec.get("scalars", ()):
+        elif param.name in spec.get("scalars", ()) and not scalars_as_arrays:
             infos.append(_arginfo(kmod, cupy, np, SCALAR, param.dtype, 0, True, True))
+        elif param.name in spec.get("scalars", ()):
+            infos.append(_arginfo(kmod, cupy, np, ARRAY, param.dtype, ndim, False, index32))
         elif any(param is p for p in kernel.out_params):
             infos.append(_arginfo(kmod, cupy, np, ARRAY, param.dtype, 0, True, index32))
         else:
@@ -189,30 +193,39 @@ def units_for(table, modules):
                 count += 1
                 label = f"{module}.{builder}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
                 units.extend(_kernel_units(cupy, header, kernel, spec, label, groups))
-    for (ndim, index32, options), members in groups.items():
+    for (ndim, index32, as_arrays, options), members in groups.items():
         source = header + "\n".join(code for _, code, _ in members)
-        units.append(Unit(f"{len(members)} elementwise kernels, {ndim}-d, "
-                          f"{'32' if index32 else '64'}-bit indices", source,
+        units.append(Unit(f"{len(members)} elementwise kernels, "
+                          f"{_layout_name(ndim, index32, as_arrays)}", source,
                           [name for name, _, _ in members], options))
         units[-1].members = members
     return units, count
 
 
 def _kernel_units(cupy, header, kernel, spec, label, groups):
-    layouts = [(ndim, index32) for ndim in spec.get("ndims", (1,)) for index32 in (True, False)]
+    layouts = [(ndim, index32, as_arrays) for ndim in spec.get("ndims", (1,))
+               for index32 in (True, False)
+               for as_arrays in ((False, True) if spec.get("device_scalars") else (False,))]
     if isinstance(kernel, cupy.ElementwiseKernel):
         options = tuple(kernel.kwargs.get("options", ()))
-        for ndim, index32 in layouts:
-            code = elementwise_source(kernel, spec, ndim, index32)
-            groups.setdefault((ndim, index32, options), []).append((kernel.name, code, label))
+        for ndim, index32, as_arrays in layouts:
+            code = elementwise_source(kernel, spec, ndim, index32, as_arrays)
+            groups.setdefault((ndim, index32, as_arrays, options), []).append(
+                (kernel.name, code, label))
         return []
     if isinstance(kernel, cupy.ReductionKernel):
-        return [Unit(f"{label} [{ndim}-d, {'32' if index32 else '64'}-bit]",
-                     header + reduction_source(kernel, spec, ndim, index32), [kernel.name],
-                     tuple(kernel.options)) for ndim, index32 in layouts]
+        return [Unit(f"{label} [{_layout_name(ndim, index32, as_arrays)}]",
+                     header + reduction_source(kernel, spec, ndim, index32, as_arrays),
+                     [kernel.name], tuple(kernel.options))
+                for ndim, index32, as_arrays in layouts]
     if isinstance(kernel, cupy.RawKernel):
         return [Unit(label, kernel.code, [kernel.name], tuple(kernel.options))]
     raise TypeError(f"{label}: built a {type(kernel).__name__}, which this check cannot compile")
+
+
+def _layout_name(ndim, index32, scalars_as_arrays):
+    return (f"{ndim}-d, {'32' if index32 else '64'}-bit indices"
+            + (", scalars as device arrays" if scalars_as_arrays else ""))
 
 
 # -- 3. compiling and checking ------------------------------------------------------------------------

@@ -11,7 +11,9 @@ kernel object (or a tuple of them). Per builder:
   device arrays);
 * ``broadcast``: array parameters that call sites broadcast (a bias row, a 0-d scale), so CuPy
   sees them as non-contiguous;
-* ``ndims``: the ranks the arrays have after CuPy merges contiguous dimensions.
+* ``ndims``: the ranks the arrays have after CuPy merges contiguous dimensions;
+* ``device_scalars``: the scalars may also come as 0-d device arrays (broadcast), as they do in
+  a CUDA-graph step (bpgpu.kernels.cuda_graphs), which CuPy compiles as another variant.
 
 compile_cuda.py checks the table against the code: a builder missing here, or a builder
 parameter without a domain, fails CI.
@@ -36,7 +38,8 @@ def builders(modules):
                       "first_step", "alpha", "one_minus_alpha", "eps", "decay_factor", "beta1",
                       "one_minus_beta1", "beta2", "one_minus_beta2", "bias_correction2_sqrt",
                       "step_size"}
-    flat = {"scalars": update_scalars, "broadcast": {"norm_scale"}, "ndims": (1,)}
+    flat = {"scalars": update_scalars, "broadcast": {"norm_scale"}, "ndims": (1,),
+            "device_scalars": True}
     return {
         ("cupy_fused", "_bias_activation"): {
             "domains": {"act": tuple(fused._FORWARD), "has_bias": BOOLS, "dtype": DTYPES},

@@ -74,6 +74,11 @@ def test_rejects_malformed_input_shapes(bad):
 
 def test_input_shape_must_agree_with_a_first_dense_layer():
     assert bpgpu.Network([Dense(4, 2)], input_shape=4, backend="numpy").input_shape == (4,)
+    shape = bpgpu.Network([Conv2D(1, 2, 3)], input_shape=np.array([1, 5, 5]).tolist(),
+                          backend="numpy").input_shape
+    assert shape == (1, 5, 5) and type(shape[0]) is int
+    assert bpgpu.Network([Conv2D(1, 2, 3)], input_shape=tuple(np.array([1, 5, 5])),
+                         backend="numpy").input_shape == (1, 5, 5)
     with pytest.raises(ValueError, match=r"input_shape \(5,\) does not match the first layer"):
         bpgpu.Network([Dense(4, 2)], input_shape=(5,), backend="numpy")
 

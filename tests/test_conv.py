@@ -217,18 +217,21 @@ def test_grouped_weights_and_initial_scale_follow_the_group_size():
     assert abs(W.std() / np.sqrt(2.0 / 18) - 1.0) < 0.2
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"groups": 2}, r"groups=2 must divide both in_channels \(3\) and out_channels \(4\)"),
-    ({"groups": 0}, "groups"),
-    ({"dilation": 0}, "dilation"),
-    ({"dilation": (1, 2, 3)}, "dilation"),
+@pytest.mark.parametrize("args,kwargs,match", [
+    ((3, 4, 3), {"groups": 2}, r"groups=2 must divide both in_channels \(3\) and out_channels \(4\)"),
+    ((6, 4, 3), {"groups": 3}, r"groups=3 must divide both in_channels \(6\) and out_channels \(4\)"),
+    ((3, 4, 3), {"groups": 0}, "groups"),
+    ((3, 4, 3), {"dilation": 0}, "dilation"),
+    ((3, 4, 3), {"dilation": (1, 2, 3)}, "dilation"),
 ])
-def test_rejects_impossible_groups_and_dilation(kwargs, match):
+def test_rejects_impossible_groups_and_dilation(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
-        Conv2D(3, 4, 3, **kwargs)
-    with pytest.raises(ValueError, match=r"groups=3 must divide both in_channels \(6\) and "
-                                         r"out_channels \(4\)"):
-        Conv2D(6, 4, 3, groups=3)
+        Conv2D(*args, **kwargs)
+
+
+def test_torch_style_positional_dilation_is_refused_with_advice():
+    with pytest.raises(ValueError, match="pass dilation and groups by keyword"):
+        Conv2D(2, 4, 3, 1, 1, 2)
 
 
 def test_dilated_kernel_larger_than_the_input_is_rejected_and_changes_nothing():

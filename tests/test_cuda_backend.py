@@ -20,7 +20,9 @@ from cuda_emu.backend import EmulatedCuPy, EmulatedCuPyBackend
 @pytest.fixture(scope="module")
 def emulated():
     cuda.reset()
-    return EmulatedCuPy()
+    emu = EmulatedCuPy()
+    emu.build_all()  # one g++ call for every kernel (cached), not one per kernel first used
+    return emu
 
 
 @pytest.fixture

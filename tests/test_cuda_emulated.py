@@ -182,3 +182,12 @@ def test_emulation_refuses_shuffles_it_does_not_model(emulated):
                                   .reshape(-1))
     with pytest.raises(EmulationError, match="exited"):
         kernel((1,), (32,), (x, np.int32(20)))
+
+
+def test_emulation_refuses_an_array_read_in_post_map(emulated):
+    """CuPy binds a reduction's array inputs only inside its element loop; post-map code that
+    reads one does not compile (the NVRTC check found this in a CUDA-graph variant)."""
+    kernel = emulated.fused._norm_scale_kernel(False, "float64")
+    with pytest.raises(EmulationError, match="post_map_expr reads max_norm"):
+        kernel(np.ones(4), 0.0, np.array(1.0))
+    assert float(kernel(np.ones(4), 0.0, 1.0)) == pytest.approx(1.0 / (2.0 + 1e-6))

@@ -155,6 +155,23 @@ def test_evaluate_on_the_fast_engine_matches_the_reference(loss):
         np.testing.assert_allclose(results[0][key], results[1][key], **TOL)
 
 
+def test_predict_and_evaluate_in_chunks_match_one_pass(monkeypatch):
+    """Beyond INFERENCE_CHUNK rows, predict and evaluate run in blocks (bounded buffers) and give
+    what one pass over every row gives."""
+    import bpgpu.network
+
+    X, y = _data(50)
+    net = _net(None)
+    whole = net.predict(X), net.evaluate(X, y)
+    monkeypatch.setattr(bpgpu.network, "INFERENCE_CHUNK", 8)
+    np.testing.assert_allclose(net.predict(X), whole[0], **TOL)
+    chunked = net.evaluate(X, y)
+    for key in whole[1]:
+        np.testing.assert_allclose(chunked[key], whole[1][key], **TOL)
+    with pytest.raises(ValueError, match="X holds no samples; evaluate needs at least one"):
+        net.evaluate(X[:0], y[:0])
+
+
 def test_inference_between_steps_leaves_the_training_step_intact():
     """predict and evaluate between two steps use their own operations and buffers."""
     X, y = _data(16)

@@ -134,7 +134,7 @@ def test_torch_weights_load_into_our_network(torch):
             elif name.endswith("running_mean"):
                 buffer.normal_()
     model.eval()
-    net.load_state_dict({k: v.numpy() for k, v in model.state_dict().items()})
+    net.load_state_dict(model.state_dict())  # CPU tensors are read as arrays
     with torch.no_grad():
         expected = model(torch.from_numpy(X)).numpy()
     np.testing.assert_allclose(net.predict(X), expected, rtol=1e-12, atol=1e-12)
@@ -277,3 +277,23 @@ def test_a_file_for_another_network_is_rejected_and_changes_nothing(tmp_path):
     with pytest.raises(ValueError, match="metadata must be a dict of str -> str"):
         net.save_safetensors(tmp_path / "m.safetensors", metadata={"epochs": 3})
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_the_guide_page_examples_run_in_order(tmp_path, monkeypatch, torch, safetensors):
+    """Every Python block of docs/guide/layers-from-pytorch.md, in order, in one namespace;
+    the exported torch model must reproduce the network's outputs."""
+    import re
+    from pathlib import Path
+
+    page = Path(__file__).parents[1] / "docs" / "guide" / "layers-from-pytorch.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), re.S)
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, str(page), "exec"), namespace)
+    net, model = namespace["net"], namespace["model"]
+    X = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(X)).numpy()
+    np.testing.assert_allclose(net.predict(X), expected, rtol=1e-5, atol=1e-6)

@@ -152,7 +152,8 @@ def test_max_pool_padding_matches_torch(backend, torch, geometry):
 def test_avg_pool_padding_matches_torch(backend, torch, geometry, count_include_pad):
     kernel, stride, padding, hw = geometry
     x = np.random.default_rng(0).standard_normal((2, 3) + hw)
-    _run_padded(backend, torch, AvgPool2D(kernel, stride, padding, count_include_pad),
+    _run_padded(backend, torch, AvgPool2D(kernel, stride, padding,
+                                          count_include_pad=count_include_pad),
                 torch.nn.AvgPool2d(kernel, stride, padding, count_include_pad=count_include_pad),
                 x)
 
@@ -179,6 +180,8 @@ def test_padding_beyond_half_the_kernel_is_rejected(cls):
 def test_count_include_pad_must_be_a_bool():
     with pytest.raises(ValueError, match="count_include_pad must be True or False"):
         AvgPool2D(3, 1, 1, count_include_pad="yes")
+    with pytest.raises(TypeError):  # keyword-only: torch's fourth argument is ceil_mode
+        AvgPool2D(3, 1, 1, False)
 
 
 def test_padded_pooling_survives_save_and_load(tmp_path):

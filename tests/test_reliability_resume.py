@@ -2,6 +2,8 @@
 best value, patience count and best weights, ReduceLROnPlateau's counters, ModelCheckpoint's
 best), so 5 epochs + save + load + 5 epochs equal 10 epochs straight, bit for bit."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -120,6 +122,10 @@ def test_different_callbacks_after_a_load_warn_and_start_fresh(tmp_path):
     with pytest.warns(RuntimeWarning, match=r"0: EarlyStopping"):
         _fit(loaded, 1, [plateau])
     assert plateau.num_bad_epochs in (0, 1) and loaded.epoch == 3
+    quiet = bpgpu.load(tmp_path / "c.npz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no callbacks at all: the saved states are not wanted
+        _fit(quiet, 1, None)
 
 
 def test_a_loaded_network_saved_again_keeps_the_callback_state(tmp_path):

@@ -24,7 +24,8 @@ Choosing: one place decides, :func:`bpgpu._engine.select_engine`; ``net.engine.r
 which path serves a network and why (``summary()`` prints it). ``Network(..., fast=None)``
 (default) uses the fast path where it applies; ``fast=False``, or the environment variable
 ``BPGPU_REFERENCE=1`` when ``fast`` is None, forces the reference path. Results agree with the
-reference path to rounding (tests/test_kernels.py). One visible difference: the fast path updates
+reference path to rounding (tests/test_kernels.py; on CuPy float32 subnormals flush to zero, see
+:mod:`bpgpu.kernels.cupy_fused`). One visible difference: the fast path updates
 parameter arrays in place, where the reference path replaces them; take copies
 (``get_weights()``) to keep a snapshot.
 """

@@ -18,6 +18,10 @@ Nothing here reads a value back to the host: a step queues its kernels and retur
 0-d device array, so ``fit`` runs without host synchronisation until it reads the epoch's loss.
 Each kernel writes the reference formula in the same order of operations; the CUDA compiler may
 contract a multiply and an add into one FMA, so results agree with the reference path to rounding.
+One difference beyond rounding, float32 only: CuPy compiles every kernel with ``-ftz=true`` (and
+offers no way to turn it off), so a float32 value below 1.18e-38 (a subnormal) read or produced by
+a fused kernel becomes zero, where the reference path keeps it. Such values are far below
+anything a loss, a gradient or an update can resolve at float32 precision; float64 is unaffected.
 
 Matrix products go to cuBLAS through ``cupy.matmul(..., out=)``; TensorFloat-32 stays off unless
 enabled (exact float32, see ``CuPyBackend.set_tf32``).
@@ -320,13 +324,14 @@ def _sgd_kernel(dtype, clip_value, clip_norm, weight_decay, momentum, nesterov):
     d, t = _names(dtype)
     params = [f"{d} g"] + _clip_params(d, clip_value, clip_norm) + [
         f"{d} lr", f"{d} weight_decay", f"{d} momentum", f"{d} one_minus_dampening",
-        "int32 first_step"]
+        f"{d} first_step"]
     outs = [f"{d} p"] + ([f"{d} momentum_buffer"] if momentum else [])
     body = _clip_prologue(clip_value, clip_norm)
     if weight_decay:
         body += "gg = gg + weight_decay * p;\n"
     if momentum:
-        body += ("REAL b = first_step ? gg : momentum * momentum_buffer + one_minus_dampening * gg;\n"
+        body += ("REAL b = first_step != (REAL)0 ? gg\n"
+                 "    : momentum * momentum_buffer + one_minus_dampening * gg;\n"
                  "momentum_buffer = b;\n")
         body += "gg = gg + momentum * b;\n" if nesterov else "gg = b;\n"
     body += "p = p - lr * gg;"
@@ -389,6 +394,70 @@ def _adam_kernel(dtype, clip_value, clip_norm, decay_mode):
                                   f"bpgpu_adam_{flags}_{d}")
 
 
+class DeviceScalars:
+    """The per-step numbers of the update kernels (learning rate, bias corrections...) read from
+    a small device buffer instead of being passed by value, so a captured CUDA graph replays
+    with each step's values (:mod:`bpgpu.kernels.cuda_graphs`).
+
+    While one is active (:func:`_scalars_from`), every update kernel launch takes its k-th
+    scalar argument from ``device[k]`` (a 0-d view) and records the value in ``host[k]``.
+    ``launch=False`` only records (a replay's bookkeeping); ``upload=True`` copies each value
+    to the device before the launch that reads it (an uncaptured step in this mode)."""
+
+    CAPACITY = 32
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.device = cupy.zeros(self.CAPACITY, self.dtype)
+        self.host = np.zeros(self.CAPACITY, self.dtype)
+        self.views = [self.device[k:k + 1].reshape(()) for k in range(self.CAPACITY)]
+        self.used = 0
+        self.launch = True
+        self.upload = False
+
+    def view(self, value):
+        """The device slot holding the next scalar ``value``."""
+        k = self.used
+        if k >= self.CAPACITY:
+            raise RuntimeError(f"more than {self.CAPACITY} per-step scalars in one update")
+        self.host[k] = value
+        self.used = k + 1
+        return self.views[k]
+
+
+_ACTIVE_SCALARS = []  # the DeviceScalars in use (at most one), else launches pass values
+
+
+class _scalars_from:  # noqa: N801  (used as a with-statement)
+    """``with _scalars_from(slots, launch=..., upload=...):`` routes update-kernel scalars."""
+
+    def __init__(self, slots, launch=True, upload=False):
+        self.slots, self.launch_flag, self.upload_flag = slots, launch, upload
+
+    def __enter__(self):
+        self.slots.used, self.slots.launch, self.slots.upload = 0, self.launch_flag, \
+            self.upload_flag
+        _ACTIVE_SCALARS.append(self.slots)
+        return self.slots
+
+    def __exit__(self, *exc):
+        _ACTIVE_SCALARS.pop()
+
+
+def _launch(kernel, *args):
+    """Run an update-path kernel (see :class:`DeviceScalars`); its result, or None when only
+    recording."""
+    if not _ACTIVE_SCALARS:
+        return kernel(*args)
+    slots = _ACTIVE_SCALARS[-1]
+    args = [slots.view(a) if isinstance(a, (int, float, np.generic)) else a for a in args]
+    if not slots.launch:
+        return None
+    if slots.upload:
+        slots.device.set(slots.host)
+    return kernel(*args)
+
+
 def _clip_args(opt, g):
     """(flags, extra kernel arguments) for the optimizer's clipping settings."""
     clip_value = opt.clip_value is not None
@@ -397,6 +466,8 @@ def _clip_args(opt, g):
     if clip_value:
         args.append(opt.clip_value)
     if clip_norm:
+        # clip_value and clip_norm are settings, not per-step numbers: passed by value even in
+        # a captured step (a change of settings drops the graph)
         scale = _norm_scale_kernel(clip_value, g.dtype.name)(
             g, opt.clip_value if clip_value else 0.0, opt.clip_norm)
         args.append(scale)
@@ -408,8 +479,8 @@ def _sgd(opt, lr, p, g, state, work):
     kernel = _sgd_kernel(p.dtype.name, cv, cn, bool(opt.weight_decay), bool(opt.momentum),
                          opt.nesterov)
     outs = (p, state["momentum_buffer"]) if opt.momentum else (p,)
-    kernel(g, *clip, lr, opt.weight_decay, opt.momentum, 1.0 - opt.dampening,
-           int(opt.step_count == 1), *outs)
+    _launch(kernel, g, *clip, lr, opt.weight_decay, opt.momentum, 1.0 - opt.dampening,
+            float(opt.step_count == 1), *outs)
 
 
 def _rmsprop(opt, lr, p, g, state, work):
@@ -421,8 +492,8 @@ def _rmsprop(opt, lr, p, g, state, work):
         outs.append(state["grad_avg"])
     if opt.momentum:
         outs.append(state["momentum_buffer"])
-    kernel(g, *clip, lr, opt.weight_decay, opt.alpha, 1.0 - opt.alpha, opt.eps, opt.momentum,
-           *outs)
+    _launch(kernel, g, *clip, lr, opt.weight_decay, opt.alpha, 1.0 - opt.alpha, opt.eps,
+            opt.momentum, *outs)
 
 
 def _adam(opt, lr, p, g, state, work):
@@ -431,9 +502,9 @@ def _adam(opt, lr, p, g, state, work):
     t = opt.step_count
     mode = 0 if not opt.weight_decay else (2 if opt.decoupled else 1)
     kernel = _adam_kernel(p.dtype.name, cv, cn, mode)
-    kernel(g, *clip, opt.weight_decay, 1.0 - lr * opt.weight_decay, beta1, 1.0 - beta1, beta2,
-           1.0 - beta2, math.sqrt(1.0 - beta2 ** t), lr / (1.0 - beta1 ** t), opt.eps,
-           p, state["exp_avg"], state["exp_avg_sq"])
+    _launch(kernel, g, *clip, opt.weight_decay, 1.0 - lr * opt.weight_decay, beta1, 1.0 - beta1,
+            beta2, 1.0 - beta2, math.sqrt(1.0 - beta2 ** t), lr / (1.0 - beta1 ** t), opt.eps,
+            p, state["exp_avg"], state["exp_avg_sq"])
 
 
 _KERNEL_RULES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
@@ -446,8 +517,23 @@ class CuPyKernels(KernelSet):
     activations = ("relu", "leaky_relu", "tanh", "sigmoid")
     loss_ops = {CrossEntropy: _SoftmaxCrossEntropy, MSE: _MeanSquaredError}
 
+    #: The module the kernels compute with (for :mod:`bpgpu.kernels.cuda_graphs`).
+    cupy = cupy
+    scalars_from = staticmethod(_scalars_from)
+
     def __init__(self, backend):
         self.backend = backend
+
+    @staticmethod
+    def device_scalars(dtype):
+        """A :class:`DeviceScalars` buffer for the update kernels of a captured step."""
+        return DeviceScalars(dtype)
+
+    @staticmethod
+    def pinned_like(array):
+        """A host array in page-locked memory, shaped like ``array`` (asynchronous uploads)."""
+        memory = cupy.cuda.alloc_pinned_memory(array.nbytes)
+        return np.frombuffer(memory, array.dtype, array.size).reshape(array.shape)
 
     @staticmethod
     def zeros(n, dtype):

@@ -47,6 +47,10 @@ class Conv2D(Layer):
         if self.in_channels % self.groups or self.out_channels % self.groups:
             raise ValueError(f"Conv2D groups={self.groups} must divide both in_channels "
                              f"({self.in_channels}) and out_channels ({self.out_channels})")
+        if isinstance(init, int):
+            raise ValueError(f"Conv2D init must be an initializer name, got {init!r}: pass dilation "
+                             "and groups by keyword (torch.nn.Conv2d takes them positionally "
+                             "after padding; bpgpu's sixth argument is init)")
         get_initializer(init)
         self.init = init
         self.bias = check_bool(bias, "Conv2D bias")

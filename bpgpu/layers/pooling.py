@@ -95,12 +95,13 @@ class MaxPool2D(_Pool2D):
 class AvgPool2D(_Pool2D):
     """y = the mean of each window, as PyTorch's ``nn.AvgPool2d``: the padding holds zeros, and
     the divisor is kh*kw with ``count_include_pad=True`` (PyTorch's default), else the number of
-    the window's entries inside the image.
+    the window's entries inside the image. ``count_include_pad`` is keyword-only: PyTorch's fourth
+    positional argument is ``ceil_mode``, which bpgpu does not have.
 
     Backward: each window's dy / divisor goes to every entry of the window; overlaps add up.
     """
 
-    def __init__(self, kernel_size, stride=None, padding=0, count_include_pad=True):
+    def __init__(self, kernel_size, stride=None, padding=0, *, count_include_pad=True):
         super().__init__(kernel_size, stride, padding)
         if not isinstance(count_include_pad, bool):
             raise ValueError(f"AvgPool2D count_include_pad must be True or False, got "

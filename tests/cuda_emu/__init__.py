@@ -24,12 +24,13 @@ def load(relative_path, cupy_module):
     name = f"{package}._emulated_{path.stem}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    saved = sys.modules.get("cupy")
+    missing = object()
+    saved = sys.modules.get("cupy", missing)
     sys.modules["cupy"] = cupy_module
     try:
         spec.loader.exec_module(module)
     finally:
-        if saved is None:
+        if saved is missing:
             del sys.modules["cupy"]
         else:
             sys.modules["cupy"] = saved

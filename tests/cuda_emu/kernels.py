@@ -235,7 +235,8 @@ class ReductionKernel(_Kernel):
                 f"{self._signature()} {{\n"
                 + "\n".join(scalar_decls) + "\n"
                 "    _type_reduce _emu_partial[512];\n"
-                f"    for (int _emu_t = 0; _emu_t < 512; ++_emu_t) _emu_partial[_emu_t] = _type_reduce({self.identity});\n"
+                "    for (int _emu_t = 0; _emu_t < 512; ++_emu_t)\n"
+                f"        _emu_partial[_emu_t] = _type_reduce({self.identity});\n"
                 + self._LOOP_HEAD.replace("NARGS", str(count))
                 + "\n".join(decls) + "\n"
                 f"        _type_reduce _a = static_cast<_type_reduce>({self.map_expr});\n"
@@ -256,6 +257,11 @@ class ReductionKernel(_Kernel):
         if len(args) != len(self.inputs):
             raise TypeError(f"kernel {self.name} takes {len(self.inputs)} inputs, got {len(args)}")
         arrays, scalars, shape = self._prepare(list(args))
+        for k, (_, name) in enumerate(self.inputs):
+            if k in arrays and re.search(rf"\b{name}\b", self.post_map_expr):
+                raise EmulationError(f"kernel {self.name}: post_map_expr reads {name}, passed as "
+                                     "an array: CuPy's generated code binds array inputs only "
+                                     "inside the element loop, so this does not compile")
         if out is None:
             cuda.allocated()
         result = np.empty((), self.outputs[0][0]) if out is None else out
