@@ -92,8 +92,9 @@ def save(net: Network, path: str | os.PathLike[str]) -> None:
         arrays["meta"] = np.array(json.dumps(meta, allow_nan=True))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"cannot save to {path!r}: the network's description is not "
-                         f"JSON-serialisable ({exc}); every get_config() must return plain "
-                         "numbers, strings, lists and dicts") from None
+                         f"JSON-serialisable ({exc}); every get_config() (and each callback's "
+                         "state_dict()) must return plain numbers, strings, lists and dicts") \
+            from None
     for i, w in enumerate(net.get_weights()):
         arrays[f"param:{i}"] = w
     for j, layer in enumerate(net.structure.all_layers):

@@ -131,3 +131,17 @@ def test_a_layer_class_shadowed_by_a_same_named_one_fails_at_save(tmp_path):
     with pytest.raises(ValueError, match="registered as 'Twin' is another class"):
         net.save(tmp_path / "m.npz")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_callback_state_that_is_not_json_fails_at_save(tmp_path):
+    from bpgpu.callbacks import Callback
+
+    class Remembers(Callback):
+        def state_dict(self):
+            return {"seen": np.float32(1.0)}
+
+    net = _net()
+    net.fit(np.ones((4, 3)), np.ones((4, 1)), epochs=1, verbose=0, callbacks=[Remembers()])
+    with pytest.raises(ValueError, match="state_dict"):
+        net.save(tmp_path / "m.npz")
+    assert os.listdir(tmp_path) == []
