@@ -57,6 +57,9 @@ MAX_META_BYTES = 64 * 2**20
 MAX_JSON_DEPTH = 100
 #: Largest epoch counter accepted.
 MAX_EPOCH = 2**53
+#: Deflate packs at most about 1032 bytes into one: a file of n bytes holds at most this many
+#: times n bytes of data, however it is compressed.
+MAX_DEFLATE_RATIO = 1032
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _MEMBER = re.compile(rf"meta|param:\d+|buffer:\d+:{_NAME}|optimizer:{_NAME}:\d+"
@@ -279,13 +282,13 @@ class _Architecture:
     """Parameter and buffer shapes of a described layer list, found by building it on a probe
     that records shapes instead of allocating arrays (:class:`_ProbeBackend`)."""
 
-    def __init__(self, layer_specs: Any, itemsize: int, max_bytes: int):
+    def __init__(self, layer_specs: Any, itemsize: int, budget: _Budget):
         if not isinstance(layer_specs, list) or not layer_specs:
             raise ValueError(f"'layers' must be a non-empty list, got {layer_specs!r}")
-        _check_config_sizes(layer_specs, max_bytes)
+        _check_config_sizes(layer_specs, budget)
         layers = [deserialize_layer(spec) for spec in layer_specs]
-        probe = _ProbeBackend(itemsize, max_bytes)
-        rng: Any = _ProbeRNG(max_bytes)  # stands in for a numpy Generator
+        probe = _ProbeBackend(itemsize, budget)
+        rng: Any = _ProbeRNG(budget)  # stands in for a numpy Generator
         for layer in layers:
             layer.build(probe, np.float64, rng, None)
         walked = [sub for layer in layers for sub in layer.walk()]
@@ -302,9 +305,11 @@ class _Architecture:
         return self.params + list(self.buffers.values())
 
 
-def _check_config_sizes(value: Any, max_bytes: int) -> None:
-    """ValueError when a layer description holds an integer larger than ``max_bytes``: no layer
-    can then fit the limit, and some would allocate it while being built."""
+def _check_config_sizes(value: Any, budget: _Budget) -> None:
+    """ValueError when a layer description holds an integer above the number of float64 values
+    the budget allows: layers allocate vectors of such sizes on the host while being built
+    (BatchNorm(n) holds np.ones(n)), before any shape can be compared."""
+    limit = budget.limit // 8
     stack = [value]
     while stack:
         item = stack.pop()
@@ -312,9 +317,9 @@ def _check_config_sizes(value: Any, max_bytes: int) -> None:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > max_bytes:
-            raise ValueError(f"a layer declares the size {item}, above the load limit of "
-                             f"{max_bytes} bytes (load(..., max_bytes=...) raises it)")
+        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > limit:
+            raise _TooBig(f"a layer declares the size {item}: that many values need more than "
+                          f"{budget.limit} bytes, {budget.why}")
 
 
 class _TooBig(ValueError):
@@ -322,17 +327,28 @@ class _TooBig(ValueError):
 
 
 class _Budget:
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
+    """The most bytes the described parameters may take, and why (for the message)."""
+
+    def __init__(self, limit: int, why: str):
+        self.limit, self.why = limit, why
+
+    @classmethod
+    def for_file(cls, max_bytes: int, file_size: int) -> _Budget:
+        """The caller's ``max_bytes``, or less when the file is too small to hold that much."""
+        held = MAX_DEFLATE_RATIO * file_size
+        if held < max_bytes:
+            return cls(held, f"more than a file of {file_size} bytes can hold (at most "
+                             f"{MAX_DEFLATE_RATIO} times its size, uncompressed)")
+        return cls(max_bytes, "above the load limit (load(..., max_bytes=...) raises it)")
 
     def check(self, shape: Any, itemsize: int, total: int = 0) -> int:
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape or ())
         if not all(isinstance(s, (int, np.integer)) and s >= 0 for s in shape):
             raise ValueError(f"invalid array shape {shape!r}")
         size = math.prod(int(s) for s in shape) * itemsize
-        if total + size > self.max_bytes:
-            raise _TooBig(f"the described layers need more than {self.max_bytes} bytes of "
-                          "parameters (load(..., max_bytes=...) raises the limit)")
+        if total + size > self.limit:
+            raise _TooBig(f"the described layers need more than {self.limit} bytes of "
+                          f"parameters, {self.why}")
         return size
 
 
@@ -364,8 +380,8 @@ class _ProbeRNG:
     _SIZE_POSITION = {"standard_normal": 0, "random": 0, "normal": 2, "uniform": 2,
                       "integers": 2, "standard_exponential": 0, "exponential": 1}
 
-    def __init__(self, max_bytes: int):
-        self._budget = _Budget(max_bytes)
+    def __init__(self, budget: _Budget):
+        self._budget = budget
 
     def __getattr__(self, method):
         position = self._SIZE_POSITION.get(method)
@@ -388,9 +404,9 @@ class _ProbeBackend:
     name = "probe"
     xp = compat_numpy
 
-    def __init__(self, itemsize: int, max_bytes: int):
+    def __init__(self, itemsize: int, budget: _Budget):
         self._itemsize = itemsize
-        self._budget = _Budget(max_bytes)
+        self._budget = budget
         self._total = 0
 
     def asarray(self, data, dtype=None):
@@ -517,7 +533,8 @@ class _Loader:
             dtype = meta["dtype"]
             if dtype not in ("float32", "float64"):
                 raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-            arch = _Architecture(meta["layers"], np.dtype(dtype).itemsize, self.max_bytes)
+            budget = _Budget.for_file(self.max_bytes, os.path.getsize(self.path))
+            arch = _Architecture(meta["layers"], np.dtype(dtype).itemsize, budget)
         except _TooBig as exc:
             raise self.refuse(str(exc)) from None
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,

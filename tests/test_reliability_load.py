@@ -116,18 +116,23 @@ def test_a_huge_described_layer_is_refused_before_allocating(members, tmp_path):
         c["meta"]["layers"][0]["config"].update(in_features=10**6, out_features=10**6)
 
     path = _edited(members, tmp_path, huge)
-    peak = _peak_bytes(lambda: _refused(path, "more than 4294967296 bytes"))
+    size = path.stat().st_size
+    peak = _peak_bytes(lambda: _refused(path, f"need more than {1032 * size} bytes",
+                                        f"more than a file of {size} bytes can hold"))
     assert peak < 2 * 2**20
 
 
 def test_a_huge_size_in_a_layer_config_is_refused_before_building(members, tmp_path):
-    """BatchNorm(10^10) would allocate its vectors while being built."""
+    """BatchNorm(5 * 10^8) would allocate 4 GB of vectors on the host while being built, below
+    the 4 GiB limit but far beyond what a file of a few KB can hold."""
     def huge(c):
-        c["meta"]["layers"][1]["config"]["num_features"] = 10**10
+        c["meta"]["layers"][1]["config"]["num_features"] = 5 * 10**8
 
-    peak = _peak_bytes(lambda: _refused(_edited(members, tmp_path, huge), "declares the size "
-                                                                          "10000000000"))
+    path = _edited(members, tmp_path, huge)
+    peak = _peak_bytes(lambda: _refused(path, "declares the size 500000000",
+                                        f"a file of {path.stat().st_size} bytes"))
     assert peak < 2 * 2**20
+    _refused(path, "declares the size 500000000", "above the load limit", max_bytes=10**6)
 
 
 def test_a_member_declaring_10_to_the_12_elements_is_refused(members, tmp_path):
@@ -413,7 +418,7 @@ def test_the_shape_probe_equals_a_real_build():
     for layers, input_shape in _every_layer_kind():
         net = bpgpu.Network(layers, backend="numpy", seed=0, input_shape=input_shape)
         specs = json.loads(json.dumps([bpgpu.layers.serialize_layer(layer) for layer in net.layers]))
-        probe = bio._Architecture(specs, 4, 10**9)
+        probe = bio._Architecture(specs, 4, bio._Budget(10**9, "(test)"))
         assert probe.params == [w.shape for w in net.get_weights()]
         assert list(probe.buffers.values()) == [tuple(v.shape) for layer in net.structure.all_layers
                                                 for v in layer.buffers.values()]
