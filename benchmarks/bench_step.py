@@ -50,7 +50,8 @@ shuffling, the same step, the loss summed on the device and read once). Each sid
 fresh subprocess, alternating, so peak memory is clean: host peak RSS (VmHWM) and its growth
 during fit; on the GPU the CuPy memory pool's size after fit and torch.cuda.max_memory_reserved().
 
-Writes benchmarks/results/<backend>-<date>.json and .md unless --no-save.
+Writes benchmarks/results/<backend>.json and .md unless --no-save, replacing the previous run's
+(the results keep the latest run per backend; older ones live in the git history).
 """
 
 import argparse
@@ -691,7 +692,7 @@ def main(argv=None):
     parser.add_argument("--no-steps", action="store_true", help="skip the per-step cases")
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--out", help="results path without extension "
-                                      "(default benchmarks/results/<backend>-<date>)")
+                                      "(default benchmarks/results/<backend>, or <backend>-quick)")
     parser.add_argument("--fit-child", choices=FIT_SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--fit-samples", type=int, default=60000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -813,9 +814,8 @@ def main(argv=None):
     print()
     print(text)
     if not args.no_save:
-        stem = args.out or os.path.join(HERE, "results", f"{args.backend}-"
-                                        f"{datetime.date.today().isoformat()}"
-                                        + ("-quick" if args.quick else ""))
+        stem = args.out or os.path.join(HERE, "results",
+                                        args.backend + ("-quick" if args.quick else ""))
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         with open(stem + ".json", "w") as f:
             json.dump(result, f, indent=1, default=float)

@@ -9,9 +9,8 @@ from .errors import (BackendUnavailableError, DistributedError, DistributedUnava
 from .gradcheck import gradcheck, gradient_errors
 from .history import History
 from .io import load
+from ._version import __version__ as __version__
 from .network import Network
-
-__version__ = "0.1.0"
 
 __all__ = ["Network", "History", "Backend", "get_backend", "available_backends", "load",
            "gradcheck", "gradient_errors", "BackendUnavailableError", "ModelFileError",

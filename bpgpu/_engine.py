@@ -17,10 +17,12 @@ Every engine offers:
 
 * ``forward(x, training=False)``: the output for a device batch. A fast engine returns a buffer
   it reuses: read (or copy) it before the next call.
-* ``loss(out, y)``: the loss of ``out`` against targets ``y``, layer penalties included.
-* ``train_step(x, y, output=False)``: forward, loss, backward, gradient hooks, update; returns the
-  loss before the update (0-d, on the device), or ``(loss, out)`` with ``output=True`` so metrics
-  can read the batch's output without a second forward pass.
+* ``loss(out, y, weight=None)``: the loss of ``out`` against targets ``y``, layer penalties
+  included; ``weight``: per-sample weights (N,) for the weighted mean (:mod:`bpgpu.losses`).
+* ``train_step(x, y, output=False, weight=None)``: forward, loss, backward, gradient hooks,
+  update; returns the loss before the update (0-d, on the device), or ``(loss, out)`` with
+  ``output=True`` so metrics can read the batch's output without a second forward pass.
+  ``weight`` needs the ``"sample weights"`` requirement (the reference engine).
 * ``apply_update()``: the optimizer update from the gradients in the layers' ``grads`` (after a
   reference ``backward``, the step-level public API).
 
@@ -100,10 +102,12 @@ class Engine:
     def forward(self, x: Any, training: bool = False) -> Any:
         return run_forward(self.structure, x, training)
 
-    def loss(self, out: Any, y: Any) -> Any:
-        return self.structure.penalized_loss(self.net.loss.forward(out, y))
+    def loss(self, out: Any, y: Any, weight: Any = None) -> Any:
+        loss = self.net.loss
+        return self.structure.penalized_loss(
+            loss.forward(out, y) if weight is None else loss.forward(out, y, weight))
 
-    def train_step(self, x: Any, y: Any, output: bool = False) -> Any:
+    def train_step(self, x: Any, y: Any, output: bool = False, weight: Any = None) -> Any:
         raise NotImplementedError
 
     def apply_update(self) -> None:
@@ -121,9 +125,9 @@ class Engine:
 class ReferenceEngine(Engine):
     """The reference chain: layer by layer, then ``optimizer.step`` on lists of arrays."""
 
-    def train_step(self, x: Any, y: Any, output: bool = False) -> Any:
+    def train_step(self, x: Any, y: Any, output: bool = False, weight: Any = None) -> Any:
         out = self.forward(x, True)
-        value = self.loss(out, y)
+        value = self.loss(out, y, weight)
         run_backward(self.structure, self.net.loss)
         if not self.net.gradient_hooks or self._hooked_gradients(x.shape[0]):
             self.apply_update()
@@ -184,10 +188,15 @@ class FastEngine(Engine):
     def forward(self, x: Any, training: bool = False) -> Any:
         return self.plan.forward(x, training)
 
-    def loss(self, out: Any, y: Any) -> Any:
+    def loss(self, out: Any, y: Any, weight: Any = None) -> Any:
+        if weight is not None:  # the fused loss kernels are unweighted: the reference loss
+            return super().loss(out, y, weight)
         return self.structure.penalized_loss(self.plan.inference_loss(out, y))
 
-    def train_step(self, x: Any, y: Any, output: bool = False) -> Any:
+    def train_step(self, x: Any, y: Any, output: bool = False, weight: Any = None) -> Any:
+        if weight is not None:
+            raise RuntimeError("the fast engine has no weighted step; add 'sample weights' to "
+                               "net.engine_requirements to select the reference engine")
         graphs = self.graphs
         if graphs is not None and not output and not self.net.gradient_hooks:
             return graphs.train_step(x, y)

@@ -29,23 +29,14 @@ import os
 import warnings
 from typing import Any
 
+from .registry import get_registry
 from .schedules import Schedule
 from .validation import check_bool, check_number, check_whole, is_real_number
 
-__all__ = ["Callback", "CallbackList", "callback_class", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
+__all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
            "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"]
 
-
-_REGISTRY: dict[str, type] = {}
-
-
-def callback_class(name):
-    """The :class:`Callback` subclass called ``name`` (every subclass registers itself)."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown callback class {name!r}; import the module defining it "
-                         "before loading") from None
+_CALLBACKS = get_registry("callback")
 
 
 class Callback:
@@ -57,7 +48,7 @@ class Callback:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
+        _CALLBACKS.register(cls)  # found by name like every other component
 
     # -- state for exact resume (see the module docstring) ----------------------------------------
     def state_dict(self) -> dict[str, Any]:

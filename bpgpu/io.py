@@ -39,6 +39,7 @@ from .errors import ModelFileError
 from .layers import Layer, deserialize_layer, layer_class, serialize_layer
 from .losses import deserialize_loss, serialize_loss
 from .optimizers import deserialize_optimizer, serialize_optimizer
+from .registry import get_registry
 from .safe_npz import NpzError, SafeNpz
 
 if TYPE_CHECKING:  # only for the annotations: network.py imports this module
@@ -572,12 +573,12 @@ class _Loader:
     def callbacks(self, meta: dict, net, arch: _Architecture) -> list[dict]:
         """The saved callback states, checked by their classes, with weight snapshots on the
         network's backend."""
-        from .callbacks import callback_class
-
         restored = []
+        callbacks = get_registry("callback")
         for c, spec in enumerate(self.callback_specs(meta)):
             try:
-                callback_class(spec["class"]).check_state(spec["state"])
+                callback_class: Any = callbacks.class_named(spec["class"])
+                callback_class.check_state(spec["state"])
             except (ValueError, TypeError) as exc:
                 raise self.refuse(f"its state of callback {c} ({spec['class']}) is invalid: "
                                   f"{exc}") from None

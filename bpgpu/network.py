@@ -28,7 +28,20 @@ from .optimizers import get_optimizer
 from .typing import Array, ArrayLike
 from .validation import as_numeric, cast_finite, check_batch_size, check_positive_int
 
-__all__ = ["Network"]
+__all__ = ["Network", "dtype_name"]
+
+
+def dtype_name(dtype):
+    """``"float32"`` or ``"float64"`` from a name or a dtype object (``np.float32``,
+    ``np.dtype("float64")``, ``torch.float32``); other values are returned unchanged, for the
+    backend to reject with its message."""
+    if dtype is None or isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype).rsplit(".", 1)[-1]
+        return name if name in ("float32", "float64") else dtype
 
 #: Most rows ``predict`` and ``evaluate`` send through one forward pass: bounds the buffers an
 #: inference pass makes (and the fast engine keeps for the next call) whatever the data's size.
@@ -106,7 +119,7 @@ class Network:
         optimizer: an :class:`~bpgpu.optimizers.Optimizer` or its name (``"sgd"``, ``"adam"``, ...).
         backend: ``"auto"``, ``"numpy"``, ``"cupy"`` (``"cupy:N"``: CUDA device N), ``"torch"``,
             ``"array_api_strict"``, a :class:`~bpgpu.Backend`, or None for ``$BPGPU_BACKEND`` (default ``"auto"``).
-        dtype: ``"float32"`` (default) or ``"float64"``.
+        dtype: ``"float32"`` (default) or ``"float64"``, as a name or a dtype (``np.float32``).
         seed: seeds the initial weights (drawn on the host, so equal on every backend), the
             shuffling in :meth:`fit` and the device random numbers (dropout). None: a fresh seed,
             recorded in ``net.seed``.
@@ -156,6 +169,7 @@ class Network:
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer)
         self.backend = get_backend(backend)
+        dtype = dtype_name(dtype)
         if cuda_graphs and not hasattr(self.backend.kernels, "device_scalars"):
             raise ValueError(f"cuda_graphs=True needs the CuPy backend (CUDA graphs); this "
                              f"network runs on the {self.backend.name} backend")
@@ -417,7 +431,8 @@ class Network:
     @_on_device
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
             validation_split=None, metrics=None, callbacks=None, initial_epoch=None,
-            distributed=None):
+            distributed=None, sample_weight=None, class_weight=None,
+            validation_strategy="tail"):
         """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
         epochs (``net.history`` keeps every epoch, across calls and checkpoints).
 
@@ -429,14 +444,27 @@ class Network:
                 ``net.shuffle_rng``, the same on every backend).
             validation_data: ``(X_val, y_val)``, evaluated in inference mode after every epoch.
             validation_split: instead of ``validation_data``, hold out this fraction of the
-                samples, taken from the end of ``(X, y)`` before any shuffling (as Keras does).
+                samples, chosen by ``validation_strategy``.
+            validation_strategy: ``"tail"`` (default) the last samples of ``(X, y)`` before any
+                shuffling, as Keras does (a warning when they hold one class only);
+                ``"shuffle"`` a random subset (from the network's seed); ``"stratified"`` a
+                random subset holding each class in its share (classification losses).
             verbose: 0 silent; 1 a progress bar per epoch on a terminal, else one line per
                 epoch; 2 one line per epoch.
-            metrics: names (``"accuracy"``, ``"binary_accuracy"``, ``"mae"``, ``"rmse"``,
-                ``"r2"``), :class:`~bpgpu.metrics.Metric` objects or functions, reported for the
-                training batches and the validation data. None: only ``val_accuracy`` for
-                classification losses.
+            metrics: names (``"accuracy"``, ``"binary_accuracy"``, ``"precision"``, ``"recall"``,
+                ``"f1"``, ``"roc_auc"``, ``"top_k_accuracy"``, ``"mae"``, ``"rmse"``, ``"r2"``,
+                see :mod:`bpgpu.metrics`), :class:`~bpgpu.metrics.Metric` objects or functions,
+                reported for the training batches and the validation data. None: only
+                ``val_accuracy`` for classification losses.
             callbacks: list of :class:`~bpgpu.callbacks.Callback` objects.
+            sample_weight: per-sample weights (n_samples,), >= 0: each batch's loss is the
+                weighted mean sum(w l) / sum(w), so a weight of 2 counts a sample twice
+                (scikit-learn's convention); the epoch loss is weighted the same way.
+            class_weight: ``{class: weight}`` or ``"balanced"`` (n_samples / (n_classes *
+                count of the class)), multiplied into the sample weights; classes are the
+                cross-entropy class ids, or 0 and 1 for a one-output BCE. Weighted training
+                runs on the reference engine (``"sample weights"`` has no fast version) and not
+                with ``distributed``.
             initial_epoch: Keras-style resume: set the epoch counter to ``initial_epoch`` and
                 run until ``epochs`` (then the index to stop before). Without it, ``fit``
                 continues from ``net.epoch``, so a loaded checkpoint continues with plain ``fit``.
@@ -457,7 +485,9 @@ class Network:
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                    validation_data=validation_data, verbose=verbose,
                    validation_split=validation_split, metrics=metrics, callbacks=callbacks,
-                   initial_epoch=initial_epoch, distributed=distributed)
+                   initial_epoch=initial_epoch, distributed=distributed,
+                   sample_weight=sample_weight, class_weight=class_weight,
+                   validation_strategy=validation_strategy)
 
     # -- inference ---------------------------------------------------------------------------------------
     @_on_device
@@ -481,17 +511,58 @@ class Network:
             result[s:s + out.shape[0], ...] = out
         return result
 
+    def predict_proba(self, X, batch_size=None):
+        """Class probabilities for ``X`` as a host NumPy array: the loss's link applied to
+        :meth:`predict`'s raw output. Cross-entropy: softmax of the logits, (N, C); BCE from
+        logits: sigmoid; BCE on probabilities (a final Sigmoid): the output itself, (N, k).
+        Regression losses have no probabilities (TypeError)."""
+        if not self.loss.is_classification:
+            raise TypeError(f"predict_proba needs a classification loss (cross_entropy or bce); "
+                            f"this network's loss is {self.loss.name!r}: use predict()")
+        out = self.predict(X, batch_size=batch_size)
+        if isinstance(self.loss, CrossEntropy):
+            z = out - out.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        if getattr(self.loss, "from_logits", False):
+            return np.exp(-np.logaddexp(0.0, -out))  # sigmoid without overflow
+        return out
+
+    def predict_classes(self, X, batch_size=None):
+        """Predicted classes for ``X``: cross-entropy, the argmax class ids (N,); BCE, 0/1 per
+        output (threshold at probability 0.5), shape (N,) for one output, else (N, k)."""
+        if not self.loss.is_classification:
+            raise TypeError(f"predict_classes needs a classification loss (cross_entropy or "
+                            f"bce); this network's loss is {self.loss.name!r}: use predict()")
+        out = self.predict(X, batch_size=batch_size)
+        if isinstance(self.loss, CrossEntropy):
+            return out.argmax(axis=1)
+        threshold = 0.0 if getattr(self.loss, "from_logits", False) else 0.5
+        labels = (out > threshold).astype(np.int64)
+        return labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
+
     @_on_device
     @_locked
-    def evaluate(self, X, y):
-        """``{"loss": float}`` on ``(X, y)`` in inference mode, plus ``"accuracy"`` for
-        classification losses (argmax for cross-entropy; threshold 0.5 or logit 0 for BCE)."""
-        from .metrics import Accuracy
-        from .training import evaluate_arrays
+    def evaluate(self, X, y, metrics=None, batch_size=None, sample_weight=None):
+        """``{"loss": float, metric: float, ...}`` on ``(X, y)`` in inference mode.
 
+        Args:
+            metrics: names, :class:`~bpgpu.metrics.Metric` objects or functions (as in
+                :meth:`fit`). None: ``"accuracy"`` for classification losses, else nothing.
+            batch_size: rows per forward pass (None: at most ``INFERENCE_CHUNK``, 4096); the
+                result does not depend on it (to rounding).
+            sample_weight: per-sample weights (n_samples,), >= 0: the loss and the built-in
+                metrics become weighted means, as scikit-learn's metrics with ``sample_weight``.
+        """
+        from .training import evaluate_arrays, metric_list, sample_weights
+
+        batch_size = check_batch_size(batch_size)
+        bound = metric_list(metrics, self) if metrics is not None else \
+            metric_list(["accuracy"], self) if self.loss.is_classification else []
         Xd, yd = self._data(X, y, borrow=True, needs="evaluate")
-        metrics = [Accuracy().bind(self.backend, self.loss)] if self.loss.is_classification else []
-        return evaluate_arrays(self, Xd, yd, metrics, INFERENCE_CHUNK)
+        weights = sample_weights(self, sample_weight, None, yd)
+        wd = None if weights is None else self.backend.asarray(weights, dtype=self.dtype)
+        return evaluate_arrays(self, Xd, yd, bound, batch_size or INFERENCE_CHUNK, weights=wd)
 
     # -- persistence -----------------------------------------------------------------------------------------
     @_on_device

@@ -1,11 +1,13 @@
 """One registry per kind of component: how names in the API and descriptions in files find classes.
 
-Kinds: ``"layer"``, ``"activation"``, ``"loss"``, ``"optimizer"``, ``"schedule"``, ``"metric"``.
+Kinds: ``"layer"``, ``"activation"``, ``"loss"``, ``"optimizer"``, ``"schedule"``, ``"metric"``,
+``"callback"``.
 Each :class:`Registry` holds two tables:
 
 * **classes**, by class name. Every subclass of :class:`~bpgpu.layers.Layer`,
   :class:`~bpgpu.losses.Loss`, :class:`~bpgpu.optimizers.Optimizer`,
-  :class:`~bpgpu.schedules.Schedule` and :class:`~bpgpu.metrics.Metric` enters its kind's table
+  :class:`~bpgpu.schedules.Schedule`, :class:`~bpgpu.metrics.Metric` and
+  :class:`~bpgpu.callbacks.Callback` enters its kind's table
   when its ``class`` statement runs (the base class's ``__init_subclass__``), so a custom one needs
   no extra step. A saved network describes each object as ``{"class": name, "config": {...}}``
   (:meth:`Registry.serialize`); loading looks the name up here and calls
@@ -29,7 +31,7 @@ from typing import Any
 
 __all__ = ["Registry", "get_registry", "KINDS"]
 
-KINDS = ("layer", "activation", "loss", "optimizer", "schedule", "metric")
+KINDS = ("layer", "activation", "loss", "optimizer", "schedule", "metric", "callback")
 
 
 def _origin(cls: type) -> str:

@@ -210,7 +210,8 @@ def test_serialize_then_deserialize_rebuilds_an_equal_object(kind, obj):
 
 
 def test_each_kind_has_its_own_registry():
-    assert set(KINDS) == {"layer", "activation", "loss", "optimizer", "schedule", "metric"}
+    assert set(KINDS) == {"layer", "activation", "loss", "optimizer", "schedule", "metric",
+                          "callback"}
     assert get_registry("loss").class_named("MSE") is MSE
     with pytest.raises(ValueError, match="unknown loss class 'Dense'; known losses: .*MSE"):
         get_registry("loss").deserialize({"class": "Dense", "config": {}})
@@ -319,3 +320,17 @@ def test_the_extending_guide_runs_as_written(tmp_path, monkeypatch, capsys):
     rng = np.random.default_rng(0)
     pred, target = rng.standard_normal((6, 2)) * 3, rng.standard_normal((6, 2))
     assert bpgpu.gradcheck(namespace["MyLogCosh"](scale=0.7), pred, target) < 1e-7
+
+
+def test_callbacks_register_like_the_other_components():
+    reg = get_registry("callback")
+    assert reg.class_named("EarlyStopping") is bpgpu.callbacks.EarlyStopping
+
+    class StopAtOnce(bpgpu.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.network.stop_training = True
+
+    assert reg.class_named("StopAtOnce") is StopAtOnce
+    net = _net("layer")
+    history = net.fit(X, Y, epochs=5, verbose=0, callbacks=[reg.class_named("StopAtOnce")()])
+    assert len(history.history["loss"]) == 1
