@@ -64,15 +64,13 @@ class BatchNorm(Layer):
     a data-parallel ``fit`` installs :class:`bpgpu.distributed.SyncedStatistics` while it runs.
     """
 
+    nonnegative_buffers = ("running_var",)
     statistics: Any = None
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5):
         super().__init__()
         self.num_features = check_positive_int(num_features, "BatchNorm num_features")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
-                or not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"BatchNorm momentum must be a number in [0, 1], got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = check_number(momentum, "BatchNorm momentum", 0.0, 1.0)
         self.eps = check_number(eps, "BatchNorm eps", 0, low_open=True)
 
     def init_params(self, rng):
