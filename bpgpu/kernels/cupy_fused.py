@@ -450,7 +450,7 @@ def _launch(kernel, *args):
     if not _ACTIVE_SCALARS:
         return kernel(*args)
     slots = _ACTIVE_SCALARS[-1]
-    args = [slots.view(a) if isinstance(a, (int, float, np.generic)) else a for a in args]
+    args = tuple(slots.view(a) if isinstance(a, (int, float, np.generic)) else a for a in args)
     if not slots.launch:
         return None
     if slots.upload:
