@@ -265,6 +265,8 @@ class _BaseMLP(BaseEstimator):
         native = _native_backend_name(X)
         if native == "torch":
             return f"torch:{X.device.type}"  # the tensor's kind of device
+        if native == "cupy":
+            return f"cupy:{X.device.id}"  # the array's GPU
         return native or "auto"
 
     def _dtype_name(self, X):
@@ -324,7 +326,7 @@ class _BaseMLP(BaseEstimator):
         """True when ``X`` is a native array of the network's backend, on the same device."""
         net = self.network_
         return _native_backend_name(X) is not None and net.backend.is_native(X) \
-            and _device_text(X) == str(net.backend.device)
+            and _device_text(X) == _device_text_of(net.backend.device)
 
     # -- training ---------------------------------------------------------------------------------
     def _fit(self, X, y, sample_weight, incremental):
@@ -680,7 +682,14 @@ def _device_text(X):
     """The device of a native array, as text (devices of some libraries are not comparable)."""
     from array_api_compat import device
 
-    return str(device(X))
+    return _device_text_of(device(X))
+
+
+def _device_text_of(device):
+    """A device as text; torch's ``"cuda"`` (the current GPU, a backend's default) reads as
+    ``"cuda:0"``, the device its tensors report."""
+    text = str(device)
+    return "cuda:0" if text == "cuda" else text
 
 
 def _on_device_of(X, out):
