@@ -330,6 +330,16 @@ class _BaseMLP(BaseEstimator):
 
     # -- training ---------------------------------------------------------------------------------
     def _fit(self, X, y, sample_weight, incremental):
+        """Train; a call that raises leaves the estimator's attributes as they were."""
+        saved = {k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()}
+        try:
+            return self._train(X, y, sample_weight, incremental)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _train(self, X, y, sample_weight, incremental):
         fitted = hasattr(self, "network_")
         keep = fitted and (incremental or self.warm_start)
         X, y = self._check_X(X, reset=not keep, y=y)
