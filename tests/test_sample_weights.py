@@ -227,6 +227,16 @@ def test_validation_split_carries_the_weights(backend):
     assert history["val_accuracy"][0] == pytest.approx(expected["accuracy"], rel=1e-12)
 
 
+def test_validation_data_takes_weights_as_a_third_item(backend):
+    net = _net(backend)
+    w = RNG.uniform(0.5, 2.0, size=23)
+    history = net.fit(X, Y_CLS, epochs=1, validation_data=(X, Y_CLS, w), verbose=0)
+    expected = net.evaluate(X, Y_CLS, sample_weight=w)
+    assert history["val_loss"][0] == pytest.approx(expected["loss"], rel=1e-10)
+    unweighted = net.evaluate(X, Y_CLS)["loss"]
+    assert abs(expected["loss"] - unweighted) > 1e-6  # the weights made a difference
+
+
 @pytest.mark.parametrize("kwargs, error, message", [
     ({"sample_weight": -np.ones(23)}, ValueError, "sample_weight must hold finite numbers >= 0"),
     ({"sample_weight": np.full(23, np.nan)}, ValueError, "sample_weight contains 23 NaN"),
