@@ -28,6 +28,10 @@ from bpgpu.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 
 # scikit-learn's own test configuration for its MLPs is max_iter=100; the same here keeps the
 # checks that train (check_classifiers_train, check_regressors_train) meaningful and fast.
+# In this process scikit-learn skips its array API checks (SCIPY_ARRAY_API must be set before
+# scipy is imported, which pytest has done by now); test_array_api_checks_with_torch_and_array_
+# api_strict below runs them in a fresh interpreter. The one other skip is scikit-learn's own
+# "does not have a decision_function method" (these MLPs have none, like scikit-learn's).
 CHECKED = [MLPClassifier(max_iter=100), MLPRegressor(max_iter=100)]
 
 
