@@ -11,6 +11,10 @@ after :func:`load` exactly where it stopped: the optimizer's state arrays
 (``optimizer:<name>:<i>``, one per parameter) and, under ``meta["training"]``, its step count and
 schedule position, the shuffling generator's state, the device generator's state, the epoch
 counter and the history. Version 1 files still load (with a fresh training state).
+
+A mixed-precision network also records its policy (``meta["precision"]``, absent or None for
+none) and its loss scaler's state (scale, growth count, skipped steps) under
+``meta["training"]["precision"]``.
 """
 
 import json
@@ -24,6 +28,7 @@ from .errors import ModelFileError
 from .layers import deserialize_layer, serialize_layer
 from .losses import deserialize_loss, serialize_loss
 from .optimizers import deserialize_optimizer, serialize_optimizer
+from .precision import deserialize_precision, serialize_precision
 
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
@@ -44,6 +49,7 @@ def save(net, path):
         "dtype": net.dtype_name,
         "seed": net.seed,
         "epoch": net.epoch,
+        "precision": serialize_precision(net.precision),
     }
     meta["training"], arrays = _training_state(net)
     arrays["meta"] = np.array(json.dumps(meta))
@@ -122,7 +128,8 @@ def load(path, backend=None):
         layers = [deserialize_layer(spec) for spec in meta["layers"]]
         net = Network(layers, loss=deserialize_loss(meta["loss"]),
                       optimizer=deserialize_optimizer(meta["optimizer"]), backend=backend,
-                      dtype=meta["dtype"], seed=meta["seed"])
+                      dtype=meta["dtype"], seed=meta["seed"],
+                      precision=deserialize_precision(meta.get("precision")))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{os.fspath(path)!r}: cannot rebuild the network: {exc}") from None
     n = len(net._slots)
@@ -163,6 +170,8 @@ def _training_state(net):
         "device_rng": net.backend.rng_state(net.device_rng),
         "history": net.history.to_dict(),
     }
+    if net.precision is not None:
+        meta["precision"] = net.precision.state_dict()
     return meta, arrays
 
 
@@ -199,5 +208,7 @@ def _restore_training_state(net, training, arrays):
     if isinstance(device_state, dict) and device_state.get("kind") == \
             net.backend.rng_state(net.device_rng).get("kind"):
         net.backend.set_rng_state(net.device_rng, device_state)
+    if net.precision is not None and "precision" in training:
+        net.precision.load_state_dict(training["precision"])
     net.optimizer.load_state_dict({**counts, "state": state})
     net.history = history

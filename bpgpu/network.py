@@ -15,6 +15,7 @@ from .kernels import reference_forced, train_step_for
 from .layers import Dense, Layer, Sigmoid, Softmax, get_activation
 from .losses import BinaryCrossEntropy, CrossEntropy, get_loss
 from .optimizers import get_optimizer
+from .precision import get_precision
 from .validation import as_numeric, check_batch_size, check_finite, check_positive_int
 
 __all__ = ["Network"]
@@ -37,13 +38,19 @@ class Network:
             buffers, fused kernels) where it applies; False forces the reference path. None:
             fast unless the environment variable ``BPGPU_REFERENCE=1``. Same numbers either way,
             to rounding; the fast path updates parameter arrays in place.
+        precision: None (default: everything in ``dtype``), ``"mixed_float16"`` or
+            ``"mixed_bfloat16"`` (torch only), or a :class:`~bpgpu.precision.MixedPrecision`:
+            float32 master weights and optimizer state, forward and backward passes in 16 bits,
+            dynamic loss scaling for float16 (see :mod:`bpgpu.precision`). Needs
+            ``dtype="float32"``; runs on the reference path.
 
     Attributes: ``backend`` (its ``name``, ``device`` and the ``reason`` it was chosen),
-    ``layers``, ``loss``, ``optimizer``, ``input_shape`` and ``output_shape`` (per sample).
+    ``layers``, ``loss``, ``optimizer``, ``precision`` (the policy, or None), ``input_shape`` and
+    ``output_shape`` (per sample).
     """
 
     def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
-                 seed=None, fast=None):
+                 seed=None, fast=None, precision=None):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
                             f"{type(layers).__name__}")
@@ -64,6 +71,9 @@ class Network:
         self.backend = get_backend(backend)
         self.dtype = self.backend.dtype(dtype)
         self.dtype_name = dtype
+        self.precision = get_precision(precision)
+        if self.precision is not None:
+            self.precision.bind(self.backend, dtype)
         self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)
         self.loss.bind(self.backend)
         self.optimizer.bind(self.backend)
@@ -140,11 +150,14 @@ class Network:
         lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, width)) for row in rows]
         lines.append(f"total: {self.n_params} parameters; loss {self.loss.name}, optimizer "
                      f"{self.optimizer!r}; backend {self.backend.name} ({self.backend.reason})")
+        if self.precision is not None:
+            lines.append(f"precision: {self.precision.name} ({self.precision.path_reason})")
         return "\n".join(lines)
 
     def __repr__(self):
         return (f"Network({len(self.layers)} layers, {self.n_params} params, "
-                f"backend={self.backend.name!r}, dtype={self.dtype_name!r})")
+                f"backend={self.backend.name!r}, dtype={self.dtype_name!r}"
+                + (f", precision={self.precision.name!r})" if self.precision else ")"))
 
     # -- boundary: data in ---------------------------------------------------------------------------
     def _input(self, X, name="X"):
@@ -181,6 +194,8 @@ class Network:
 
     # -- the backprop chain ----------------------------------------------------------------------------
     def _forward(self, x, training):
+        if self.precision is not None:
+            return self.precision.forward(self, x, training)
         for layer in self.layers:
             x = layer.forward(x, training=training)
         return x
@@ -198,11 +213,15 @@ class Network:
             dy, layers = self.loss.backward_through_sigmoid(), self.layers[:-1]
         else:
             dy, layers = self.loss.backward(), self.layers
+        if self.precision is not None:
+            return self.precision.backward(dy, layers, self)
         for layer in reversed(layers):
             dy = layer.backward(dy)
         return dy
 
     def _apply_gradients(self):
+        if self.precision is not None and not self.precision.finish_step():
+            return  # non-finite gradients: the loss scaler skips this update
         step = train_step_for(self)
         if step is not None:
             step.apply_gradients()

@@ -274,6 +274,8 @@ class _Loop:
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 if self.log_lr:
                     logs["lr"] = lr
+                if net.precision is not None:
+                    logs.update(net.precision.epoch_logs(snap.precision.get("skipped_steps", 0)))
                 history.append(epoch, logs)
                 net.history.append(epoch, logs)
                 net.epoch += 1
@@ -351,6 +353,7 @@ class _Snapshot:
                           "state": {k: [_copy(xp, a) for a in v] for k, v in state["state"].items()}}
         self.lr = net.optimizer.lr
         self.rng = net.backend.rng_state(net.device_rng)
+        self.precision = None if net.precision is None else net.precision.state_dict()
         self.order = order
         self.steps = 0
 
@@ -363,6 +366,8 @@ class _Snapshot:
             "state": {k: [_copy(xp, a) for a in v] for k, v in self.optimizer["state"].items()}})
         net.optimizer.lr = self.lr
         net.backend.set_rng_state(net.device_rng, copy.deepcopy(self.rng))
+        if self.precision is not None:
+            net.precision.load_state_dict(self.precision)
 
 
 # -- progress display ----------------------------------------------------------------------------------

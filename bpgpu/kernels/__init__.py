@@ -64,7 +64,7 @@ def train_step_for(net):
     if cached is not None and all(a is b for a, b in zip(cached[0], key)):
         return cached[1]
     step = None
-    if net.fast:
+    if net.fast and getattr(net, "precision", None) is None:  # mixed precision: reference only
         kernels = net.backend.kernels
         if kernels is not None:
             from .plan import TrainStep

@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..initializers import get_initializer
+from ..precision import wide_dtype
 from ..validation import check_positive_int
 from .base import Layer
 from .im2col import Windows, output_size, pair
@@ -64,7 +65,8 @@ class Conv2D(Layer):
         win = self._windows_for(tuple(x.shape))
         n, (ho, wo) = x.shape[0], win.out_hw
         cols = xp.reshape(win.im2col(x), (n * win.n_windows, win.window_size))
-        y = cols @ xp.reshape(self.params["W"], (self.out_channels, win.window_size)).T
+        y = self.backend.matmul(cols, xp.reshape(self.params["W"],
+                                                 (self.out_channels, win.window_size)).T)
         if self.bias:
             y = y + self.params["b"]
         self._cols, self._win = cols, win
@@ -74,12 +76,12 @@ class Conv2D(Layer):
         xp, win, W = self.xp, self._win, self.params["W"]
         n = dy.shape[0]
         dy2 = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (n * win.n_windows, self.out_channels))
-        self.grads["W"] = xp.reshape(dy2.T @ self._cols, tuple(W.shape))
+        self.grads["W"] = xp.reshape(self.backend.matmul(dy2.T, self._cols), tuple(W.shape))
         if self.bias:
-            self.grads["b"] = xp.sum(dy2, axis=0)
+            self.grads["b"] = xp.sum(dy2, axis=0, dtype=wide_dtype(xp, dy2.dtype))
         if not self.input_grad:
             return None
-        dcols = dy2 @ xp.reshape(W, (self.out_channels, win.window_size))
+        dcols = self.backend.matmul(dy2, xp.reshape(W, (self.out_channels, win.window_size)))
         return win.col2im(xp.reshape(dcols, (n, win.n_windows, win.window_size)))
 
     def output_shape(self, input_shape):

@@ -7,6 +7,10 @@ the statistics were computed on, the input gradient of both is
     dx = (g - <g> - xhat <g xhat>) / sqrt(var + eps),
 
 and ``dweight = sum(dy * xhat)``, ``dbias = sum(dy)`` over every axis but the parameters' own.
+
+Both compute in the dtype of their parameters and return results in the dtype of their inputs:
+under mixed precision (``keep_float32``) the parameters stay float32, so 16-bit inputs are
+normalised with float32 statistics.
 """
 
 import math
@@ -17,6 +21,11 @@ from ..validation import check_number, check_positive_int
 from .base import Layer
 
 __all__ = ["BatchNorm", "LayerNorm"]
+
+
+def _as(xp, x, dtype):
+    """``x`` in ``dtype`` (no copy when it already is)."""
+    return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
 def _normalize(xp, x, axes, eps):
@@ -78,9 +87,12 @@ class BatchNorm(Layer):
             return (0,), (1, self.num_features)
         return (0, 2, 3), (1, self.num_features, 1, 1)
 
+    keep_float32 = True
+
     def forward(self, x, training=False):
         xp = self.xp
         axes, bshape = self._layout(tuple(x.shape))
+        x_dtype, x = x.dtype, _as(xp, x, self.params["weight"].dtype)
         if training:
             n = math.prod(x.shape) // self.num_features
             if n < 2:
@@ -97,20 +109,21 @@ class BatchNorm(Layer):
             inv_std = 1.0 / xp.sqrt(xp.reshape(self.buffers["running_var"], bshape) + self.eps)
             xhat = (x - mean) * inv_std
         self._xhat, self._inv_std, self._batch_stats = xhat, inv_std, training
-        return xp.reshape(self.params["weight"], bshape) * xhat \
-            + xp.reshape(self.params["bias"], bshape)
+        y = xp.reshape(self.params["weight"], bshape) * xhat + xp.reshape(self.params["bias"], bshape)
+        return _as(xp, y, x_dtype)
 
     def backward(self, dy):
         xp, xhat = self.xp, self._xhat
         axes, bshape = self._layout(tuple(dy.shape))
+        dy_dtype, dy = dy.dtype, _as(xp, dy, xhat.dtype)
         self.grads["weight"] = xp.sum(dy * xhat, axis=axes)
         self.grads["bias"] = xp.sum(dy, axis=axes)
         if not self.input_grad:
             return None
         g = dy * xp.reshape(self.params["weight"], bshape)
         if self._batch_stats:
-            return _normalize_backward(xp, g, xhat, self._inv_std, axes)
-        return g * self._inv_std
+            return _as(xp, _normalize_backward(xp, g, xhat, self._inv_std, axes), dy_dtype)
+        return _as(xp, g * self._inv_std, dy_dtype)
 
     def output_shape(self, input_shape):
         self._layout((1,) + tuple(input_shape))
@@ -151,20 +164,25 @@ class LayerNorm(Layer):
                              f"{self.normalized_shape}, got {tuple(shape)}")
         return tuple(range(len(shape) - k, len(shape)))
 
+    keep_float32 = True
+
     def forward(self, x, training=False):
         axes = self._axes(tuple(x.shape))
+        x_dtype, x = x.dtype, _as(self.xp, x, self.params["weight"].dtype)
         self._xhat, self._inv_std, _, _ = _normalize(self.xp, x, axes, self.eps)
-        return self.params["weight"] * self._xhat + self.params["bias"]
+        return _as(self.xp, self.params["weight"] * self._xhat + self.params["bias"], x_dtype)
 
     def backward(self, dy):
         xp, xhat = self.xp, self._xhat
         axes = self._axes(tuple(dy.shape))
+        dy_dtype, dy = dy.dtype, _as(xp, dy, xhat.dtype)
         leading = tuple(range(dy.ndim - len(axes)))
         self.grads["weight"] = xp.sum(dy * xhat, axis=leading)
         self.grads["bias"] = xp.sum(dy, axis=leading)
         if not self.input_grad:
             return None
-        return _normalize_backward(xp, dy * self.params["weight"], xhat, self._inv_std, axes)
+        dx = _normalize_backward(xp, dy * self.params["weight"], xhat, self._inv_std, axes)
+        return _as(xp, dx, dy_dtype)
 
     def output_shape(self, input_shape):
         self._axes(tuple(input_shape))
