@@ -4,9 +4,14 @@ import argparse
 import os
 
 
-def parse_args(description, **defaults):
-    """``--backend``, ``--epochs``, ``--seed`` and ``--out`` (folder for the PNG) for every example."""
+def parse_args(description, precision=False, **defaults):
+    """``--backend``, ``--epochs``, ``--seed`` and ``--out`` (folder for the PNG) for every example;
+    with ``precision=True`` also ``--precision`` (None, mixed_float16 or mixed_bfloat16)."""
     parser = argparse.ArgumentParser(description=description)
+    if precision:
+        parser.add_argument("--precision", default=None,
+                            choices=["mixed_float16", "mixed_bfloat16"],
+                            help="mixed precision (default: everything in float32)")
     parser.add_argument("--backend", default=None,
                         help="auto, numpy, cupy, torch or array_api_strict (default: $BPGPU_BACKEND or auto)")
     parser.add_argument("--epochs", type=int, default=defaults.get("epochs", 100))

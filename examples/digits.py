@@ -6,6 +6,7 @@ Prints the progress, the test accuracy, and saves the loss curves.
 
     python examples/digits.py                   # backend "auto": the GPU if CuPy sees one
     python examples/digits.py --backend numpy
+    python examples/digits.py --precision mixed_float16   # float16 compute, float32 weights
 """
 
 import os
@@ -30,11 +31,17 @@ def load_digits_split(seed):
                             random_state=seed)
 
 
+def mlp(backend, seed, precision=None):
+    """The demo's 64-128-64-10 ReLU network with Adam (lr 1e-3) on softmax cross-entropy."""
+    return bpgpu.Network.from_sizes([64, 128, 64, 10], activation="relu", loss="cross_entropy",
+                                    optimizer=Adam(lr=1e-3), backend=backend, seed=seed,
+                                    precision=precision)
+
+
 def main():
-    args = parse_args(__doc__.splitlines()[0], epochs=30)
+    args = parse_args(__doc__.splitlines()[0], precision=True, epochs=30)
     X_train, X_test, y_train, y_test = load_digits_split(args.seed)
-    net = bpgpu.Network.from_sizes([64, 128, 64, 10], activation="relu", loss="cross_entropy",
-                                   optimizer=Adam(lr=1e-3), backend=args.backend, seed=args.seed)
+    net = mlp(args.backend, args.seed, args.precision)
     print(f"backend: {net.backend.name} ({net.backend.reason})")
     print(net.summary())
     start = time.perf_counter()
