@@ -1,8 +1,22 @@
-"""bpgpu against PyTorch eager: one training step, fit throughput, peak memory, import time.
+"""bpgpu against PyTorch eager and JAX jit: one training step, fit throughput, peak memory,
+import time.
 
-    python benchmarks/bench_step.py --backend numpy            # vs PyTorch on the CPU
-    python benchmarks/bench_step.py --backend cupy             # vs PyTorch on CUDA
+    python benchmarks/bench_step.py --backend numpy            # vs PyTorch and JAX on the CPU
+    python benchmarks/bench_step.py --backend numpy --peers torch   # PyTorch only
+    python benchmarks/bench_step.py --backend cupy             # vs PyTorch on CUDA (and
+                                                               # bpgpu with CUDA graphs)
     python benchmarks/bench_step.py --backend numpy --quick    # a fast smoke run
+    python benchmarks/bench_step.py --out benchmarks/results/numpy-official   # where to write
+
+The official CPU figures: on a quiet machine, ``pip install "jax[cpu]"`` (JAX is a benchmark
+peer only, never a bpgpu dependency), then ``python benchmarks/bench_step.py --backend numpy
+--wait-quiet 60``; the results go to ``<out>.json`` (everything measured, per round) and
+``<out>.md`` (the tables), by default benchmarks/results/<backend>-<date>.{json,md}.
+
+JAX: the whole step (forward, loss, backward, Adam update) is one ``jax.jit`` program with the
+parameters and moments donated (updated in place); it joins the same alternating rounds, and
+the ratio bpgpu / JAX is taken per round like the ratio to PyTorch. Its first call (the
+compilation) falls in the calibration, outside the timed blocks.
 
 One training step = forward, softmax cross-entropy, backward, Adam update (lr 1e-3), float32,
 ReLU MLPs, data already on the device. Both libraries start from the same weights (the first
@@ -30,12 +44,14 @@ idle threads have parked: OpenBLAS's spin for about 0.1 s after a product and wo
 take a core from PyTorch's first steps, and PyTorch's OpenMP threads from bpgpu's.
 
 fit: ``Network.fit`` on a synthetic 60000 x 784 float32 set handed in as NumPy (1 epoch, batch
-128, 784-256-256-10), against the equivalent PyTorch loop (``torch.from_numpy`` once, ``randperm``
+128, 784-256-256-10), plain and with ``metrics=["accuracy"]`` (issue 11's target: within 5 %
+of plain), against the equivalent PyTorch loop (``torch.from_numpy`` once, ``randperm``
 shuffling, the same step, the loss summed on the device and read once). Each side runs in a
 fresh subprocess, alternating, so peak memory is clean: host peak RSS (VmHWM) and its growth
 during fit; on the GPU the CuPy memory pool's size after fit and torch.cuda.max_memory_reserved().
 
-Writes benchmarks/results/<backend>-<date>.json and .md unless --no-save.
+Writes benchmarks/results/<backend>.json and .md unless --no-save, replacing the previous run's
+(the results keep the latest run per backend; older ones live in the git history).
 """
 
 import argparse
@@ -62,6 +78,9 @@ CASES = {
     "784-1024-1024-10": ([784, 1024, 1024, 10], 512),
     "mlp-10x512": ([512] + [512] * 10 + [10], 256),
 }
+
+#: Target ratios bpgpu / JAX jit on the CPU (issue 16).
+JAX_TARGET = 1.0
 
 #: Target ratios bpgpu / PyTorch (issue 5).
 TARGETS = {
@@ -128,18 +147,21 @@ class CpuMeter:
 
 
 # -- the two contenders --------------------------------------------------------------------------
-def build_bpgpu(sizes, batch, backend, rng, fast=True):
+def build_bpgpu(sizes, batch, backend, rng, fast=True, cuda_graphs=False):
     import bpgpu
     from bpgpu.optimizers import Adam
 
     net = bpgpu.Network.from_sizes(sizes, loss="cross_entropy", optimizer=Adam(1e-3),
-                                   backend=backend, dtype="float32", seed=0, fast=fast)
+                                   backend=backend, dtype="float32", seed=0, fast=fast,
+                                   cuda_graphs=cuda_graphs)
     X = rng.standard_normal((batch, sizes[0])).astype(np.float32)
     y = rng.integers(0, sizes[-1], batch)
     Xd, yd = net._data(X, y)
 
+    engine = net.engine
+
     def step():
-        return net._train_batch(Xd, yd)
+        return engine.train_step(Xd, yd)
 
     return net, step, (X, y)
 
@@ -186,6 +208,57 @@ def build_torch(net, data, device):
     return step
 
 
+def build_jax(net, data):
+    """The same step in JAX, jit-compiled whole (forward, softmax cross-entropy, backward and
+    the Adam update as ONE XLA program), with the parameters and Adam moments donated so XLA
+    updates them in place. Same weights as ``net``; PyTorch's Adam formula (bpgpu's too)."""
+    import jax
+    import jax.numpy as jnp
+
+    X, y = data
+    cpu = jax.devices("cpu")[0]
+    denses = [layer for layer in net.layers if type(layer).__name__ == "Dense"]
+    params = [(jax.device_put(net.backend.to_numpy(d.params["W"]), cpu),
+               jax.device_put(net.backend.to_numpy(d.params["b"]), cpu)) for d in denses]
+    zeros = [(jnp.zeros_like(W), jnp.zeros_like(b)) for W, b in params]
+    state = {"params": params, "m": zeros, "v": [(jnp.zeros_like(W), jnp.zeros_like(b))
+                                                  for W, b in params],
+             "t": jnp.zeros((), jnp.float32)}
+    Xj, yj = jax.device_put(X, cpu), jax.device_put(y.astype(np.int32), cpu)
+    lr, beta1, beta2, eps = 1e-3, 0.9, 0.999, 1e-8
+
+    def loss_fn(params, x, labels):
+        for W, b in params[:-1]:
+            x = jax.nn.relu(x @ W + b)
+        W, b = params[-1]
+        logits = x @ W + b
+        logp = jax.nn.log_softmax(logits)
+        return -jnp.mean(jnp.take_along_axis(logp, labels[:, None], axis=1))
+
+    def adam_step(params, m, v, t, x, labels):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, labels)
+        t = t + 1.0
+        step_size = lr / (1.0 - beta1 ** t)
+        root = jnp.sqrt(1.0 - beta2 ** t)
+        m = jax.tree_util.tree_map(lambda m_, g: beta1 * m_ + (1.0 - beta1) * g, m, grads)
+        v = jax.tree_util.tree_map(lambda v_, g: beta2 * v_ + (1.0 - beta2) * g * g, v, grads)
+        params = jax.tree_util.tree_map(
+            lambda p, m_, v_: p - step_size * m_ / (jnp.sqrt(v_) / root + eps), params, m, v)
+        return params, m, v, t, loss
+
+    jitted = jax.jit(adam_step, donate_argnums=(0, 1, 2))
+
+    def step():
+        state["params"], state["m"], state["v"], state["t"], loss = jitted(
+            state["params"], state["m"], state["v"], state["t"], Xj, yj)
+        return loss
+
+    def sync():
+        jax.block_until_ready(state["params"])
+
+    return step, sync
+
+
 def matmul_job(sizes, batch):
     """The matrix products of one fast-path step alone (NumPy, float32, preallocated outputs,
     the same shapes and layouts): the first layer x W, x^T dz and 1^T dz (bias gradient); every
@@ -209,6 +282,10 @@ def matmul_job(sizes, batch):
             np.matmul(a, b, out=out)
 
     return run
+
+
+#: The peers bpgpu's step is compared with; the ratios are bpgpu / peer.
+PEERS = ("torch", "jax")
 
 
 # -- timing --------------------------------------------------------------------------------------
@@ -290,16 +367,17 @@ def summarise(samples, max_foreign):
     quiet_rounds = [r for r in range(n_rounds)
                     if all(s[r][1] is None or s[r][1] <= max_foreign for s in samples.values())]
     use = quiet_rounds if len(quiet_rounds) * 2 >= n_rounds else list(range(n_rounds))
-    torch_times = [samples["torch"][r][0] for r in use]
+    peers = {peer: [samples[peer][r][0] for r in use] for peer in PEERS if peer in samples}
     for label, values in samples.items():
         times = [values[r][0] for r in use]
         out[label] = {"median_s": statistics.median(times), "min_s": min(times),
                       "max_s": max(times), "rounds_used": len(use), "rounds": n_rounds,
                       "per_round_s": [round(v[0], 7) for v in values], "rounds_used_index": use,
                       "foreign_load": [None if v[1] is None else round(v[1], 3) for v in values]}
-        if label != "torch":
-            ratios = [t / u for t, u in zip(times, torch_times)]
-            out[label]["ratio_to_torch"] = statistics.median(ratios)
+        for peer, peer_times in peers.items():
+            if label not in PEERS:
+                ratios = [t / u for t, u in zip(times, peer_times)]
+                out[label][f"ratio_to_{peer}"] = statistics.median(ratios)
     return out, len(quiet_rounds)
 
 
@@ -317,8 +395,8 @@ def fit_child(side, backend, n_samples):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((n_samples, FIT_SIZES[0])).astype(np.float32)
     y = rng.integers(0, FIT_SIZES[-1], n_samples)
-    result = {"side": side, "samples": n_samples}
-    if side == "bpgpu":
+    result = {"side": side, "samples": n_samples, "data_mib": (X.nbytes + y.nbytes) / 2**20}
+    if side.startswith("bpgpu"):
         import bpgpu
         from bpgpu.optimizers import Adam
 
@@ -333,7 +411,8 @@ def fit_child(side, backend, n_samples):
         rss0 = _rss_kib("VmRSS")
         _reset_hwm()
         t0 = time.perf_counter()
-        history = net.fit(X, y, epochs=1, batch_size=FIT_BATCH, verbose=0)
+        metrics = ["accuracy"] if side == "bpgpu_metrics" else None
+        history = net.fit(X, y, epochs=1, batch_size=FIT_BATCH, verbose=0, metrics=metrics)
         net.backend.synchronize()
         elapsed = time.perf_counter() - t0
         result["loss"] = float(history["loss"][-1])
@@ -394,10 +473,13 @@ def _reset_hwm():
         pass
 
 
+FIT_SIDES = ("bpgpu", "bpgpu_metrics", "torch")
+
+
 def measure_fit(backend, n_samples, runs):
-    results = {"bpgpu": [], "torch": []}
+    results = {side: [] for side in FIT_SIDES}
     for r in range(runs):
-        for side in (("bpgpu", "torch") if r % 2 == 0 else ("torch", "bpgpu")):
+        for side in (FIT_SIDES if r % 2 == 0 else FIT_SIDES[::-1]):
             cmd = [sys.executable, os.path.abspath(__file__), "--fit-child", side,
                    "--backend", backend, "--fit-samples", str(n_samples)]
             proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
@@ -408,6 +490,7 @@ def measure_fit(backend, n_samples, runs):
     for side, runs_ in results.items():
         best = max(runs_, key=lambda d: d["samples_per_s"])
         summary[side] = {"samples_per_s_median": statistics.median(d["samples_per_s"] for d in runs_),
+                         "data_mib": best["data_mib"],
                          "samples_per_s_runs": [round(d["samples_per_s"]) for d in runs_],
                          "peak_rss_mib": best["peak_rss_mib"], "rss_growth_mib": best["rss_growth_mib"],
                          **{k: best[k] for k in ("gpu_pool_bytes", "gpu_max_allocated_bytes",
@@ -415,6 +498,9 @@ def measure_fit(backend, n_samples, runs):
     summary["samples"] = n_samples
     summary["ratio_throughput_bpgpu_over_torch"] = (summary["bpgpu"]["samples_per_s_median"]
                                                     / summary["torch"]["samples_per_s_median"])
+    # issue 11's target: fit with metrics within 5 % of fit without (time ratio, lower is better)
+    summary["metrics_time_over_plain"] = (summary["bpgpu"]["samples_per_s_median"]
+                                          / summary["bpgpu_metrics"]["samples_per_s_median"])
     return summary
 
 
@@ -498,15 +584,21 @@ def fmt_time(s):
 def render(result):
     backend = result["backend"]
     meta = result["meta"]
-    lines = [f"# bpgpu ({backend}) vs PyTorch ({'CUDA' if backend == 'cupy' else 'CPU'})", "",
+    lines = [f"# bpgpu ({backend}) vs PyTorch ({'CUDA' if backend == 'cupy' else 'CPU'})"
+             + (" and JAX jit" if "jax" in meta else ""), "",
              f"{meta['date_utc']}; {meta['machine']['cpu']}, {meta['machine']['usable_cpus']} "
              f"usable CPUs; Python {meta['python']}, numpy {meta['numpy']} ({meta['numpy_blas']}), "
              f"torch {meta['torch']} ({meta['torch_threads']} threads); bpgpu {meta['bpgpu']} "
-             f"(commit {meta.get('git_commit')})" + (f"; GPU {meta['gpu']}" if "gpu" in meta else ""),
+             f"(commit {meta.get('git_commit')})" + (f"; GPU {meta['gpu']}" if "gpu" in meta else "")
+             + (f"; jax {meta['jax']}" if "jax" in meta else ""),
              ""]
     has_ref = any("bpgpu_reference" in c["times"] for c in result["cases"].values())
+    has_jax = any("jax" in c["times"] for c in result["cases"].values())
     head = "| case | batch | bpgpu | PyTorch | ratio | target | met | ratio of best times |"
     sep = "|---|---:|---:|---:|---:|---:|:---:|---:|"
+    if has_jax:
+        head += " JAX jit | bpgpu / JAX | target | met | ratio of best times |"
+        sep += "---:|---:|---:|:---:|---:|"
     if has_ref:
         head += " reference path | fast / reference |"
         sep += "---:|---:|"
@@ -520,6 +612,10 @@ def render(result):
                f"{fmt_time(t['torch']['median_s'])} | {case['ratio']:.2f} | "
                f"{case['target']:.1f} | {'yes' if case['met'] else 'NO'} | "
                f"{case['ratio_of_best']:.2f} |")
+        if has_jax:
+            row += (f" {fmt_time(t['jax']['median_s'])} | {case['ratio_jax']:.2f} | "
+                    f"{case['target_jax']:.1f} | {'yes' if case['met_jax'] else 'NO'} | "
+                    f"{case['ratio_of_best_jax']:.2f} |" if "jax" in t else " | | | | |")
         if has_ref:
             row += (f" {fmt_time(t['bpgpu_reference']['median_s'])} | "
                     f"{case['fast_over_reference']:.2f} |" if "bpgpu_reference" in t else " | |")
@@ -535,18 +631,27 @@ def render(result):
         b, tq = fit["bpgpu"], fit["torch"]
         lines += ["", f"fit, 784-256-256-10, batch {FIT_BATCH}, {fit['samples']} samples, 1 epoch "
                   "(data handed in as NumPy; fresh process per run):", "",
-                  "| | samples/s (median) | runs | peak RSS | RSS growth during fit |" +
-                  (" GPU memory |" if backend == "cupy" else ""),
-                  "|---|---:|---|---:|---:|" + ("---:|" if backend == "cupy" else "")]
-        for label, d in (("bpgpu", b), ("PyTorch", tq)):
+                  "| | samples/s (median) | runs | peak RSS | RSS growth during fit | growth / data |"
+                  + (" GPU memory |" if backend == "cupy" else ""),
+                  "|---|---:|---|---:|---:|---:|" + ("---:|" if backend == "cupy" else "")]
+        rows = [("bpgpu", b), ("bpgpu, metrics=['accuracy']", fit.get("bpgpu_metrics")),
+                ("PyTorch", tq)]
+        for label, d in rows:
+            if d is None:
+                continue
             gpu = ""
             if backend == "cupy":
                 gpu = (f" pool {d['gpu_pool_bytes'] / 2**20:.0f} MiB |" if "gpu_pool_bytes" in d
                        else f" max reserved {d.get('gpu_max_reserved_bytes', 0) / 2**20:.0f} MiB |")
             lines.append(f"| {label} | {d['samples_per_s_median']:.0f} | {d['samples_per_s_runs']} | "
-                         f"{d['peak_rss_mib']:.0f} MiB | {d['rss_growth_mib']:.0f} MiB |{gpu}")
+                         f"{d['peak_rss_mib']:.0f} MiB | {d['rss_growth_mib']:.0f} MiB | "
+                         f"{d['rss_growth_mib'] / d['data_mib']:.2f} ({d['data_mib']:.0f} MiB) |{gpu}")
         lines.append(f"\nthroughput ratio bpgpu / PyTorch: "
                      f"{fit['ratio_throughput_bpgpu_over_torch']:.2f} (higher is better)")
+        if "metrics_time_over_plain" in fit:
+            ratio = fit["metrics_time_over_plain"]
+            lines.append(f"fit with metrics / without (time): {ratio:.3f} (target <= 1.05: "
+                         f"{'met' if ratio <= 1.05 else 'NOT met'})")
     if "import" in result:
         imp = result["import"]
         lines += ["", f"import bpgpu over import numpy: {imp['bpgpu_over_numpy_s_min'] * 1e3:.0f} ms "
@@ -556,13 +661,25 @@ def render(result):
     return "\n".join(lines) + "\n"
 
 
+def _has_jax():
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 # -- main ----------------------------------------------------------------------------------------------
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="\n\n".join(__doc__.split("\n\n")[:4]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backend", choices=("numpy", "cupy"), default="numpy")
     parser.add_argument("--quick", action="store_true", help="few rounds, short blocks, small fit")
     parser.add_argument("--rounds", type=int, help="timing rounds per case (default 15, quick 3)")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), help="run only these cases")
+    parser.add_argument("--peers", nargs="+", choices=PEERS, default=None,
+                        help="peers to time against (default: torch, and jax when it is "
+                             "installed; jax on the CPU backend only)")
     parser.add_argument("--reference", action="store_true",
                         help="also time bpgpu's reference path (fast=False)")
     parser.add_argument("--no-fit", action="store_true")
@@ -575,8 +692,8 @@ def main(argv=None):
     parser.add_argument("--no-steps", action="store_true", help="skip the per-step cases")
     parser.add_argument("--no-save", action="store_true", help="print only")
     parser.add_argument("--out", help="results path without extension "
-                                      "(default benchmarks/results/<backend>-<date>)")
-    parser.add_argument("--fit-child", choices=("bpgpu", "torch"), help=argparse.SUPPRESS)
+                                      "(default benchmarks/results/<backend>, or <backend>-quick)")
+    parser.add_argument("--fit-child", choices=FIT_SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--fit-samples", type=int, default=60000, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
@@ -593,6 +710,11 @@ def main(argv=None):
         sys.exit("--backend cupy compares against PyTorch CUDA, but torch.cuda.is_available() "
                  "is False")
     backend = bpgpu.get_backend(args.backend)
+    peers = args.peers or ["torch"] + (["jax"] if device == "cpu" and _has_jax() else [])
+    if "jax" in peers and (device != "cpu" or not _has_jax()):
+        sys.exit("--peers jax needs the numpy backend and JAX installed: pip install 'jax[cpu]'")
+    if "torch" not in peers:
+        sys.exit("torch is the reference peer of every case; keep it in --peers")
     rounds = args.rounds or (3 if args.quick else 15)
     block_s = 0.08 if args.quick else 0.25
     meter = CpuMeter()
@@ -604,7 +726,12 @@ def main(argv=None):
         if device == "cuda":
             torch.cuda.synchronize()
 
-    result = {"backend": args.backend, "meta": metadata(args.backend, torch), "cases": {},
+    meta = metadata(args.backend, torch)
+    if "jax" in peers:
+        import jax
+
+        meta["jax"] = jax.__version__
+    result = {"backend": args.backend, "meta": meta, "cases": {}, "peers": peers,
               "method": {"rounds": rounds, "block_seconds": block_s,
                          "max_foreign_load": args.max_foreign_load,
                          "step": "forward, softmax cross-entropy, backward, Adam(lr=1e-3); float32"}}
@@ -614,9 +741,14 @@ def main(argv=None):
         rng = np.random.default_rng(0)
         net, bp_step, data = build_bpgpu(sizes, batch, backend, rng)
         t_step = build_torch(net, data, device)
+        jax_step = build_jax(net, data) if "jax" in peers else None  # before bpgpu's first step
         first_bp = float(backend.to_float(bp_step()))
         first_t = float(t_step().item())
         contenders = {"bpgpu": (bp_step, bp_sync), "torch": (t_step, torch_sync)}
+        first_jax = None
+        if jax_step is not None:
+            first_jax = float(jax_step[0]())
+            contenders["jax"] = jax_step
         shards = bpgpu_shards(net, batch)
         if args.reference:
             _, ref_step, _ = build_bpgpu(sizes, batch, backend, np.random.default_rng(0),
@@ -629,6 +761,10 @@ def main(argv=None):
             contenders["bpgpu_one_piece"] = (one_step, bp_sync)
         if args.backend == "numpy":
             contenders["matmuls"] = (matmul_job(sizes, batch), lambda: None)
+        else:  # the same fast step captured once and replayed as a CUDA graph
+            _, graph_step, _ = build_bpgpu(sizes, batch, backend, np.random.default_rng(0),
+                                           cuda_graphs=True)
+            contenders["bpgpu_cuda_graphs"] = (graph_step, bp_sync)
         print(f"{name}: timing {', '.join(contenders)} over {rounds} rounds ...", flush=True)
         samples = measure_case(contenders, rounds, block_s, meter,
                                0.05 if args.quick else 0.25, args.max_foreign_load, args.wait_quiet)
@@ -641,6 +777,14 @@ def main(argv=None):
         if abs(first_bp - first_t) > 1e-4 * max(1.0, abs(first_t)):
             print(f"  warning: first losses differ: bpgpu {first_bp} torch {first_t}")
         case["ratio_of_best"] = times["bpgpu"]["min_s"] / times["torch"]["min_s"]
+        if "jax" in times:
+            case["first_loss"]["jax"] = first_jax
+            if abs(first_bp - first_jax) > 1e-4 * max(1.0, abs(first_jax)):
+                print(f"  warning: first losses differ: bpgpu {first_bp} jax {first_jax}")
+            case["ratio_jax"] = times["bpgpu"]["ratio_to_jax"]
+            case["ratio_of_best_jax"] = times["bpgpu"]["min_s"] / times["jax"]["min_s"]
+            case["target_jax"] = JAX_TARGET
+            case["met_jax"] = case["ratio_jax"] <= JAX_TARGET
         if "matmuls" in times:
             used = times["bpgpu"]["rounds_used_index"]
             case["matmul_share"] = statistics.median(
@@ -656,9 +800,10 @@ def main(argv=None):
                 for r in used)
         result["cases"][name] = case
         print(f"  bpgpu {fmt_time(times['bpgpu']['median_s'])}  torch "
-              f"{fmt_time(times['torch']['median_s'])}  ratio {ratio:.2f} (target {target})",
-              flush=True)
-        del net, bp_step, t_step, contenders
+              f"{fmt_time(times['torch']['median_s'])}  ratio {ratio:.2f} (target {target})"
+              + (f"  jax {fmt_time(times['jax']['median_s'])}  ratio {case['ratio_jax']:.2f} "
+                 f"(target {JAX_TARGET})" if "jax" in times else ""), flush=True)
+        del net, bp_step, t_step, jax_step, contenders
     if not args.no_fit:
         n = 10000 if args.quick else args.fit_samples
         print(f"fit: {n} samples, alternating subprocesses ...", flush=True)
@@ -669,9 +814,8 @@ def main(argv=None):
     print()
     print(text)
     if not args.no_save:
-        stem = args.out or os.path.join(HERE, "results", f"{args.backend}-"
-                                        f"{datetime.date.today().isoformat()}"
-                                        + ("-quick" if args.quick else ""))
+        stem = args.out or os.path.join(HERE, "results",
+                                        args.backend + ("-quick" if args.quick else ""))
         os.makedirs(os.path.dirname(stem), exist_ok=True)
         with open(stem + ".json", "w") as f:
             json.dump(result, f, indent=1, default=float)

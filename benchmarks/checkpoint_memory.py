@@ -31,6 +31,7 @@ import tracemalloc
 import numpy as np
 
 import bpgpu
+from bpgpu._engine import run_backward, run_forward
 from bpgpu.layers import Checkpoint, Dense, ReLU, Sequential
 
 _LAYER_STATE = ("params", "grads", "buffers")
@@ -39,7 +40,7 @@ _LAYER_STATE = ("params", "grads", "buffers")
 def held_bytes(net):
     """Bytes of the distinct NumPy arrays held as attributes by the network's layers."""
     seen, total = set(), 0
-    for layer in net._all_layers:
+    for layer in net.structure.all_layers:
         for name, value in vars(layer).items():
             if name not in _LAYER_STATE and isinstance(value, np.ndarray) and id(value) not in seen:
                 seen.add(id(value))
@@ -68,7 +69,7 @@ def build(variant, n_blocks, width, seed=0):
 
 def forget_pass(net):
     """Drop every cached activation and gradient, as before a network's first pass."""
-    for layer in net._all_layers:
+    for layer in net.structure.all_layers:
         for name, value in list(vars(layer).items()):
             if name not in _LAYER_STATE and isinstance(value, np.ndarray):
                 delattr(layer, name)
@@ -79,13 +80,13 @@ def measure(variant, X, y, args):
     net = build(variant, args.blocks, args.width)
     Xd, yd = net._data(X, y)
     net.train_step(X, y)  # warm-up: optimizer state allocated
-    net._forward(Xd, True)
+    run_forward(net.structure, Xd, True)
     held = held_bytes(net)
     grads = net.compute_gradients(X, y)[1]
     forget_pass(net)
     tracemalloc.start()
-    net._loss(net._forward(Xd, True), yd)
-    net._backward()
+    net.loss.forward(run_forward(net.structure, Xd, True), yd)
+    run_backward(net.structure, net.loss)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     start = time.perf_counter()
@@ -108,7 +109,7 @@ def main():
     activation = args.batch * args.width * 4
     print(f"{args.blocks} x [Dense({args.width}) + ReLU], batch {args.batch}, float32, NumPy; "
           f"one activation = {activation / 2**20:.2f} MiB")
-    n_params = sum(layer.params[k].size for layer, k in build("plain", args.blocks, args.width)._slots)
+    n_params = sum(layer.params[k].size for layer, k in build("plain", args.blocks, args.width).structure.slots)
     print(f"gradients: {n_params * 4 / 2**20:.1f} MiB in every variant")
     print(f"{'variant':<10} {'held after forward':>20} {'pass peak':>12} {'step time':>10}")
     reference = None

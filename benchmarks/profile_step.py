@@ -27,19 +27,21 @@ sys.path.insert(0, HERE)
 from bench_step import CASES, matmul_job  # noqa: E402
 
 import bpgpu  # noqa: E402
+from bpgpu._engine import run_backward  # noqa: E402
 from bpgpu.kernels import train_step_for  # noqa: E402
 from bpgpu.optimizers import Adam  # noqa: E402
 
 
 def _reference_phases(net, xb, yb):
+    engine = net.engine
     t0 = time.perf_counter()
-    out = net._forward(xb, True)
+    out = engine.forward(xb, True)
     t1 = time.perf_counter()
-    net._loss(out, yb)
+    engine.loss(out, yb)
     t2 = time.perf_counter()
-    net._backward()
+    run_backward(net.structure, net.loss)
     t3 = time.perf_counter()
-    net._apply_gradients()
+    engine.apply_update()
     t4 = time.perf_counter()
     return t1 - t0, t2 - t1, t3 - t2, t4 - t3
 
@@ -57,14 +59,15 @@ def _fast_phases(step, xb, yb):
     for op in reversed(step.ops):
         dy = op.backward(dy)
     t3 = time.perf_counter()
-    step._update()
+    step.finish()
     t4 = time.perf_counter()
     return t1 - t0, t2 - t1, t3 - t2, t4 - t3
 
 
 def _sharded(step, xb, yb):
     t0 = time.perf_counter()
-    step(xb, yb)
+    step.compute(xb, yb)
+    step.finish()
     return None, None, None, time.perf_counter() - t0
 
 
@@ -83,7 +86,7 @@ def main(argv=None):
                                            backend="numpy", seed=0, fast=fast)
             for fast in (False, True)}
     xb, yb = nets[True]._data(X, y)
-    nets[True]._train_batch(xb, yb)
+    nets[True].engine.train_step(xb, yb)
     step = train_step_for(nets[True])
     runs = {"reference": lambda: _reference_phases(nets[False], xb, yb),
             "fast": lambda: _fast_phases(step, xb, yb)}

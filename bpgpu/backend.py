@@ -7,7 +7,8 @@ numbers, moving arrays to and from the host, and waiting for the device.
 Names accepted by :func:`get_backend`:
 
 * ``"numpy"`` - NumPy on the CPU (through ``array_api_compat.numpy``).
-* ``"cupy"`` - CuPy on the current CUDA device (through ``array_api_compat.cupy``).
+* ``"cupy"`` - CuPy on the current CUDA device (through ``array_api_compat.cupy``);
+  ``"cupy:N"`` on CUDA device N.
 * ``"torch"`` - PyTorch through ``array_api_compat.torch``: CUDA when available, else CPU;
   ``"torch:cpu"`` and ``"torch:cuda"`` pick explicitly.
 * ``"array_api_strict"`` - the standard's reference implementation: slow, but it rejects
@@ -18,11 +19,16 @@ Names accepted by :func:`get_backend`:
 CuPy and torch are imported only when asked for, so ``import bpgpu`` stays light.
 """
 
+from __future__ import annotations
+
+import contextlib
 import os
+from typing import Any
 
 import numpy as np
 
 from .errors import BackendUnavailableError
+from .typing import Array, ArrayLike, Device, Namespace
 
 __all__ = ["Backend", "get_backend", "available_backends", "BACKEND_NAMES"]
 
@@ -53,7 +59,7 @@ class Backend:
     name = "abstract"
     supports_float64 = True
 
-    def __init__(self, xp, device, reason="requested explicitly"):
+    def __init__(self, xp: Namespace, device: Device, reason: str = "requested explicitly") -> None:
         self.xp = xp
         self.device = device
         self.reason = reason
@@ -70,7 +76,7 @@ class Backend:
         return self._kernels
 
     # -- dtypes -------------------------------------------------------------------------------
-    def dtype(self, name):
+    def dtype(self, name: str) -> Any:
         """The backend's floating dtype for ``"float32"`` or ``"float64"``."""
         if name not in _DTYPE_NAMES:
             raise ValueError(f"dtype must be one of {_DTYPE_NAMES}, got {name!r}")
@@ -78,7 +84,7 @@ class Backend:
             raise ValueError(f"backend {self.name!r} on device {self.device} has no float64")
         return getattr(self.xp, name)
 
-    def dtype_name(self, dtype):
+    def dtype_name(self, dtype: Any) -> str:
         """The name (``"float32"``...) of one of this backend's floating dtypes."""
         for name in _DTYPE_NAMES:
             if dtype == getattr(self.xp, name):
@@ -92,11 +98,11 @@ class Backend:
         return a @ b
 
     # -- host <-> device ------------------------------------------------------------------------
-    def is_native(self, x):
+    def is_native(self, x: Any) -> bool:
         """True when ``x`` is an array of this backend's library."""
         raise NotImplementedError
 
-    def asarray(self, data, dtype=None):
+    def asarray(self, data: ArrayLike, dtype: Any = None) -> Array:
         """A fresh array on this backend's device from host data or a native array.
 
         Always copies, so the caller's array is never aliased or mutated.
@@ -111,30 +117,46 @@ class Backend:
             host = host.astype(_numpy_dtype(self, dtype), copy=False)
         return self._from_host(np.ascontiguousarray(host))
 
+    def borrow(self, data, dtype):
+        """``data`` itself when this backend can read it in place (a native array of ``dtype``,
+        C-contiguous, on this device), else :meth:`asarray`'s copy. The caller must only read the
+        result: it may be the caller's own array."""
+        return self.asarray(data, dtype=dtype)
+
+    def take_rows(self, x, indices, out=None):
+        """Rows ``indices`` of ``x`` (``xp.take`` along axis 0); backends that can write them
+        into ``out`` (an array of the result's shape and dtype) do, and return it."""
+        return self.xp.take(x, indices, axis=0)
+
     def _from_host(self, host):
         return self.xp.asarray(host, copy=True, device=self.device)
 
-    def to_numpy(self, x):
+    def to_numpy(self, x: Array) -> np.ndarray:
         """A host NumPy array holding the values of ``x`` (a copy for device arrays)."""
         raise NotImplementedError
 
-    def to_float(self, x):
+    def to_float(self, x: Array) -> float:
         """A Python float from a 0-d (or one-element) array; waits for the device."""
         return float(self.to_numpy(x).reshape(-1)[0])
 
-    def synchronize(self):
+    def synchronize(self) -> None:
         """Wait until all work queued on the device has finished (no-op on the CPU)."""
 
+    def activate(self) -> contextlib.AbstractContextManager[Any]:
+        """A context manager making this backend's device current (CuPy); a no-op elsewhere.
+        Network methods run inside it, so every array they create lands on ``device``."""
+        return contextlib.nullcontext()
+
     # -- randomness -------------------------------------------------------------------------------
-    def make_rng(self, seed):
+    def make_rng(self, seed: Any) -> Any:
         """A :class:`DeviceRNG` drawing directly on this backend's device."""
         return _HostRNG(self, seed)
 
-    def rng_state(self, rng):
+    def rng_state(self, rng: Any) -> dict[str, Any]:
         """A JSON-serialisable snapshot of ``rng`` (from :meth:`make_rng`)."""
         return rng.get_state()
 
-    def set_rng_state(self, rng, state):
+    def set_rng_state(self, rng: Any, state: dict[str, Any]) -> None:
         rng.set_state(state)
 
 
@@ -196,6 +218,17 @@ class NumPyBackend(Backend):
     def to_float(self, x):
         return float(x) if np.ndim(x) == 0 else float(np.reshape(x, -1)[0])
 
+    def borrow(self, data, dtype):
+        if isinstance(data, np.ndarray) and data.dtype == np.dtype(dtype) \
+                and data.flags.c_contiguous:
+            return data
+        return self.asarray(data, dtype=dtype)
+
+    def take_rows(self, x, indices, out=None):
+        if out is None:
+            return np.take(x, indices, axis=0)
+        return np.take(x, indices, axis=0, out=out, mode="clip")  # "raise" would buffer
+
     def make_rng(self, seed):
         return _NumPyRNG(seed)
 
@@ -229,84 +262,90 @@ class StrictBackend(Backend):
 
 
 class CuPyBackend(Backend):
+    """CuPy on one CUDA device: ``device_id`` None means the current device (``"cupy"``), an int
+    N means device N (``"cupy:N"``). Every array and kernel of a Network on this backend goes to
+    that device: its methods run inside :meth:`activate`."""
+
     name = "cupy"
 
-    def __init__(self, reason="requested explicitly"):
+    def __init__(self, device_id=None, reason="requested explicitly"):
+        label = "cupy" if device_id is None else f"cupy:{device_id}"
         try:
             import cupy
         except ImportError as exc:
             raise BackendUnavailableError(
-                "cupy", f"CuPy is not installed ({exc})", _INSTALL["cupy"]) from None
+                label, f"CuPy is not installed ({exc})", _INSTALL["cupy"]) from None
+        except Exception as exc:  # a broken install: missing CUDA libraries, a bad build...
+            raise BackendUnavailableError(
+                label, f"import cupy failed: {type(exc).__name__}: {exc}",
+                f"reinstall CuPy for your CUDA version ({_INSTALL['cupy']})") from None
         try:
             count = cupy.cuda.runtime.getDeviceCount()
         except Exception as exc:  # CUDARuntimeError and friends: no driver, broken driver
             raise BackendUnavailableError(
-                "cupy", f"CUDA driver error: {exc}",
+                label, f"CUDA driver error: {exc}",
                 "install an NVIDIA driver matching your CuPy build") from None
         if count < 1:
             raise BackendUnavailableError(
-                "cupy", "no CUDA device found", "run on a machine with an NVIDIA GPU")
-        from array_api_compat import cupy as xp
+                label, "no CUDA device found", "run on a machine with an NVIDIA GPU")
+        if device_id is not None and not 0 <= device_id < count:
+            raise BackendUnavailableError(
+                label, f"there is no CUDA device {device_id}: this machine has {count} "
+                f"(devices 0 to {count - 1})", None)
+        try:
+            from array_api_compat import cupy as xp
+        except Exception as exc:
+            raise BackendUnavailableError(
+                label, f"array_api_compat.cupy failed to import: {type(exc).__name__}: {exc}",
+                "pip install -U array-api-compat") from None
 
         self._cupy = cupy
-        super().__init__(xp, cupy.cuda.Device(), reason)
+        device = cupy.cuda.Device() if device_id is None else cupy.cuda.Device(device_id)
+        super().__init__(xp, device, reason)
         if os.environ.get("BPGPU_TF32", "").strip() not in ("", "0"):
             self.set_tf32(True)
+
+    def activate(self):
+        """Make this backend's device current for the ``with`` block."""
+        return self.device
 
     def set_tf32(self, enabled):
         """Let cuBLAS multiply float32 matrices in TensorFloat-32 (``enabled=True``): much faster
         on Ampere and newer GPUs, about 1e-3 relative error. Off by default, so float32 products
         are exact float32 unless this, ``BPGPU_TF32=1`` or CuPy's own ``CUPY_TF32=1`` turns it
-        on. The setting is process-wide: CuPy keeps one per dtype."""
-        from cupy._core import _routines_linalg as linalg
+        on. The setting is process-wide: CuPy keeps one per dtype. Raises
+        :class:`~bpgpu.BackendUnavailableError` when this CuPy version lacks the (private)
+        switch."""
+        try:
+            from cupy._core import _routines_linalg as linalg
 
-        mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
-        linalg.set_compute_type(np.float32, mode)
+            mode = linalg.COMPUTE_TYPE_TF32 if enabled else linalg.COMPUTE_TYPE_DEFAULT
+            linalg.set_compute_type(np.float32, mode)
+        except (ImportError, AttributeError) as exc:
+            raise BackendUnavailableError(
+                "cupy", f"this CuPy ({getattr(self._cupy, '__version__', '?')}) has no TF32 "
+                f"switch where bpgpu looks for it (cupy._core._routines_linalg: {exc}); use "
+                "the environment variable CUPY_TF32=1 before importing CuPy instead", None) from None
 
     def is_native(self, x):
         return isinstance(x, self._cupy.ndarray)
 
     def _from_host(self, host):
-        return self._cupy.array(host, copy=True)
+        with self.device:
+            return self._cupy.array(host, copy=True)
 
     def to_numpy(self, x):
         return self._cupy.asnumpy(x)
 
     def synchronize(self):
-        self._cupy.cuda.get_current_stream().synchronize()
+        with self.device:
+            self._cupy.cuda.get_current_stream().synchronize()
 
     def make_rng(self, seed):
-        return _CuPyRNG(self._cupy, seed)
+        """Counter-based Philox numbers on the device (:mod:`bpgpu.kernels.cupy_random`)."""
+        from .kernels.cupy_random import PhiloxRNG
 
-
-class _CuPyRNG:
-    """CuPy's RandomState, drawing on the GPU.
-
-    cuRAND exposes no raw state, so the snapshot is (seed, number of draws so far) and a restore
-    reseeds from both: continuing after a restore is deterministic, though not the same stream an
-    uninterrupted run would have drawn (bit-exact resumption is promised on NumPy only).
-    """
-
-    def __init__(self, cupy, seed):
-        self._cupy = cupy
-        # The Network passes a spawned SeedSequence, gradcheck and users an int.
-        if not isinstance(seed, np.random.SeedSequence):
-            seed = np.random.SeedSequence(seed)
-        self.seed = int(seed.generate_state(1)[0])
-        self.draws = 0
-        self.state = cupy.random.RandomState(self.seed)
-
-    def uniform(self, shape, dtype):
-        self.draws += 1
-        return self.state.random_sample(shape, dtype=dtype)
-
-    def get_state(self):
-        return {"kind": "cupy", "seed": self.seed, "draws": self.draws}
-
-    def set_state(self, state):
-        self.seed, self.draws = int(state["seed"]), int(state["draws"])
-        reseed = np.random.SeedSequence([self.seed, self.draws]).generate_state(1)[0]
-        self.state = self._cupy.random.RandomState(int(reseed))
+        return PhiloxRNG(seed)
 
 
 class TorchBackend(Backend):
@@ -346,7 +385,7 @@ class TorchBackend(Backend):
             self._torch.cuda.synchronize(self.device)
 
 
-def get_backend(name=None):
+def get_backend(name: str | Backend | None = None) -> Backend:
     """The :class:`Backend` called ``name`` (see the module docstring for the names).
 
     A :class:`Backend` instance is returned as it is. An explicit name that cannot run raises
@@ -356,8 +395,11 @@ def get_backend(name=None):
         return name
     if name is None:
         name = os.environ.get("BPGPU_BACKEND", "auto") or "auto"
+    if isinstance(name, str) and name.startswith("cupy:"):
+        return CuPyBackend(_device_number(name))
     if not isinstance(name, str) or name not in BACKEND_NAMES:
-        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)}")
+        raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKEND_NAMES)} "
+                         "or 'cupy:N' (CUDA device N)")
     if name == "auto":
         return _auto_backend()
     if name == "numpy":
@@ -368,6 +410,15 @@ def get_backend(name=None):
         return StrictBackend()
     device = name.partition(":")[2] or None
     return TorchBackend(device)
+
+
+def _device_number(name):
+    """N from ``"cupy:N"``."""
+    number = name.partition(":")[2]
+    if not number.isdigit() or not number.isascii():
+        raise ValueError(f"unknown backend {name!r}; 'cupy:N' takes a device number N >= 0, "
+                         "e.g. 'cupy:1'")
+    return int(number)
 
 
 def _auto_backend():
@@ -383,7 +434,7 @@ def _auto_backend():
     return backend
 
 
-def available_backends():
+def available_backends() -> list[str]:
     """Names of the backends that can run on this machine, e.g. ``["numpy", "array_api_strict"]``.
 
     ``"torch"`` is listed when PyTorch imports; ``"cupy"`` only when a CUDA device answers.
@@ -391,9 +442,9 @@ def available_backends():
     return [name for name, reason in backend_status().items() if reason is None]
 
 
-def backend_status():
+def backend_status() -> dict[str, str | None]:
     """``{name: None if usable else the reason it is not}`` for the four concrete backends."""
-    status = {}
+    status: dict[str, str | None] = {}
     for name in ("numpy", "array_api_strict", "torch", "cupy"):
         try:
             backend = get_backend(name)

@@ -20,38 +20,48 @@ import inspect
 import math
 import os
 import warnings
+from typing import Any
 
+from .registry import get_registry
 from .schedules import Schedule
 from .validation import check_number
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
            "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"]
 
+_CALLBACKS = get_registry("callback")
+
 
 class Callback:
-    """Base class; every hook does nothing."""
+    """Base class; every hook does nothing. ``rank_zero_only``: in a distributed ``fit``, run on
+    rank 0 alone (callbacks that write files); others run on every rank."""
 
-    network = None
+    network: Any = None  # the Network being trained, set by fit before the first hook
+    rank_zero_only = False
 
-    def set_network(self, network):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _CALLBACKS.register(cls)  # found by name like every other component
+
+    def set_network(self, network: Any) -> None:
         self.network = network
 
-    def on_train_begin(self, logs=None):
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_batch_end(self, batch, logs=None):
+    def on_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         pass
 
-    def on_divergence(self, error):
+    def on_divergence(self, error: Exception) -> bool:
         """Called when the training loss became NaN or infinite (the network already holds the
         weights of the last finite step). Return True to end training cleanly instead of
         raising ``error`` (a :class:`~bpgpu.TrainingDivergedError`)."""
@@ -151,7 +161,7 @@ class EarlyStopping(Callback):
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, epoch, logs=None):
-        from .training import copy_weights
+        from ._snapshot import copy_weights
 
         value = _monitored(logs, self.monitor, "EarlyStopping")
         if value is None:
@@ -167,7 +177,7 @@ class EarlyStopping(Callback):
             self.network.stop_training = True
 
     def on_train_end(self, logs=None):
-        from .training import restore_weights
+        from ._snapshot import restore_weights
 
         if self.restore_best_weights and self.best_weights is not None:
             restore_weights(self.network, self.best_weights)
@@ -179,7 +189,10 @@ class ModelCheckpoint(Callback):
 
     ``path`` may hold ``str.format`` fields: ``{epoch}`` (epochs completed, so the file of the
     first epoch has epoch 1) and any log value, e.g. ``"ckpt-{epoch:03d}-{val_loss:.4f}.npz"``.
+    In a distributed ``fit`` only rank 0 writes.
     """
+
+    rank_zero_only = True
 
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
         self.path = os.fspath(path)
@@ -337,14 +350,17 @@ class TerminateOnNaN(Callback):
 
 class CSVLogger(Callback):
     """Write one row per epoch to ``path``: ``epoch`` then the logs (columns fixed by the first
-    epoch), separated by ``separator``. ``append=True`` continues an existing file."""
+    epoch), separated by ``separator``. ``append=True`` continues an existing file. In a
+    distributed ``fit`` only rank 0 writes."""
+
+    rank_zero_only = True
 
     def __init__(self, path, separator=",", append=False):
         self.path = os.fspath(path)
         self.separator = separator
         self.append = bool(append)
-        self._file = None
-        self._writer = None
+        self._file: Any = None  # the open CSV file and its writer, while training
+        self._writer: Any = None
         self._keys = None
 
     def on_train_begin(self, logs=None):

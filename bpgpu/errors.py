@@ -22,6 +22,16 @@ class BackendUnavailableError(RuntimeError):
         super().__init__(message)
 
 
+class DistributedError(RuntimeError):
+    """The processes of a data-parallel run disagree: a rank rejected its ``fit`` call, or the
+    ranks' data, networks or settings differ. Raised on every rank, before the first step."""
+
+
+class DistributedUnavailableError(RuntimeError):
+    """Data-parallel training was asked for but cannot run here (mpi4py missing, or NCCL asked
+    for explicitly where it cannot serve). The message names what is missing and how to get it."""
+
+
 class ModelFileError(ValueError):
     """A file given to :func:`bpgpu.load` is not a readable bpgpu model file."""
 

@@ -23,16 +23,21 @@ Random layers (dropout) see the same random numbers in every evaluation: the dev
 rewound before each forward pass. Buffers (running statistics) are restored afterwards.
 """
 
+from typing import Any
+
 import numpy as np
 
+from ._engine import run_backward, run_forward
 from .backend import get_backend
 from .layers.base import Layer
 from .losses import Loss
+from .typing import ArrayLike
 
 __all__ = ["gradcheck", "gradient_errors"]
 
 
-def gradcheck(obj, *inputs, backend=None, eps=1e-6, training=True, seed=0, max_entries=None):
+def gradcheck(obj: Any, *inputs: ArrayLike, backend: Any = None, eps: float = 1e-6,
+              training: bool = True, seed: int = 0, max_entries: int | None = None) -> float:
     """Worst relative error between analytic and numeric gradients (see the module docstring).
 
     Call as ``gradcheck(layer, x)``, ``gradcheck(loss, pred, target)`` or ``gradcheck(net, X, y)``.
@@ -44,21 +49,24 @@ def gradcheck(obj, *inputs, backend=None, eps=1e-6, training=True, seed=0, max_e
                                seed=seed, max_entries=max_entries).values())
 
 
-def gradient_errors(obj, *inputs, backend=None, eps=1e-6, training=True, seed=0, max_entries=None):
+def gradient_errors(obj: Any, *inputs: ArrayLike, backend: Any = None, eps: float = 1e-6,
+                    training: bool = True, seed: int = 0,
+                    max_entries: int | None = None) -> dict[str, float]:
     """``{name: relative error}`` for every checked array: ``"x"`` (a layer's input), ``"pred"``
     (a loss's prediction), parameters as ``"W"``, ``"b"`` or ``"1.0.W"`` (child 1, its child 0)."""
     from .network import Network
 
     rng = np.random.default_rng(seed)
+    checker: _Check
     if isinstance(obj, Network):
         _expect(inputs, 2, "gradcheck(net, X, y)")
-        checker = _network_check(obj, *inputs, training)
+        checker = _network_check(obj, inputs[0], inputs[1], training)
     elif isinstance(obj, Layer):
         _expect(inputs, 1, "gradcheck(layer, x)")
         checker = _layer_check(obj, inputs[0], get_backend(backend or "numpy"), training, rng)
     elif isinstance(obj, Loss):
         _expect(inputs, 2, "gradcheck(loss, pred, target)")
-        checker = _loss_check(obj, *inputs, get_backend(backend or "numpy"))
+        checker = _loss_check(obj, inputs[0], inputs[1], get_backend(backend or "numpy"))
     else:
         raise TypeError(f"gradcheck takes a Layer, a Loss or a Network, got {type(obj).__name__}")
     with checker as (evaluate, entries):
@@ -157,6 +165,10 @@ class _Check:
         self._rewind()
         self.f64ctx.__exit__(*exc)
 
+    def setup(self):
+        """``(evaluate, entries)`` for the object under check (each subclass says how)."""
+        raise NotImplementedError
+
 
 def _param_entries(layer, backend, f64, prefix=""):
     entries = []
@@ -233,7 +245,7 @@ class _loss_check(_Check):
 
 class _network_check(_Check):
     def __init__(self, net, X, y, training):
-        super().__init__(net._all_layers, net.backend, net)
+        super().__init__(net.structure.all_layers, net.backend, net)
         self.net, self.training = net, training
         self.X, self.y = X, y
 
@@ -244,12 +256,15 @@ class _network_check(_Check):
         if backend.xp.isdtype(y.dtype, "real floating"):
             y = backend.xp.astype(y, f64)
 
+        structure = net.structure
+
         def evaluate():
             self._rewind()
-            return backend.to_float(net._loss(net._forward(X, self.training), y))
+            out = run_forward(structure, X, self.training)
+            return backend.to_float(structure.penalized_loss(net.loss.forward(out, y)))
 
         evaluate()
-        net._backward()
+        run_backward(structure, net.loss)
         entries = []
         for i, layer in enumerate(net.layers):
             entries += _param_entries(layer, backend, f64, prefix=f"{i}.")

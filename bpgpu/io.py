@@ -12,15 +12,18 @@ after :func:`load` exactly where it stopped: the optimizer's state arrays
 schedule position, the shuffling generator's state, the device generator's state, the epoch
 counter and the history. Version 1 files still load (with a fresh training state).
 
-A mixed-precision network also records its policy (``meta["precision"]``, absent or None for
+A mixed-precision network also records its policy (``meta["precision"]``; absent or None for
 none) and its loss scaler's state (scale, growth count, skipped steps) under
 ``meta["training"]["precision"]``.
 """
+
+from __future__ import annotations
 
 import json
 import os
 import secrets
 import zipfile
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,13 +33,17 @@ from .losses import deserialize_loss, serialize_loss
 from .optimizers import deserialize_optimizer, serialize_optimizer
 from .precision import deserialize_precision, serialize_precision
 
+if TYPE_CHECKING:  # only for the annotations: network.py imports this module
+    from .backend import Backend
+    from .network import Network
+
 __all__ = ["save", "load", "FORMAT_VERSION"]
 
 FORMAT = "bpgpu-network"
 FORMAT_VERSION = 2
 
 
-def save(net, path):
+def save(net: Network, path: str | os.PathLike[str]) -> None:
     """Write ``net`` to ``path`` atomically: a temporary file in the same folder is renamed over
     ``path`` only once it is complete, so a crash never leaves a half-written file behind."""
     path = os.fspath(path)
@@ -49,13 +56,14 @@ def save(net, path):
         "dtype": net.dtype_name,
         "seed": net.seed,
         "epoch": net.epoch,
+        "input_shape": None if net.input_shape is None else list(net.input_shape),
         "precision": serialize_precision(net.precision),
     }
     meta["training"], arrays = _training_state(net)
     arrays["meta"] = np.array(json.dumps(meta))
     for i, w in enumerate(net.get_weights()):
         arrays[f"param:{i}"] = w
-    for j, layer in enumerate(net._all_layers):
+    for j, layer in enumerate(net.structure.all_layers):
         for name, value in layer.buffers.items():
             arrays[f"buffer:{j}:{name}"] = net.backend.to_numpy(value)
     folder = os.path.dirname(os.path.abspath(path))
@@ -77,7 +85,7 @@ def save(net, path):
         raise
 
 
-def read_file(path):
+def read_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """``(meta, arrays)`` from a bpgpu file; ModelFileError if it is anything else."""
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -118,7 +126,7 @@ def read_file(path):
     return meta, arrays
 
 
-def load(path, backend=None):
+def load(path: str | os.PathLike[str], backend: str | Backend | None = None) -> Network:
     """Rebuild a saved :class:`~bpgpu.Network` on ``backend`` (any backend, whatever the one it
     was saved from). Raises :class:`~bpgpu.ModelFileError` for files that are not bpgpu models."""
     from .network import Network
@@ -129,14 +137,15 @@ def load(path, backend=None):
         net = Network(layers, loss=deserialize_loss(meta["loss"]),
                       optimizer=deserialize_optimizer(meta["optimizer"]), backend=backend,
                       dtype=meta["dtype"], seed=meta["seed"],
+                      input_shape=meta.get("input_shape"),
                       precision=deserialize_precision(meta.get("precision")))
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{os.fspath(path)!r}: cannot rebuild the network: {exc}") from None
-    n = len(net._slots)
+    n = len(net.structure.slots)
     try:
         weights = [arrays[f"param:{i}"] for i in range(n)]
         net.set_weights(weights)
-        for j, layer in enumerate(net._all_layers):
+        for j, layer in enumerate(net.structure.all_layers):
             for name in list(layer.buffers):
                 value = arrays[f"buffer:{j}:{name}"]
                 if value.shape != tuple(layer.buffers[name].shape):
@@ -186,7 +195,7 @@ def _restore_training_state(net, training, arrays):
     for key, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"optimizer {key} must be an integer >= 0, got {value!r}")
-    shapes = [tuple(layer.params[key].shape) for layer, key in net._slots]
+    shapes = [tuple(layer.params[key].shape) for layer, key in net.structure.slots]
     state = {}
     for name in info["state"]:
         values = []

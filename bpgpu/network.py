@@ -4,21 +4,60 @@ Data crosses between the host and the device only here, at the API boundary: ``f
 data to the device once, gathers mini-batches there, and reads the loss back once per epoch.
 """
 
+from __future__ import annotations
+
+import functools
 import math
+import os
 import warnings
+from collections.abc import Callable
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
+from ._engine import reference_forced, run_backward, run_forward, select_engine
+from ._structure import NetworkStructure
+from .architecture import check_input_shape, summary_table
 from .backend import get_backend
 from .history import History
-from .kernels import reference_forced, train_step_for
-from .layers import Dense, Layer, Sigmoid, Softmax, get_activation
-from .losses import BinaryCrossEntropy, CrossEntropy, get_loss
+from .layers import Dense, Layer, Softmax, get_activation
+from .losses import CrossEntropy, get_loss
 from .optimizers import get_optimizer
 from .precision import get_precision
+from .typing import Array, ArrayLike
 from .validation import as_numeric, check_batch_size, check_finite, check_positive_int
 
-__all__ = ["Network"]
+__all__ = ["Network", "dtype_name"]
+
+
+def dtype_name(dtype):
+    """``"float32"`` or ``"float64"`` from a name or a dtype object (``np.float32``,
+    ``np.dtype("float64")``, ``torch.float32``); other values are returned unchanged, for the
+    backend to reject with its message."""
+    if dtype is None or isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        name = str(dtype).rsplit(".", 1)[-1]
+        return name if name in ("float32", "float64") else dtype
+
+#: Most rows ``predict`` and ``evaluate`` send through one forward pass: bounds the buffers an
+#: inference pass makes (and the fast engine keeps for the next call) whatever the data's size.
+INFERENCE_CHUNK = 4096
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _on_device(method: Callable[Concatenate[Network, _P], _R]) -> Callable[Concatenate[Network, _P], _R]:
+    """Run a Network method with its backend's device current (``backend.activate()``), so on
+    ``"cupy:N"`` every array and kernel of the call lands on device N."""
+    @functools.wraps(method)
+    def run(self: Network, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self.backend.activate():
+            return method(self, *args, **kwargs)
+    return run
 
 
 class Network:
@@ -28,9 +67,9 @@ class Network:
         layers: list of :class:`~bpgpu.layers.Layer` objects, applied in order.
         loss: a :class:`~bpgpu.losses.Loss` or its name (``"mse"``, ``"bce"``, ``"cross_entropy"``).
         optimizer: an :class:`~bpgpu.optimizers.Optimizer` or its name (``"sgd"``, ``"adam"``, ...).
-        backend: ``"auto"``, ``"numpy"``, ``"cupy"``, ``"torch"``, ``"array_api_strict"``, a
-            :class:`~bpgpu.Backend`, or None for ``$BPGPU_BACKEND`` (default ``"auto"``).
-        dtype: ``"float32"`` (default) or ``"float64"``.
+        backend: ``"auto"``, ``"numpy"``, ``"cupy"`` (``"cupy:N"``: CUDA device N), ``"torch"``,
+            ``"array_api_strict"``, a :class:`~bpgpu.Backend`, or None for ``$BPGPU_BACKEND`` (default ``"auto"``).
+        dtype: ``"float32"`` (default) or ``"float64"``, as a name or a dtype (``np.float32``).
         seed: seeds the initial weights (drawn on the host, so equal on every backend), the
             shuffling in :meth:`fit` and the device random numbers (dropout). None: a fresh seed,
             recorded in ``net.seed``.
@@ -38,19 +77,30 @@ class Network:
             buffers, fused kernels) where it applies; False forces the reference path. None:
             fast unless the environment variable ``BPGPU_REFERENCE=1``. Same numbers either way,
             to rounding; the fast path updates parameter arrays in place.
+        input_shape: the per-sample input shape, e.g. ``(1, 8, 8)`` for a CNN on one-channel
+            8x8 images: checked against every layer now (and against the data later), and shown
+            with every output shape by :meth:`summary`. None: the first layer's own, if any.
+        cuda_graphs: capture the fast training step as a CUDA graph and replay it (CuPy only;
+            :mod:`bpgpu.kernels.cuda_graphs`): far fewer kernel launches per step for small
+            networks; off by default until measured faster on your GPU.
         precision: None (default: everything in ``dtype``), ``"mixed_float16"`` or
             ``"mixed_bfloat16"`` (torch only), or a :class:`~bpgpu.precision.MixedPrecision`:
             float32 master weights and optimizer state, forward and backward passes in 16 bits,
             dynamic loss scaling for float16 (see :mod:`bpgpu.precision`). Needs
-            ``dtype="float32"``; runs on the reference path.
+            ``dtype="float32"``; runs on the reference engine.
 
     Attributes: ``backend`` (its ``name``, ``device`` and the ``reason`` it was chosen),
-    ``layers``, ``loss``, ``optimizer``, ``precision`` (the policy, or None), ``input_shape`` and
-    ``output_shape`` (per sample).
+    ``engine`` (what runs the steps: ``engine.fast`` and the ``engine.reason`` it was chosen, see
+    :mod:`bpgpu._engine`), ``layers``, ``loss``, ``optimizer``, ``precision`` (the mixed
+    precision policy, or None), ``input_shape`` and
+    ``output_shape`` (per sample). Hooks for features built on the step (see
+    :mod:`bpgpu._engine`): ``gradient_hooks``, a list of ``hook(flat_grads, rows)`` run between
+    the backward pass and the update, and ``engine_requirements``, a set of feature names the
+    chosen engine must serve.
     """
 
     def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
-                 seed=None, fast=None, precision=None):
+                 seed=None, fast=None, input_shape=None, cuda_graphs=False, precision=None):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
                             f"{type(layers).__name__}")
@@ -65,32 +115,43 @@ class Network:
         if fast is not None and not isinstance(fast, bool):
             raise TypeError(f"fast must be True, False or None, got {fast!r}")
         self.fast = not reference_forced() if fast is None else fast
+        if not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
+        self.input_shape = check_input_shape(layers, input_shape)
+        self.output_shape = self._output_shape(self.input_shape, layers) if self.input_shape \
+            else None
         self.layers = list(layers)
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer)
         self.backend = get_backend(backend)
+        dtype = dtype_name(dtype)
+        if cuda_graphs and not hasattr(self.backend.kernels, "device_scalars"):
+            raise ValueError(f"cuda_graphs=True needs the CuPy backend (CUDA graphs); this "
+                             f"network runs on the {self.backend.name} backend")
+        self.cuda_graphs = cuda_graphs
         self.dtype = self.backend.dtype(dtype)
         self.dtype_name = dtype
         self.precision = get_precision(precision)
         if self.precision is not None:
             self.precision.bind(self.backend, dtype)
-        self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)
+        self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)  # type: ignore[arg-type]
         self.loss.bind(self.backend)
         self.optimizer.bind(self.backend)
         seeds = np.random.SeedSequence(self.seed).spawn(2)
         self.shuffle_rng = np.random.default_rng(seeds[0])
         self.device_rng = self.backend.make_rng(seeds[1])
         weights_rng = np.random.default_rng(self.seed)
-        for layer in self.layers:
-            layer.build(self.backend, self.dtype, weights_rng, self.device_rng)
+        with self.backend.activate():
+            for layer in self.layers:
+                layer.build(self.backend, self.dtype, weights_rng, self.device_rng)
         self.layers[0].input_grad = False
         self._refresh_structure()
-        self.input_shape = self.layers[0].input_shape()
-        self.output_shape = self._output_shape(self.input_shape) if self.input_shape else None
         self._data_output_shape = None  # set by _input when the input shape comes from the data
-        self._fuse_sigmoid_bce = (isinstance(self.layers[-1], Sigmoid)
-                                  and isinstance(self.loss, BinaryCrossEntropy)
-                                  and not self.loss.from_logits)
+        self.gradient_hooks = []
+        self.engine_requirements = set()
+        if self.precision is not None:
+            self.engine_requirements.add("mixed precision")
+            self.gradient_hooks.append(self.precision.gradient_hook)
         if isinstance(self.layers[-1], Softmax) and isinstance(self.loss, CrossEntropy):
             warnings.warn("CrossEntropy takes logits and applies softmax itself: a final Softmax "
                           "layer applies it twice. Drop the Softmax layer.", stacklevel=2)
@@ -122,37 +183,39 @@ class Network:
 
     # -- structure ---------------------------------------------------------------------------------
     def _refresh_structure(self):
-        """Cache the flat parameter list and the layers adding a penalty (after building)."""
-        self._all_layers = [sub for layer in self.layers for sub in layer.walk()]
-        self._slots = [(layer, key) for layer in self._all_layers for key in layer.params]
-        self._penalized = [layer for layer in self._all_layers
-                           if type(layer).penalty is not Layer.penalty]
+        """Describe the built layers for the engines (:class:`~bpgpu._structure.NetworkStructure`)."""
+        self.structure = NetworkStructure(self.layers, self.loss, self.precision)
 
-    def _output_shape(self, shape):
-        for layer in self.layers:
+    @property
+    def engine(self):
+        """The engine running this network's steps (:mod:`bpgpu._engine`): ``engine.fast`` and
+        ``engine.reason`` say which one and why."""
+        return select_engine(self)
+
+    @property
+    def _slots(self):  # the pre-0.2 name of ``structure.slots``, kept for code written against it
+        return self.structure.slots
+
+    @property
+    def _all_layers(self):  # the pre-0.2 name of ``structure.all_layers``
+        return self.structure.all_layers
+
+    def _output_shape(self, shape, layers=None):
+        for layer in self.layers if layers is None else layers:
             shape = layer.output_shape(shape)
         return tuple(shape)
 
     @property
-    def n_params(self):
+    def n_params(self) -> int:
         """Number of learnable scalars."""
-        return sum(math.prod(layer.params[key].shape) for layer, key in self._slots)
+        return sum(math.prod(layer.params[key].shape) for layer, key in self.structure.slots)
 
-    def summary(self):
-        """A table of the layers, their output shapes and parameter counts, as a string."""
-        rows = [("layer", "output shape", "params")]
-        shape = self.input_shape
-        for layer in self.layers:
-            shape = layer.output_shape(shape) if shape is not None else None
-            count = sum(math.prod(p.shape) for sub in layer.walk() for p in sub.params.values())
-            rows.append((repr(layer), str(("N",) + tuple(shape)) if shape else "?", str(count)))
-        width = [max(len(r[i]) for r in rows) for i in range(3)]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, width)) for row in rows]
-        lines.append(f"total: {self.n_params} parameters; loss {self.loss.name}, optimizer "
-                     f"{self.optimizer!r}; backend {self.backend.name} ({self.backend.reason})")
-        if self.precision is not None:
-            lines.append(f"precision: {self.precision.name} ({self.precision.path_reason})")
-        return "\n".join(lines)
+    def summary(self) -> str:
+        """A compact table of the layers (nested ones indented), their output shapes and
+        parameter counts, and the totals. A string that displays as the table at an interactive
+        prompt; ``print(net.summary())`` anywhere. Output shapes need a known input shape
+        (``input_shape=`` or a first layer that implies one)."""
+        return summary_table(self)
 
     def __repr__(self):
         return (f"Network({len(self.layers)} layers, {self.n_params} params, "
@@ -160,8 +223,9 @@ class Network:
                 + (f", precision={self.precision.name!r})" if self.precision else ")"))
 
     # -- boundary: data in ---------------------------------------------------------------------------
-    def _input(self, X, name="X"):
-        """Validate features and move them to the device (a copy)."""
+    def _input(self, X, name="X", borrow=False):
+        """Validate features and move them to the device: a copy, unless ``borrow`` and the
+        backend can read ``X`` in place (``Backend.borrow``; the caller then only reads it)."""
         X = as_numeric(X, name, self.backend)
         if X.ndim < 2:
             raise ValueError(f"{name} must have shape (n_samples, n_features), got shape "
@@ -172,6 +236,8 @@ class Network:
         check_finite(X, name, self.backend)
         if self.input_shape is None:  # e.g. Conv2D first: the data's shape fixes the output's
             self._data_output_shape = self._output_shape(tuple(X.shape[1:]))
+        if borrow:
+            return self.backend.borrow(X, self.dtype)
         return self.backend.asarray(X, dtype=self.dtype)
 
     def _target(self, y, n_samples, name="y"):
@@ -188,124 +254,94 @@ class Network:
         raise ValueError("the network's input shape is unknown (its first layer does not declare "
                          "one); start it with a Dense layer or another layer with input_shape()")
 
-    def _data(self, X, y):
-        Xd = self._input(X)
+    def _data(self, X, y, borrow=False):
+        Xd = self._input(X, borrow=borrow)
         return Xd, self._target(y, Xd.shape[0])
 
-    # -- the backprop chain ----------------------------------------------------------------------------
-    def _forward(self, x, training):
-        if self.precision is not None:
-            return self.precision.forward(self, x, training)
-        for layer in self.layers:
-            x = layer.forward(x, training=training)
-        return x
-
-    def _loss(self, out, y):
-        value = self.loss.forward(out, y)
-        for layer in self._penalized:
-            term = layer.penalty()
-            if term is not None:
-                value = value + term
-        return value
-
-    def _backward(self):
-        if self._fuse_sigmoid_bce:
-            dy, layers = self.loss.backward_through_sigmoid(), self.layers[:-1]
-        else:
-            dy, layers = self.loss.backward(), self.layers
-        if self.precision is not None:
-            return self.precision.backward(dy, layers, self)
-        for layer in reversed(layers):
-            dy = layer.backward(dy)
-        return dy
-
-    def _apply_gradients(self):
-        if self.precision is not None and not self.precision.finish_step():
-            return  # non-finite gradients: the loss scaler skips this update
-        step = train_step_for(self)
-        if step is not None:
-            step.apply_gradients()
-            return
-        slots = self._slots
-        new = self.optimizer.step([layer.params[key] for layer, key in slots],
-                                  [layer.grads[key] for layer, key in slots])
-        for (layer, key), value in zip(slots, new):
-            layer.params[key] = value
-
+    # -- the backprop chain (run by the engine, see bpgpu._engine) --------------------------------------
     def _train_batch(self, xb, yb):
         """One step on device arrays: forward, loss, backward, update. Returns the loss (0-d,
         on the device, before the update)."""
-        step = train_step_for(self)
-        if step is not None:
-            return step(xb, yb)
-        loss = self._loss(self._forward(xb, True), yb)
-        self._backward()
-        self._apply_gradients()
-        return loss
+        return self.engine.train_step(xb, yb)
 
     # -- public step-level API ---------------------------------------------------------------------------
-    def forward(self, X, training=False):
+    @_on_device
+    def forward(self, X: ArrayLike, training: bool = False) -> Array:
         """The network's output for ``X`` (n_samples, n_features), as a backend array.
         ``training=True`` runs training-mode layers (dropout, batch statistics)."""
-        return self._forward(self._input(X), training)
+        return run_forward(self.structure, self._input(X), training)
 
-    def compute_loss(self, output, y):
+    @_on_device
+    def compute_loss(self, output: Array, y: ArrayLike) -> Array:
         """The loss (0-d backend array) of ``output`` (from :meth:`forward`) against targets ``y``,
         penalties included; prepares :meth:`backward`."""
-        return self._loss(output, self._target(y, output.shape[0]))
+        target = self._target(y, output.shape[0])
+        return self.structure.penalized_loss(self.loss.forward(output, target))
 
-    def backward(self):
+    @_on_device
+    def backward(self) -> Array | None:
         """Backpropagate the gradient of the last :meth:`compute_loss` through every layer,
         filling each layer's ``grads``. Returns dL/dX, or None when the first layer skips it."""
-        return self._backward()
+        return run_backward(self.structure, self.loss)
 
-    def apply_gradients(self):
-        """Update the weights with the optimizer from the gradients of the last :meth:`backward`."""
-        self._apply_gradients()
+    @_on_device
+    def apply_gradients(self) -> None:
+        """Update the weights with the optimizer from the gradients of the last :meth:`backward`
+        (under mixed precision, unless the loss scaler finds them non-finite: then it skips)."""
+        if self.precision is not None and \
+                not self.precision.allow_update(self.structure.gradients()):
+            return
+        self.engine.apply_update()
 
-    def train_step(self, X, y):
+    @_on_device
+    def train_step(self, X: ArrayLike, y: ArrayLike) -> float:
         """One forward, backward and update on the batch ``(X, y)``; returns the loss before the
         update as a float."""
         Xd, yd = self._data(X, y)
         return self.backend.to_float(self._train_batch(Xd, yd))
 
-    def compute_gradients(self, X, y):
+    @_on_device
+    def compute_gradients(self, X: ArrayLike, y: ArrayLike) -> tuple[float, list[np.ndarray]]:
         """``(loss, grads)`` for the batch ``(X, y)`` without changing any weight or buffer: grads
         is a list of host NumPy arrays in :meth:`get_weights` order."""
         Xd, yd = self._data(X, y)
-        saved = [dict(layer.buffers) for layer in self._all_layers]
+        structure = self.structure
+        saved = [dict(layer.buffers) for layer in structure.all_layers]
         try:
-            loss = self._loss(self._forward(Xd, True), yd)
-            self._backward()
+            loss = structure.penalized_loss(self.loss.forward(run_forward(structure, Xd, True), yd))
+            run_backward(structure, self.loss)
         finally:
-            for layer, buffers in zip(self._all_layers, saved):
+            for layer, buffers in zip(structure.all_layers, saved):
                 layer.buffers = buffers
         return self.backend.to_float(loss), self.gradients()
 
-    def gradients(self):
+    @_on_device
+    def gradients(self) -> list[np.ndarray]:
         """The last computed gradients as host NumPy arrays, in :meth:`get_weights` order."""
-        missing = [f"{type(layer).__name__}.{key}" for layer, key in self._slots
+        missing = [f"{type(layer).__name__}.{key}" for layer, key in self.structure.slots
                    if key not in layer.grads]
         if missing:
             raise RuntimeError(f"no gradients computed yet for {', '.join(missing)}; call "
                                "compute_gradients(X, y), train_step(X, y) or fit(...) first")
-        return [self.backend.to_numpy(layer.grads[key]) for layer, key in self._slots]
+        return [self.backend.to_numpy(layer.grads[key]) for layer, key in self.structure.slots]
 
     # -- weights ---------------------------------------------------------------------------------------
-    def get_weights(self):
+    @_on_device
+    def get_weights(self) -> list[np.ndarray]:
         """Learnable parameters as host NumPy arrays: layer order, nested layers depth first,
         and within a layer its parameters in order (Dense: W then b)."""
-        return [self.backend.to_numpy(layer.params[key]) for layer, key in self._slots]
+        return [self.backend.to_numpy(layer.params[key]) for layer, key in self.structure.slots]
 
-    def set_weights(self, weights):
+    @_on_device
+    def set_weights(self, weights: list[ArrayLike]) -> None:
         """Replace every learnable parameter (same order and shapes as :meth:`get_weights`).
         All arrays are checked first: a rejected call changes nothing."""
         weights = list(weights)
-        if len(weights) != len(self._slots):
+        if len(weights) != len(self.structure.slots):
             raise ValueError(f"set_weights got {len(weights)} arrays; the network has "
-                             f"{len(self._slots)} parameters (see get_weights())")
+                             f"{len(self.structure.slots)} parameters (see get_weights())")
         checked = []
-        for i, ((layer, key), w) in enumerate(zip(self._slots, weights)):
+        for i, ((layer, key), w) in enumerate(zip(self.structure.slots, weights)):
             name = f"weights[{i}] ({type(layer).__name__}.{key})"
             w = as_numeric(w, name, self.backend)
             expected = tuple(layer.params[key].shape)
@@ -313,12 +349,38 @@ class Network:
                 raise ValueError(f"{name} has shape {tuple(w.shape)}; expected {expected}")
             check_finite(w, name, self.backend)
             checked.append(w)
-        for (layer, key), w in zip(self._slots, checked):
+        for (layer, key), w in zip(self.structure.slots, checked):
             layer.params[key] = self.backend.asarray(w, dtype=self.dtype)
 
+    def state_dict(self, format="torch"):
+        """``{name: host NumPy array}`` of every parameter and buffer, named and laid out as the
+        equivalent ``torch.nn`` modules expect (``Dense`` -> ``nn.Linear`` weight (out, in), ...);
+        see :mod:`bpgpu.export` for the names of nested layers."""
+        from .export import state_dict
+
+        return state_dict(self, format=format)
+
+    def load_state_dict(self, state, format="torch"):
+        """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
+        (e.g. ``torch_model.state_dict()`` of the equivalent torch model, on the CPU); everything
+        is checked first, so a refused state changes nothing."""
+        from .export import load_state_dict
+
+        load_state_dict(self, state, format=format)
+
+    def save_safetensors(self, path, metadata=None):
+        """Write :meth:`state_dict` to a safetensors file (see :mod:`bpgpu.export`); read it back
+        with :func:`bpgpu.export.load_safetensors` or ``safetensors.torch.load_file``."""
+        from .export import save_safetensors
+
+        save_safetensors(self, path, metadata=metadata)
+
     # -- training loop -----------------------------------------------------------------------------------
+    @_on_device
     def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
+            validation_split=None, metrics=None, callbacks=None, initial_epoch=None,
+            distributed=None, sample_weight=None, class_weight=None,
+            validation_strategy="tail"):
         """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
         epochs (``net.history`` keeps every epoch, across calls and checkpoints).
 
@@ -330,17 +392,34 @@ class Network:
                 ``net.shuffle_rng``, the same on every backend).
             validation_data: ``(X_val, y_val)``, evaluated in inference mode after every epoch.
             validation_split: instead of ``validation_data``, hold out this fraction of the
-                samples, taken from the end of ``(X, y)`` before any shuffling (as Keras does).
+                samples, chosen by ``validation_strategy``.
+            validation_strategy: ``"tail"`` (default) the last samples of ``(X, y)`` before any
+                shuffling, as Keras does (a warning when they hold one class only);
+                ``"shuffle"`` a random subset (from the network's seed); ``"stratified"`` a
+                random subset holding each class in its share (classification losses).
             verbose: 0 silent; 1 a progress bar per epoch on a terminal, else one line per
                 epoch; 2 one line per epoch.
-            metrics: names (``"accuracy"``, ``"binary_accuracy"``, ``"mae"``, ``"rmse"``,
-                ``"r2"``), :class:`~bpgpu.metrics.Metric` objects or functions, reported for the
-                training batches and the validation data. None: only ``val_accuracy`` for
-                classification losses.
+            metrics: names (``"accuracy"``, ``"binary_accuracy"``, ``"precision"``, ``"recall"``,
+                ``"f1"``, ``"roc_auc"``, ``"top_k_accuracy"``, ``"mae"``, ``"rmse"``, ``"r2"``,
+                see :mod:`bpgpu.metrics`), :class:`~bpgpu.metrics.Metric` objects or functions,
+                reported for the training batches and the validation data. None: only
+                ``val_accuracy`` for classification losses.
             callbacks: list of :class:`~bpgpu.callbacks.Callback` objects.
+            sample_weight: per-sample weights (n_samples,), >= 0: each batch's loss is the
+                weighted mean sum(w l) / sum(w), so a weight of 2 counts a sample twice
+                (scikit-learn's convention); the epoch loss is weighted the same way.
+            class_weight: ``{class: weight}`` or ``"balanced"`` (n_samples / (n_classes *
+                count of the class)), multiplied into the sample weights; classes are the
+                cross-entropy class ids, or 0 and 1 for a one-output BCE. Weighted training
+                runs on the reference engine (``"sample weights"`` has no fast version) and not
+                with ``distributed``.
             initial_epoch: Keras-style resume: set the epoch counter to ``initial_epoch`` and
                 run until ``epochs`` (then the index to stop before). Without it, ``fit``
                 continues from ``net.epoch``, so a loaded checkpoint continues with plain ``fit``.
+            distributed: a :class:`~bpgpu.distributed.Communicator` from
+                :func:`bpgpu.distributed.init`: train data-parallel, every rank passing the same
+                ``(X, y)``; ``batch_size`` is then per rank. N ranks with batch b train like one
+                process with batch N b (see :mod:`bpgpu.distributed`).
 
         Per epoch the history records ``loss`` (the batch losses, each taken before its update,
         weighted by batch size; penalties included), the metrics, ``val_loss`` and ``val_*``,
@@ -354,34 +433,88 @@ class Network:
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                    validation_data=validation_data, verbose=verbose,
                    validation_split=validation_split, metrics=metrics, callbacks=callbacks,
-                   initial_epoch=initial_epoch)
+                   initial_epoch=initial_epoch, distributed=distributed,
+                   sample_weight=sample_weight, class_weight=class_weight,
+                   validation_strategy=validation_strategy)
 
     # -- inference ---------------------------------------------------------------------------------------
+    @_on_device
     def predict(self, X, batch_size=None):
         """Outputs for ``X`` as a host NumPy array (inference mode), computed ``batch_size`` rows
-        at a time (None: all at once)."""
+        at a time (None: all at once, in blocks of at most ``INFERENCE_CHUNK`` rows) by the
+        engine's forward pass (the fast one reuses its buffers from call to call)."""
         batch_size = check_batch_size(batch_size)
-        Xd = self._input(X)
+        Xd = self._input(X, borrow=True)
         n = Xd.shape[0]
         bs = n if batch_size is None or n == 0 else batch_size
-        parts = [self.backend.to_numpy(self._forward(Xd[s:min(s + bs, n), ...], False))
-                 for s in range(0, max(n, 1), max(bs, 1))]
-        return np.concatenate(parts, axis=0)
+        bs = min(bs, INFERENCE_CHUNK) if n else bs
+        engine, result = self.engine, None
+        for s in range(0, max(n, 1), max(bs, 1)):
+            out = self.backend.to_numpy(engine.forward(Xd[s:min(s + bs, n), ...], False))
+            if bs >= n:
+                return np.ascontiguousarray(out)
+            if result is None:
+                result = np.empty((n,) + out.shape[1:], out.dtype)
+            result[s:s + out.shape[0], ...] = out
+        return result
 
-    def evaluate(self, X, y):
-        """``{"loss": float}`` on ``(X, y)`` in inference mode, plus ``"accuracy"`` for
-        classification losses (argmax for cross-entropy; threshold 0.5 or logit 0 for BCE)."""
-        return self._evaluate(*self._data(X, y))
+    def predict_proba(self, X, batch_size=None):
+        """Class probabilities for ``X`` as a host NumPy array: the loss's link applied to
+        :meth:`predict`'s raw output. Cross-entropy: softmax of the logits, (N, C); BCE from
+        logits: sigmoid; BCE on probabilities (a final Sigmoid): the output itself, (N, k).
+        Regression losses have no probabilities (TypeError)."""
+        if not self.loss.is_classification:
+            raise TypeError(f"predict_proba needs a classification loss (cross_entropy or bce); "
+                            f"this network's loss is {self.loss.name!r}: use predict()")
+        out = self.predict(X, batch_size=batch_size)
+        if isinstance(self.loss, CrossEntropy):
+            z = out - out.max(axis=1, keepdims=True)
+            e = np.exp(z)
+            return e / e.sum(axis=1, keepdims=True)
+        if getattr(self.loss, "from_logits", False):
+            return np.exp(-np.logaddexp(0.0, -out))  # sigmoid without overflow
+        return out
 
-    def _evaluate(self, Xd, yd):
-        out = self._forward(Xd, False)
-        logs = {"loss": self.backend.to_float(self._loss(out, yd))}
-        if self.loss.is_classification:
-            logs["accuracy"] = self.backend.to_float(self.loss.accuracy(out, yd))
-        return logs
+    def predict_classes(self, X, batch_size=None):
+        """Predicted classes for ``X``: cross-entropy, the argmax class ids (N,); BCE, 0/1 per
+        output (threshold at probability 0.5), shape (N,) for one output, else (N, k)."""
+        if not self.loss.is_classification:
+            raise TypeError(f"predict_classes needs a classification loss (cross_entropy or "
+                            f"bce); this network's loss is {self.loss.name!r}: use predict()")
+        out = self.predict(X, batch_size=batch_size)
+        if isinstance(self.loss, CrossEntropy):
+            return out.argmax(axis=1)
+        threshold = 0.0 if getattr(self.loss, "from_logits", False) else 0.5
+        labels = (out > threshold).astype(np.int64)
+        return labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
+
+    @_on_device
+    def evaluate(self, X, y, metrics=None, batch_size=None, sample_weight=None):
+        """``{"loss": float, metric: float, ...}`` on ``(X, y)`` in inference mode.
+
+        Args:
+            metrics: names, :class:`~bpgpu.metrics.Metric` objects or functions (as in
+                :meth:`fit`). None: ``"accuracy"`` for classification losses, else nothing.
+            batch_size: rows per forward pass (None: at most ``INFERENCE_CHUNK``, 4096); the
+                result does not depend on it (to rounding).
+            sample_weight: per-sample weights (n_samples,), >= 0: the loss and the built-in
+                metrics become weighted means, as scikit-learn's metrics with ``sample_weight``.
+        """
+        from .training import evaluate_arrays, metric_list, sample_weights
+
+        batch_size = check_batch_size(batch_size)
+        bound = metric_list(metrics, self) if metrics is not None else \
+            metric_list(["accuracy"], self) if self.loss.is_classification else []
+        Xd, yd = self._data(X, y, borrow=True)
+        weights = sample_weights(self, sample_weight, None, yd)
+        wd = None if weights is None else self.backend.asarray(weights, dtype=self.dtype)
+        if Xd.shape[0] == 0:
+            raise ValueError("X holds no samples; evaluate needs at least one")
+        return evaluate_arrays(self, Xd, yd, bound, batch_size or INFERENCE_CHUNK, weights=wd)
 
     # -- persistence -----------------------------------------------------------------------------------------
-    def save(self, path):
+    @_on_device
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write the network (architecture, weights, buffers, loss and optimizer settings) and
         its training state (optimizer moments and counters, schedule position, random generator
         states, epoch counter, history) to one ``.npz`` file, atomically; after

@@ -17,13 +17,22 @@ of every epoch of ``Network.fit`` (through :meth:`Optimizer.advance_schedule`) w
 ``per="epoch"`` (the default).
 """
 
-import math
+from __future__ import annotations
 
+import math
+from typing import Any, TypeVar
+
+from .registry import get_registry
 from .schedules import Schedule, deserialize_schedule, serialize_schedule
+from .typing import Array, Namespace
 from .validation import check_number
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "get_optimizer", "OPTIMIZERS",
            "serialize_optimizer", "deserialize_optimizer"]
+
+
+_OPTIMIZERS = get_registry("optimizer")
+_O = TypeVar("_O", bound="Optimizer")
 
 
 def _check(condition, message):
@@ -37,31 +46,38 @@ class Optimizer:
     Subclasses implement ``_init_state(params)`` and ``_update(i, p, g, lr) -> new p``.
     """
 
-    def __init__(self, lr, clip_norm=None, clip_value=None):
+    xp: Namespace
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _OPTIMIZERS.register(cls)  # every optimizer class can be rebuilt from a file by its name
+
+    def __init__(self, lr: float | Schedule, clip_norm: float | None = None,
+                 clip_value: float | None = None) -> None:
         self.lr = lr if isinstance(lr, Schedule) else check_number(lr, "lr", 0.0)
         self.clip_norm = None if clip_norm is None else check_number(clip_norm, "clip_norm", 0.0)
         self.clip_value = None if clip_value is None else check_number(clip_value, "clip_value", 0.0)
         self.xp = None
         self.step_count = 0
         self.schedule_step = 0
-        self.state = {}
+        self.state: dict[str, list[Array]] = {}
 
-    def bind(self, backend):
+    def bind(self: _O, backend: Any) -> _O:
         """Compute with ``backend.xp`` (set by the Network that owns the optimizer)."""
         self.xp = backend.xp
         return self
 
-    def learning_rate(self):
+    def learning_rate(self) -> float:
         """The learning rate the next step uses: ``lr``, or ``lr(schedule_step)`` for a schedule."""
         lr = self.lr
         return lr(self.schedule_step) if isinstance(lr, Schedule) else lr
 
-    def advance_schedule(self, unit):
+    def advance_schedule(self, unit: str) -> None:
         """Move a schedule with ``per == unit`` (``"epoch"`` or ``"batch"``) one step on."""
         if isinstance(self.lr, Schedule) and self.lr.per == unit:
             self.schedule_step += 1
 
-    def step(self, params, grads):
+    def step(self, params: list[Array], grads: list[Array]) -> list[Array]:
         """One update. ``params`` and ``grads``: lists of arrays, same order every call.
         Returns the list of updated parameters.
 
@@ -80,7 +96,7 @@ class Optimizer:
         grads = self.clip(grads)
         return [self._update(i, p, g, lr) for i, (p, g) in enumerate(zip(params, grads))]
 
-    def clip(self, grads):
+    def clip(self, grads: list[Array]) -> list[Array]:
         """Apply ``clip_value`` then ``clip_norm`` (see the module docstring)."""
         xp = self.xp
         if self.clip_value is not None:
@@ -102,7 +118,8 @@ class Optimizer:
         raise NotImplementedError
 
     # -- serialisation --------------------------------------------------------------------------
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments as a JSON-serialisable dict (a schedule as its description)."""
         config = {"lr": serialize_schedule(self.lr) if isinstance(self.lr, Schedule) else self.lr}
         if self.clip_norm is not None:
             config["clip_norm"] = self.clip_norm
@@ -110,13 +127,21 @@ class Optimizer:
             config["clip_value"] = self.clip_value
         return config
 
-    def state_dict(self):
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Optimizer:
+        """Rebuild from :meth:`get_config`'s output (a described schedule becomes a Schedule)."""
+        config = dict(config)
+        if isinstance(config.get("lr"), dict):
+            config["lr"] = deserialize_schedule(config["lr"])
+        return cls(**config)
+
+    def state_dict(self) -> dict[str, Any]:
         """``{"step_count": int, "schedule_step": int, "state": {name: [arrays]}}`` (arrays on
         the backend)."""
         return {"step_count": self.step_count, "schedule_step": self.schedule_step,
                 "state": {k: list(v) for k, v in self.state.items()}}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = int(state["step_count"])
         self.schedule_step = int(state.get("schedule_step", 0))
         self.state = {k: list(v) for k, v in state["state"].items()}
@@ -128,12 +153,12 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with optional momentum (``torch.optim.SGD``).
+    """Stochastic gradient descent with optional momentum (``torch.optim.SGD``)::
 
-    g <- g + weight_decay * p
-    with momentum mu > 0:  b <- g on the first step, else b <- mu b + (1 - dampening) g;
-                           g <- g + mu b (nesterov) or g <- b
-    p <- p - lr g
+        g <- g + weight_decay * p
+        with momentum mu > 0:  b <- g on the first step, else b <- mu b + (1 - dampening) g;
+                               g <- g + mu b (nesterov) or g <- b
+        p <- p - lr g
 
     Defaults: lr=1e-3, momentum=0, dampening=0, weight_decay=0, nesterov=False.
     """
@@ -170,11 +195,11 @@ class SGD(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """RMSprop (``torch.optim.RMSprop``).
+    """RMSprop (``torch.optim.RMSprop``)::
 
-    g <- g + weight_decay * p;  v <- alpha v + (1 - alpha) g^2
-    centered: a <- alpha a + (1 - alpha) g;  d = sqrt(v - a^2) + eps, else d = sqrt(v) + eps
-    momentum mu > 0:  b <- mu b + g / d;  p <- p - lr b,  else p <- p - lr g / d
+        g <- g + weight_decay * p;  v <- alpha v + (1 - alpha) g^2
+        centered: a <- alpha a + (1 - alpha) g;  d = sqrt(v - a^2) + eps, else d = sqrt(v) + eps
+        momentum mu > 0:  b <- mu b + g / d;  p <- p - lr b,  else p <- p - lr g / d
 
     Defaults: lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False.
     """
@@ -221,11 +246,11 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (``torch.optim.Adam``), weight decay added to the gradient (L2 style).
+    """Adam (``torch.optim.Adam``), weight decay added to the gradient (L2 style)::
 
-    g <- g + weight_decay * p
-    m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
-    p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+        g <- g + weight_decay * p
+        m <- b1 m + (1 - b1) g;   v <- b2 v + (1 - b2) g^2
+        p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
 
     Defaults: lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.
     """
@@ -264,6 +289,13 @@ class Adam(Optimizer):
         return {**super().get_config(), "betas": list(self.betas), "eps": self.eps,
                 "weight_decay": self.weight_decay}
 
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if "betas" in config:  # JSON stores the pair as a list
+            config["betas"] = tuple(config["betas"])
+        return super().from_config(config)
+
 
 class AdamW(Adam):
     """AdamW (``torch.optim.AdamW``): Adam with decoupled weight decay.
@@ -280,33 +312,22 @@ class AdamW(Adam):
 
 
 OPTIMIZERS = {"sgd": SGD, "rmsprop": RMSprop, "adam": Adam, "adamw": AdamW}
-_CLASSES = {cls.__name__: cls for cls in OPTIMIZERS.values()}
+_OPTIMIZERS.use_names(OPTIMIZERS)  # the names Network(optimizer=...) accepts; add yours with add_name
 
 
-def get_optimizer(optimizer):
+def get_optimizer(optimizer: Optimizer | str) -> Optimizer:
     """An optimizer from its name (``"sgd"``, ``"rmsprop"``, ``"adam"``, ``"adamw"``, with default
     hyperparameters) or an Optimizer instance."""
     if isinstance(optimizer, Optimizer):
         return optimizer
-    try:
-        return OPTIMIZERS[optimizer.lower()]()
-    except (KeyError, AttributeError):
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected an Optimizer instance or one "
-                         f"of {', '.join(OPTIMIZERS)}") from None
+    return _OPTIMIZERS.create(optimizer)
 
 
-def serialize_optimizer(optimizer):
-    return {"class": type(optimizer).__name__, "config": optimizer.get_config()}
+def serialize_optimizer(optimizer: Optimizer) -> dict[str, Any]:
+    """``{"class": name, "config": {...}}`` describing ``optimizer`` (JSON-serialisable)."""
+    return _OPTIMIZERS.serialize(optimizer)
 
 
-def deserialize_optimizer(spec):
-    try:
-        cls = _CLASSES[spec["class"]]
-        config = dict(spec.get("config", {}))
-    except (KeyError, TypeError, ValueError):
-        raise ValueError(f"unknown optimizer description {spec!r}; known: {', '.join(_CLASSES)}") from None
-    if "betas" in config:
-        config["betas"] = tuple(config["betas"])
-    if isinstance(config.get("lr"), dict):
-        config["lr"] = deserialize_schedule(config["lr"])
-    return cls(**config)
+def deserialize_optimizer(spec: dict[str, Any]) -> Optimizer:
+    """Rebuild an optimizer from :func:`serialize_optimizer`'s output (any registered class)."""
+    return _OPTIMIZERS.deserialize(spec)

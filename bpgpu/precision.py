@@ -31,8 +31,10 @@ weights diverged) is one, as in float32: the scale acts on the backward pass onl
 cure it, so ``fit`` raises :class:`~bpgpu.TrainingDivergedError` (that step's update, with
 non-finite gradients, was skipped and the weights are those before it).
 
-Mixed precision runs on the reference path; the fused kernels of :mod:`bpgpu.kernels` have no
-16-bit variants yet (:attr:`MixedPrecision.path_reason`).
+Mixed precision runs on the reference engine: a network with a policy requires ``"mixed
+precision"`` (``net.engine_requirements``), which no fast kernel set offers yet (their fused
+kernels have no 16-bit variants), so ``net.engine.reason`` reads "reference: mixed precision has
+no fast version". The skip decision is the network's gradient hook (:mod:`bpgpu._engine`).
 """
 
 from contextlib import contextmanager
@@ -142,12 +144,8 @@ class MixedPrecision:
         loss_scale: ``"auto"`` (a default :class:`LossScaler` for float16, none for bfloat16),
             a :class:`LossScaler`, or None (no loss scaling and no skipped steps).
 
-    Attributes (after the Network binds it): ``compute`` (the backend's dtype), ``scaler``,
-    ``path_reason`` (why the step runs on the reference path).
+    Attributes (after the Network binds it): ``compute`` (the backend's dtype), ``scaler``.
     """
-
-    path_reason = ("mixed precision runs on the reference path: the fused kernels have no "
-                   "16-bit variants yet")
 
     def __init__(self, compute_dtype="float16", loss_scale="auto"):
         if compute_dtype not in PRECISIONS.values():
@@ -160,8 +158,7 @@ class MixedPrecision:
         self.compute_dtype = compute_dtype
         self.scaler = loss_scale
         self.backend = self.xp = self.compute = self.master = None
-        self._copies = {}       # (id(layer), key) -> (master array, its 16-bit copy)
-        self._found_inf = None  # 0-d device bool from the last backward pass, or None
+        self._copies = {}  # (id(layer), key) -> (master array, its 16-bit copy)
 
     @property
     def name(self):
@@ -192,10 +189,10 @@ class MixedPrecision:
         return x if x.dtype == dtype else self.xp.astype(x, dtype)
 
     @contextmanager
-    def _compute_weights(self, net):
+    def _compute_weights(self, structure):
         """Put 16-bit copies of the master weights into the layers for the duration."""
         masters = []
-        for layer, key in net._slots:
+        for layer, key in structure.slots:
             master = layer.params[key]
             masters.append(master)
             if layer.keep_float32:
@@ -208,59 +205,59 @@ class MixedPrecision:
         try:
             yield
         finally:
-            for (layer, key), master in zip(net._slots, masters):
+            for (layer, key), master in zip(structure.slots, masters):
                 layer.params[key] = master
 
-    # -- the three phases of a step ----------------------------------------------------------------
-    def forward(self, net, x, training):
+    # -- the phases of a step (called by bpgpu._engine and the Network) ----------------------------
+    def forward(self, structure, x, training):
         """The network's output for ``x``, computed in the compute dtype, returned in float32."""
-        with self._compute_weights(net):
+        with self._compute_weights(structure):
             x = self._cast(x, self.compute)
-            for layer in net.layers:
+            for layer in structure.layers:
                 x = layer.forward(x, training=training)
         return self._cast(x, self.master)
 
-    def backward(self, dy, layers, net):
+    def backward(self, structure, dy, layers):
         """Backpropagate dL/dout ``dy`` (float32) through ``layers`` in the compute dtype, scaled
-        by the loss scale; leaves unscaled float32 gradients in the layers and notes whether any
-        is not finite. Returns the unscaled float32 dL/dX, or None."""
-        xp = self.xp
+        by the loss scale; leaves unscaled float32 gradients in the layers. Returns the unscaled
+        float32 dL/dX, or None."""
         scale = 1.0 if self.scaler is None else self.scaler.scale
-        penalized = net._penalized
-        for layer in penalized:
+        for layer in structure.penalized:
             layer.loss_scale = scale
         try:  # overflow is expected here (the scaler handles it): no NumPy warnings for it
-            with self._compute_weights(net), np.errstate(over="ignore", invalid="ignore"):
+            with self._compute_weights(structure), np.errstate(over="ignore", invalid="ignore"):
                 dy = self._cast(dy * scale, self.compute)
                 for layer in reversed(layers):
                     dy = layer.backward(dy)
         finally:
-            for layer in penalized:
+            for layer in structure.penalized:
                 layer.loss_scale = 1.0
         unscale = 1.0 / scale
-        grads = []
         with np.errstate(invalid="ignore"):
-            for layer, key in net._slots:
+            for layer, key in structure.slots:
                 g = self._cast(layer.grads[key], self.master)
                 layer.grads[key] = g * unscale if scale != 1.0 else g
-                grads.append(layer.grads[key])
-        if self.scaler is not None and grads:
-            flags = [xp.any(xp.logical_not(xp.isfinite(g))) for g in grads]
-            self._found_inf = xp.any(xp.stack(flags))
-        if dy is None:
-            return None
-        dy = self._cast(dy, self.master)
-        return dy * unscale if scale != 1.0 else dy
+            if dy is not None:
+                dy = self._cast(dy, self.master)
+                dy = dy * unscale if scale != 1.0 else dy
+        return dy
 
-    def finish_step(self):
-        """Read whether the last backward pass found inf/NaN gradients (one device read), move
-        the loss scale, and return True when the optimizer may update the weights."""
-        found, self._found_inf = self._found_inf, None
-        if self.scaler is None or found is None:
+    def allow_update(self, grads):
+        """Whether the optimizer may apply ``grads`` (the unscaled float32 gradients, a list of
+        arrays): False when one holds inf or NaN. Moves the loss scale; one device read. Always
+        True without a scaler."""
+        if self.scaler is None:
             return True
-        found = bool(found)
-        self.scaler.update(found)
-        return not found
+        xp = self.xp
+        finite = bool(xp.all(xp.stack([xp.all(xp.isfinite(g)) for g in grads])))
+        self.scaler.update(not finite)
+        return finite
+
+    def gradient_hook(self, flat_grads, rows):
+        """The network's gradient hook (:mod:`bpgpu._engine`): :meth:`allow_update` on the
+        flat gradient, after any hook before it (a distributed fit's all-reduce comes first, so
+        every rank decides alike)."""
+        return self.allow_update([flat_grads])
 
     # -- state -------------------------------------------------------------------------------------
     def epoch_logs(self, skipped_before):

@@ -25,14 +25,18 @@ A schedule of your own subclasses :class:`Schedule`, implements ``rate(t)`` and 
 and is then saved and loaded with the network like the built-in ones (classes register by name).
 """
 
-import math
+from __future__ import annotations
 
+import math
+from typing import Any
+
+from .registry import get_registry
 from .validation import check_number
 
 __all__ = ["Schedule", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
-           "ReduceLROnPlateau", "serialize_schedule", "deserialize_schedule"]
+           "ReduceLROnPlateau", "serialize_schedule", "deserialize_schedule"]  # noqa: F822 (module __getattr__)
 
-_REGISTRY = {}
+_SCHEDULES = get_registry("schedule")
 _UNITS = ("epoch", "batch")
 
 
@@ -55,25 +59,30 @@ class Schedule:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
+        _SCHEDULES.register(cls)  # every schedule class can be rebuilt from a file by its name
 
-    def __init__(self, per="epoch"):
+    def __init__(self, per: str = "epoch") -> None:
         if per not in _UNITS:
             raise ValueError(f"per must be 'epoch' or 'batch', got {per!r}")
         self.per = per
 
-    def __call__(self, t):
+    def __call__(self, t: int) -> float:
         if isinstance(t, bool) or not isinstance(t, int) or t < 0:
             raise ValueError(f"a schedule is evaluated at integer steps t >= 0, got {t!r}")
         return float(self.rate(t))
 
-    def rate(self, t):
+    def rate(self, t: int) -> float:
         """The learning rate at step ``t`` (an int >= 0)."""
         raise NotImplementedError(f"{type(self).__name__} must implement rate(t)")
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """Constructor arguments as a JSON-serialisable dict."""
         return {"per": self.per}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Schedule:
+        """Rebuild from :meth:`get_config`'s output."""
+        return cls(**config)
 
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
@@ -82,7 +91,7 @@ class Schedule:
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # equal by configuration, so unhashable
 
 
 class StepLR(Schedule):
@@ -193,24 +202,14 @@ class _Constant(Schedule):
         return {"value": self.value, "per": self.per}
 
 
-def serialize_schedule(schedule):
+def serialize_schedule(schedule: Schedule) -> dict[str, Any]:
     """``{"class": name, "config": {...}}`` (JSON-serialisable)."""
-    return {"class": type(schedule).__name__, "config": schedule.get_config()}
+    return _SCHEDULES.serialize(schedule)
 
 
-def deserialize_schedule(spec):
+def deserialize_schedule(spec: dict[str, Any]) -> Schedule:
     """Rebuild a schedule from :func:`serialize_schedule`'s output; runs no code from it."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("config", {}), dict):
-        raise ValueError(f"a schedule description must be {{'class': str, 'config': dict}}, "
-                         f"got {spec!r}")
-    cls = _REGISTRY.get(spec.get("class"))
-    if cls is None:
-        raise ValueError(f"unknown schedule class {spec.get('class')!r}; known: "
-                         f"{', '.join(sorted(k for k in _REGISTRY if not k.startswith('_')))}")
-    config = spec.get("config", {})
-    if hasattr(cls, "from_config"):
-        return cls.from_config(config)
-    return cls(**config)
+    return _SCHEDULES.deserialize(spec)
 
 
 def __getattr__(name):

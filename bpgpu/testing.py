@@ -75,7 +75,7 @@ def check_layer(layer, input_shape, backends=None, tol=1e-6, training=True, seed
                        backend.make_rng(seed))
         errors = gradient_errors(instance, x, eps=eps, training=training, seed=seed,
                                  max_entries=max_entries)
-        worst = max(errors, key=errors.get)
+        worst = max(errors, key=lambda name: errors[name])
         if not errors[worst] <= tol:
             detail = ", ".join(f"{k}: {v:.3g}" for k, v in errors.items())
             raise AssertionError(

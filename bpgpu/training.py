@@ -24,28 +24,69 @@ found may differ.
 
 import copy
 import math
-import sys
-import time
+import warnings
 
 import numpy as np
 
+from ._progress import Progress
+from ._snapshot import Snapshot
 from .callbacks import CallbackList, LearningRateScheduler, ReduceLROnPlateau
 from .errors import TrainingDivergedError
 from .history import History
-from .metrics import Accuracy, get_metric
+from .metrics import Accuracy, get_metric, metric_logs
 from .schedules import Schedule
-from .validation import check_batch_size, check_positive_int
+from .validation import as_numeric, check_batch_size, check_finite, check_positive_int
 
-__all__ = ["fit", "evaluate_arrays", "copy_weights", "restore_weights", "Progress"]
+__all__ = ["fit", "evaluate_arrays", "metric_list", "sample_weights", "validation_rows"]
 
 #: Smallest chunk used to evaluate validation data (inference needs no small batches).
 VALIDATION_CHUNK = 1024
 
 
 def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-        validation_split=None, metrics=None, callbacks=None, initial_epoch=None):
+        validation_split=None, metrics=None, callbacks=None, initial_epoch=None, distributed=None,
+        sample_weight=None, class_weight=None, validation_strategy="tail"):
     """See :meth:`Network.fit <bpgpu.Network.fit>`. Everything is checked before any training
-    step, so a rejected call changes nothing."""
+    step, so a rejected call changes nothing. With ``distributed`` (a
+    :class:`~bpgpu.distributed.Communicator`) the ranks first agree that every one of them
+    accepted its call with the same data, network and settings (:mod:`bpgpu.distributed`)."""
+    parallel = None
+    if distributed is not None:
+        from .distributed import DataParallel
+
+        parallel = DataParallel(distributed, net)
+    try:
+        loop, span, fingerprint = _prepare(net, X, y, epochs, batch_size, shuffle,
+                                           validation_data, verbose, validation_split, metrics,
+                                           callbacks, initial_epoch, parallel, sample_weight,
+                                           class_weight, validation_strategy)
+    except Exception as exc:
+        if parallel is not None:
+            parallel.agree(exc, None)
+        raise
+    if parallel is None:
+        if loop.weights is None:
+            return loop.run(*span)
+        # Weighted batches need the weighted loss: the reference engine, for this call only.
+        added = "sample weights" not in net.engine_requirements
+        net.engine_requirements.add("sample weights")
+        try:
+            return loop.run(*span)
+        finally:
+            if added:
+                net.engine_requirements.discard("sample weights")
+    parallel.agree(None, fingerprint)
+    with parallel.abort_on_error(), parallel.attached():
+        parallel.broadcast_state()
+        if initial_epoch is None:  # the epoch counter is rank 0's now
+            span = (net.epoch, net.epoch + span[1] - span[0], net.epoch)
+        return loop.run(*span)
+
+
+def _prepare(net, X, y, epochs, batch_size, shuffle, validation_data, verbose, validation_split,
+             metrics, callbacks, initial_epoch, parallel, sample_weight=None, class_weight=None,
+             validation_strategy="tail"):
+    """Check every argument of :func:`fit`; ``(loop, (start, end, shown_from), fingerprint)``."""
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_batch_size(batch_size)
     if verbose not in (0, 1, 2, False, True):
@@ -57,6 +98,15 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
                 or not 0.0 < validation_split < 1.0:
             raise ValueError(f"validation_split must be a fraction in (0, 1), e.g. 0.2, got "
                              f"{validation_split!r}")
+    if validation_strategy not in VALIDATION_STRATEGIES:
+        raise ValueError(f"validation_strategy must be one of {VALIDATION_STRATEGIES}, got "
+                         f"{validation_strategy!r}")
+    if validation_strategy == "stratified" and not net.loss.is_classification:
+        raise ValueError(f"validation_strategy='stratified' needs a classification loss; the "
+                         f"network's loss is {net.loss.name!r}: use 'shuffle'")
+    if parallel is not None and (sample_weight is not None or class_weight is not None):
+        raise ValueError("sample_weight and class_weight are not supported with distributed "
+                         "training yet; train without distributed=, or without weights")
     if initial_epoch is not None:
         if isinstance(initial_epoch, bool) or not isinstance(initial_epoch, (int, np.integer)) \
                 or initial_epoch < 0:
@@ -64,40 +114,176 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
         if epochs <= initial_epoch:
             raise ValueError(f"with initial_epoch={initial_epoch}, epochs is the epoch to stop "
                              f"before (Keras' convention) and must exceed it; got epochs={epochs}")
-    train_metrics = _metric_list(metrics, net)
+    train_metrics = metric_list(metrics, net)
     val_metrics = ([copy.copy(m) for m in train_metrics] if metrics is not None
                    else [Accuracy().bind(net.backend, net.loss)] if net.loss.is_classification
                    else [])
     callback_list = CallbackList(callbacks, net)
-    Xd, yd = net._data(X, y)
+    Xd, yd = net._data(X, y, borrow=True)  # read in place where the backend can (never written)
     n = Xd.shape[0]
     if n == 0:
         raise ValueError("X holds no samples; fit needs at least one")
+    weights = sample_weights(net, sample_weight, class_weight, yd)
     validation = None
     if validation_split is not None:
-        split = int(math.floor(n * (1.0 - validation_split)))
-        if split < 1 or split >= n:
-            raise ValueError(f"validation_split={validation_split} of {n} samples leaves {split} for "
-                             f"training and {n - split} for validation; both need at least one")
-        validation = (Xd[split:, ...], yd[split:, ...])
-        Xd, yd = Xd[:split, ...], yd[:split, ...]
+        train_rows, val_rows = validation_rows(net, yd, validation_split, validation_strategy)
+        validation = (_rows(net, Xd, val_rows), _rows(net, yd, val_rows))
+        Xd, yd = _rows(net, Xd, train_rows), _rows(net, yd, train_rows)
+        if weights is not None:
+            validation += (net.backend.asarray(weights[val_rows], dtype=net.dtype),)
+            weights = weights[train_rows]
     elif validation_data is not None:
-        if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-            raise ValueError("validation_data must be a pair (X_val, y_val)")
-        validation = net._data(*validation_data)
+        if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
+            raise ValueError("validation_data must be a pair (X_val, y_val) or a triple "
+                             "(X_val, y_val, sample_weight_val)")
+        validation = net._data(*validation_data[:2], borrow=True)
         if validation[0].shape[0] == 0:
             raise ValueError("validation_data holds no samples")
+        if len(validation_data) == 3 and validation_data[2] is not None:
+            val_weights = sample_weights(net, validation_data[2], None, validation[1])
+            validation += (net.backend.asarray(val_weights, dtype=net.dtype),)
     # Progress counts this call's epochs ("epoch 1/5"), or absolute ones with initial_epoch.
     if initial_epoch is None:
-        start, end, shown_from = net.epoch, net.epoch + epochs, net.epoch
+        span = (net.epoch, net.epoch + epochs, net.epoch)
     else:
-        start, end, shown_from = int(initial_epoch), epochs, 0
+        span = (int(initial_epoch), epochs, 0)
+    fingerprint = None
+    if parallel is not None:
+        parallel.check(Xd.shape[0], train_metrics + val_metrics)
+        settings = {"epochs": epochs, "batch_size": batch_size, "shuffle": bool(shuffle),
+                    "validation_split": validation_split, "initial_epoch": initial_epoch,
+                    "validation": None if validation is None
+                    else [list(validation[0].shape), list(validation[1].shape)],
+                    "metrics": [m.name for m in train_metrics + val_metrics]}
+        fingerprint = parallel.fingerprint(X, y, Xd, yd, settings)
+        if parallel.rank != 0:  # rank 0 alone prints and writes files
+            verbose = 0
+            callback_list = CallbackList([c for c in callback_list.callbacks
+                                          if not c.rank_zero_only], net)
+        if batch_size is not None:
+            batch_size *= parallel.size  # the global batch
     loop = _Loop(net, Xd, yd, batch_size, shuffle, train_metrics, val_metrics, validation,
-                 callback_list, verbose)
-    return loop.run(start, end, shown_from)
+                 callback_list, verbose, parallel, weights)
+    return loop, span, fingerprint
 
 
-def _metric_list(metrics, net):
+#: How ``validation_split`` picks the held-out samples (see Network.fit).
+VALIDATION_STRATEGIES = ("tail", "shuffle", "stratified")
+
+
+def _rows(net, a, rows):
+    """``a`` restricted to ``rows``: a slice stays a view, an index array gathers on the device."""
+    if isinstance(rows, slice):
+        return a[rows, ...]
+    return net.backend.xp.take(a, net.backend.asarray(rows, dtype=net.backend.xp.int64), axis=0)
+
+
+def _class_ids(net, yd):
+    """Host class ids (n,) of prepared targets: cross-entropy ids (or argmax of probability
+    rows), 0/1 for a one-output BCE; None for other targets (multi-output BCE, regression)."""
+    if not net.loss.is_classification:
+        return None
+    y = net.backend.to_numpy(yd)
+    if y.ndim == 1:
+        return y.astype(np.int64)
+    if net.loss.name == "cross_entropy":
+        return y.argmax(axis=1)
+    if y.shape[1:] == (1,):
+        return (y[:, 0] > 0.5).astype(np.int64)
+    return None
+
+
+def validation_rows(net, yd, fraction, strategy):
+    """``(train rows, validation rows)`` for ``validation_split=fraction``: slices for
+    ``"tail"``, sorted index arrays otherwise (the draws come from a generator seeded by the
+    network's seed, so a seed gives the same split)."""
+    n = yd.shape[0]
+    n_val = n - int(math.floor(n * (1.0 - fraction)))
+    if n_val < 1 or n_val >= n:
+        raise ValueError(f"validation_split={fraction} of {n} samples leaves {n - n_val} for "
+                         f"training and {n_val} for validation; both need at least one")
+    classes = _class_ids(net, yd)
+    if strategy == "tail":
+        if classes is not None and np.unique(classes[n - n_val:]).size == 1 \
+                and np.unique(classes).size > 1:
+            warnings.warn(f"the validation split (the last {n_val} samples) holds class "
+                          f"{classes[-1]} only; the data may be sorted by class: pass "
+                          "validation_strategy='stratified' or 'shuffle'", stacklevel=3)
+        return slice(0, n - n_val), slice(n - n_val, n)
+    rng = np.random.default_rng(np.random.SeedSequence(net.seed).spawn(3)[2])
+    if strategy == "shuffle" or classes is None:
+        val = rng.permutation(n)[:n_val]
+    else:
+        val = _stratified_pick(rng, classes, n_val)
+    mask = np.zeros(n, dtype=bool)
+    mask[val] = True
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def _stratified_pick(rng, classes, n_val):
+    """``n_val`` indices holding each class in proportion to its count (largest remainders get
+    the leftover places), drawn at random within each class."""
+    labels, counts = np.unique(classes, return_counts=True)
+    share = counts * n_val / counts.sum()
+    take = np.floor(share).astype(np.int64)
+    for i in np.argsort(-(share - take), kind="stable")[:n_val - int(take.sum())]:
+        take[i] += 1
+    picked = [rng.permutation(np.flatnonzero(classes == label))[:k]
+              for label, k in zip(labels, take)]
+    return np.concatenate(picked)
+
+
+def sample_weights(net, sample_weight, class_weight, yd):
+    """Host float64 weights (n,) from ``sample_weight`` times ``class_weight`` (see
+    Network.fit), or None when neither is given. Checked: finite, >= 0, one per sample."""
+    n = yd.shape[0]
+    weights = None
+    if sample_weight is not None:
+        weights = as_numeric(sample_weight, "sample_weight", net.backend)
+        check_finite(weights, "sample_weight", net.backend)
+        if net.backend.is_native(weights):
+            weights = net.backend.to_numpy(weights)
+        weights = np.array(weights, dtype=np.float64).reshape(-1) if weights.ndim <= 1 else None
+        if weights is None or weights.shape[0] != n:
+            raise ValueError(f"sample_weight must have shape ({n},), one weight per sample; got "
+                             f"shape {tuple(np.shape(sample_weight))}")
+        if (weights < 0).any():
+            raise ValueError("sample_weight must hold finite numbers >= 0")
+    if class_weight is not None:
+        classes = _class_ids(net, yd)
+        if classes is None:
+            raise ValueError("class_weight needs class targets: cross-entropy, or BCE with one "
+                             f"output; the network's loss is {net.loss.name!r} with targets of "
+                             f"shape {tuple(yd.shape)}")
+        per_sample = _class_weights(class_weight, classes)
+        weights = per_sample if weights is None else weights * per_sample
+    return weights
+
+
+def _class_weights(class_weight, classes):
+    """Per-sample weights from ``{class: weight}`` (classes absent from it weigh 1) or
+    ``"balanced"``: n / (n_classes * count), scikit-learn's ``compute_class_weight``."""
+    if isinstance(class_weight, str):
+        if class_weight != "balanced":
+            raise ValueError(f"class_weight must be a dict {{class: weight}} or 'balanced', got "
+                             f"{class_weight!r}")
+        labels, inverse, counts = np.unique(classes, return_inverse=True, return_counts=True)
+        return (classes.shape[0] / (labels.shape[0] * counts))[inverse].astype(np.float64)
+    if not isinstance(class_weight, dict):
+        raise TypeError(f"class_weight must be a dict {{class: weight}} or 'balanced', got "
+                        f"{type(class_weight).__name__}")
+    table = {}
+    for label, value in class_weight.items():
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise ValueError(f"class_weight keys must be integer class ids, got {label!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
+                or not math.isfinite(value) or value < 0:
+            raise ValueError(f"class_weight[{label}] must be a finite number >= 0, got {value!r}")
+        table[int(label)] = float(value)
+    return np.array([table.get(int(c), 1.0) for c in classes], dtype=np.float64)
+
+
+def metric_list(metrics, net):
     if metrics is None:
         return []
     if isinstance(metrics, str) or callable(metrics):
@@ -115,11 +301,15 @@ def _metric_list(metrics, net):
 
 class _Loop:
     def __init__(self, net, Xd, yd, batch_size, shuffle, train_metrics, val_metrics, validation,
-                 callbacks, verbose):
+                 callbacks, verbose, parallel=None, weights=None):
         self.net, self.Xd, self.yd = net, Xd, yd
+        self.weights = weights  # host float64 (n,) or None
+        self.wd = None if weights is None else net.backend.asarray(weights, dtype=net.dtype)
+        self.parallel = parallel  # None, or the DataParallel of a distributed fit
         self.n = Xd.shape[0]
         self.bs = self.n if batch_size is None else min(batch_size, self.n)
         self.n_steps = -(-self.n // self.bs)
+        self._gathered = None  # the reused batch buffers of shuffled epochs
         self.shuffle = bool(shuffle) and self.bs < self.n
         self.train_metrics, self.val_metrics = train_metrics, val_metrics
         self.validation = validation
@@ -139,28 +329,56 @@ class _Loop:
         return self.net.backend.asarray(host_order, dtype=self.net.backend.xp.int64)
 
     def _batch(self, order, step):
+        """``(xb, yb, rows, wb)``: the step's batch (this rank's share of it when distributed),
+        how many of its rows count (a rank with an empty share gets one row that counts zero)
+        and its sample weights (None without)."""
         start = step * self.bs
         stop = min(start + self.bs, self.n)
+        rows = stop - start
+        if self.parallel is not None:
+            start, stop, rows = self.parallel.select(start, stop)
         if order is None:
-            return self.Xd[start:stop, ...], self.yd[start:stop, ...]
-        xp = self.net.backend.xp
+            wb = None if self.wd is None else self.wd[start:stop]
+            return self.Xd[start:stop, ...], self.yd[start:stop, ...], rows, wb
+        backend = self.net.backend
+        if self._gathered is None:  # one batch of each, reused by every step (Backend.take_rows)
+            xp = backend.xp
+            self._gathered = tuple(xp.empty((self.bs,) + tuple(a.shape[1:]), dtype=a.dtype,
+                                            device=backend.device) for a in (self.Xd, self.yd))
         idx = order[start:stop]
-        return xp.take(self.Xd, idx, axis=0), xp.take(self.yd, idx, axis=0)
+        size = stop - start
+        wb = None if self.wd is None else backend.xp.take(self.wd, idx, axis=0)
+        return (backend.take_rows(self.Xd, idx, self._gathered[0][:size, ...]),
+                backend.take_rows(self.yd, idx, self._gathered[1][:size, ...]), rows, wb)
 
-    def _step(self, xb, yb, metric_sums=None):
-        """One update; the loss (0-d, on the device) before it. With metrics, the chain is run
-        explicitly so the batch output can feed them (same operations as ``_train_batch``)."""
-        net = self.net
-        if not self.train_metrics:
-            return net._train_batch(xb, yb)
-        out = net._forward(xb, True)
-        loss = net._loss(out, yb)
-        if metric_sums is not None:
-            for i, metric in enumerate(self.train_metrics):
-                s = metric.update(out, yb)
-                metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
-        net._backward()
-        net._apply_gradients()
+    def _batch_total(self, host_order, step, rows):
+        """What batch ``step``'s mean loss is multiplied by in the epoch sum: its ``rows``, or
+        the sum of its weights (from the host copy, no device read)."""
+        if self.weights is None:
+            return float(rows)
+        start = step * self.bs
+        stop = min(start + self.bs, self.n)
+        picked = slice(start, stop) if host_order is None else host_order[start:stop]
+        return float(self.weights[picked].sum())
+
+    def _global_loss(self, loss):
+        """The loss of the step just run as a float (the global batch's, when distributed)."""
+        if self.parallel is None:
+            return self.net.backend.to_float(loss)
+        return self.parallel.step_loss(loss, self.parallel.sync.weight)
+
+    def _step(self, xb, yb, metric_sums=None, wb=None):
+        """One update by the network's engine; the loss (0-d, on the device) before it. With
+        metrics, the engine also hands back the batch's output to feed them; ``wb``: the
+        batch's sample weights (None without)."""
+        engine = self.net.engine
+        weighted = {} if wb is None else {"weight": wb}
+        if not self.train_metrics or metric_sums is None:
+            return engine.train_step(xb, yb, **weighted)
+        loss, out = engine.train_step(xb, yb, output=True, **weighted)
+        for i, metric in enumerate(self.train_metrics):
+            s = metric.update(out, yb) if wb is None else metric.update(out, yb, wb)
+            metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
         return loss
 
     def _run_epoch(self, host_order, progress):
@@ -171,15 +389,22 @@ class _Loop:
             metric.begin()
         batch_hooks = self.callbacks.batch_hooks
         for step in range(self.n_steps):
-            xb, yb = self._batch(order, step)
-            size = xb.shape[0]
-            loss = self._step(xb, yb, sums)
-            weighted = loss * float(size)
-            total = weighted if total is None else total + weighted
-            seen += size
+            xb, yb, size, wb = self._batch(order, step)
+            loss = self._step(xb, yb, sums if size else None, wb)
+            share = self._batch_total(host_order, step, size)
+            if size:
+                weighted = loss * share
+                total = weighted if total is None else total + weighted
+            seen += share
             steps += 1
             if batch_hooks:
-                self.callbacks.on_batch_end(step, {"batch": step, "size": size, "loss": loss})
+                logs = {"batch": step, "size": size, "loss": loss}
+                if self.parallel is not None:
+                    logs.update(size=min(self.bs, self.n - step * self.bs),
+                                loss=self._global_loss(loss))
+                self.callbacks.on_batch_end(step, logs)
+                if self.parallel is not None:
+                    net.stop_training = self.parallel.any(net.stop_training)
             progress.advance()
             if net.stop_training:
                 break
@@ -190,7 +415,7 @@ class _Loop:
         net = self.net
         xp, dtype = net.backend.xp, net.dtype
         bad = sum(xp.sum(xp.astype(xp.logical_not(xp.isfinite(layer.params[key])), dtype))
-                  for layer, key in net._slots)
+                  for layer, key in net.structure.slots)
         parts = [xp.reshape(xp.astype(xp.asarray(total), dtype), (1,)),
                  xp.reshape(xp.asarray(bad, dtype=dtype), (1,))]
         parts += [xp.reshape(s, (-1,)) for s in sums]
@@ -202,7 +427,8 @@ class _Loop:
         snapshot.restore(self.net)
         order = self._order(snapshot.order)
         for step in range(n_steps):
-            self._step(*self._batch(order, step))
+            xb, yb, _, wb = self._batch(order, step)
+            self._step(xb, yb, wb=wb)
 
     def _recover(self, epoch, snap, prev, steps_run):
         """Replay the epoch step by step after a non-finite epoch sum. Returns the error (with
@@ -214,7 +440,8 @@ class _Loop:
         before_previous, before = None, snap
         losses = []
         for step in range(steps_run):
-            loss = net.backend.to_float(self._step(*self._batch(order, step)))
+            xb, yb, _, wb = self._batch(order, step)
+            loss = self._global_loss(self._step(xb, yb, wb=wb))
             if not math.isfinite(loss):
                 if before_previous is not None:
                     before_previous.restore(net)
@@ -223,10 +450,10 @@ class _Loop:
                 else:
                     snap.restore(net)
                 return TrainingDivergedError(epoch, step, loss)
-            before_previous, before = before, _Snapshot(net)
+            before_previous, before = before, Snapshot(net)
             losses.append(loss)
         if not all(bool(net.backend.xp.all(net.backend.xp.isfinite(layer.params[key])))
-                   for layer, key in net._slots):
+                   for layer, key in net.structure.slots):
             before_previous.restore(net)
             return TrainingDivergedError(epoch, steps_run - 1, float("nan"), weights=True)
         return losses
@@ -245,32 +472,42 @@ class _Loop:
             while net.epoch < end and not net.stop_training:
                 epoch = net.epoch
                 callbacks.on_epoch_begin(epoch)
+                if self.parallel is not None:
+                    net.stop_training = self.parallel.any(net.stop_training)
                 host_order = net.shuffle_rng.permutation(self.n) if self.shuffle else None
-                snap = _Snapshot(net, host_order)
+                snap = Snapshot(net, host_order)
                 lr = net.optimizer.learning_rate()
                 progress.begin(f"epoch {epoch - shown_from + 1}/{end - shown_from}", self.n_steps)
                 total, sums, seen, steps = self._run_epoch(host_order, progress)
                 snap.steps = steps
                 host = self._read(total, sums)
+                if self.parallel is not None:
+                    host, seen = self.parallel.sum_sums(host, seen, self.train_metrics)
                 loss_sum = float(host[0])
                 if not math.isfinite(loss_sum) or host[1] > 0:
                     outcome = self._recover(epoch, snap, prev, steps)
                     if isinstance(outcome, TrainingDivergedError):
                         progress.close()
-                        if callbacks.on_divergence(outcome):
+                        stop = callbacks.on_divergence(outcome)
+                        if self.parallel is not None:
+                            stop = self.parallel.any(stop)
+                        if stop:
                             progress.message(f"stopped: {outcome}")
                             break
                         raise outcome
-                    loss_sum = math.fsum(loss * min(self.bs, self.n - s * self.bs)
-                                         for s, loss in enumerate(outcome))
-                logs = {"loss": loss_sum / seen}
+                    loss_sum = math.fsum(
+                        loss * self._batch_total(snap.order, s, min(self.bs, self.n - s * self.bs))
+                        for s, loss in enumerate(outcome))
+                logs = {"loss": loss_sum / seen if seen else 0.0}
                 offset = 2
                 for metric, s in zip(self.train_metrics, sums):
                     size = s.shape[0]
-                    logs[metric.name] = metric.result(host[offset:offset + size])
+                    logs.update(metric_logs(metric, host[offset:offset + size]))
                     offset += size
                 if self.validation is not None:
-                    val = evaluate_arrays(net, *self.validation, self.val_metrics, self.val_chunk)
+                    Xv, yv, *wv = self.validation
+                    val = evaluate_arrays(net, Xv, yv, self.val_metrics, self.val_chunk,
+                                          self.parallel, wv[0] if wv else None)
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 if self.log_lr:
                     logs["lr"] = lr
@@ -282,6 +519,8 @@ class _Loop:
                 net.optimizer.advance_schedule("epoch")
                 progress.end(logs)
                 callbacks.on_epoch_end(epoch, logs)
+                if self.parallel is not None:
+                    net.stop_training = self.parallel.any(net.stop_training)
                 prev = snap
         finally:
             progress.close()
@@ -289,11 +528,21 @@ class _Loop:
         return history
 
 
-def evaluate_arrays(net, Xd, yd, metrics, chunk=None):
+def evaluate_arrays(net, Xd, yd, metrics, chunk=None, parallel=None, weights=None):
     """``{"loss": float, metric name: float}`` on device arrays, in inference mode, ``chunk``
-    rows at a time (None: all at once), with one device read."""
-    xp = net.backend.xp
+    rows at a time (None: all at once), with one device read. With ``parallel`` (a distributed
+    fit) each rank evaluates its share of the rows and the sums are added across ranks (every
+    rank evaluates all rows when there are fewer rows than ranks). ``weights``: optional device
+    sample weights (n,); the loss is then sum(w l) / sum(w) and the built-in metrics are
+    weighted (not with ``parallel``)."""
+    xp, engine = net.backend.xp, net.engine
     n = Xd.shape[0]
+    shared = parallel is not None and n >= parallel.size
+    if shared:
+        if weights is not None:
+            raise ValueError("weighted evaluation is not supported with distributed training")
+        a, b = parallel.share(0, n)
+        Xd, yd, n = Xd[a:b, ...], yd[a:b, ...], b - a
     chunk = n if chunk is None else chunk
     for metric in metrics:
         metric.begin()
@@ -301,163 +550,25 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None):
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
-        out = net._forward(xb, False)
-        loss = net._loss(out, yb) * float(stop - start)
+        wb = None if weights is None else weights[start:stop]
+        out = engine.forward(xb, False)
+        share = float(stop - start) if wb is None else xp.sum(wb)
+        loss = engine.loss(out, yb, wb) * share
         total = loss if total is None else total + loss
         for i, metric in enumerate(metrics):
-            s = metric.update(out, yb)
+            s = metric.update(out, yb) if wb is None else metric.update(out, yb, wb)
             sums[i] = s if sums[i] is None else sums[i] + s
     parts = [xp.reshape(xp.astype(xp.asarray(total), net.dtype), (1,))]
+    if weights is not None:
+        parts.append(xp.reshape(xp.sum(weights), (1,)))
     parts += [xp.reshape(s, (-1,)) for s in sums]
     host = net.backend.to_numpy(xp.concat(parts)).astype(np.float64)
-    logs = {"loss": float(host[0]) / n}
-    offset = 1
+    if shared:
+        host, n = parallel.sum_sums(host, n, metrics)
+    offset = 1 if weights is None else 2
+    denominator = n if weights is None else float(host[1])
+    logs = {"loss": float(host[0]) / denominator if denominator else 0.0}
     for metric, s in zip(metrics, sums):
-        logs[metric.name] = metric.result(host[offset:offset + s.shape[0]])
+        logs.update(metric_logs(metric, host[offset:offset + s.shape[0]]))
         offset += s.shape[0]
     return logs
-
-
-# -- copies of the training state ------------------------------------------------------------------
-def _copy(xp, a):
-    return xp.asarray(a, copy=True)
-
-
-def copy_weights(net):
-    """Device copies of every parameter and buffer (for :func:`restore_weights`)."""
-    xp = net.backend.xp
-    return ([_copy(xp, layer.params[key]) for layer, key in net._slots],
-            [{k: _copy(xp, v) for k, v in layer.buffers.items()} for layer in net._all_layers])
-
-
-def restore_weights(net, weights):
-    """Put back parameters and buffers from :func:`copy_weights` (the copy stays usable)."""
-    xp = net.backend.xp
-    params, buffers = weights
-    for (layer, key), value in zip(net._slots, params):
-        layer.params[key] = _copy(xp, value)
-    for layer, saved in zip(net._all_layers, buffers):
-        layer.buffers = {k: _copy(xp, v) for k, v in saved.items()}
-
-
-class _Snapshot:
-    """Everything a training step changes: weights, buffers, optimizer state, step counters and
-    learning rate, and the device RNG; plus the epoch's batch order and how many steps it ran."""
-
-    def __init__(self, net, order=None):
-        xp = net.backend.xp
-        self.weights = copy_weights(net)
-        state = net.optimizer.state_dict()
-        self.optimizer = {"step_count": state["step_count"],
-                          "schedule_step": state.get("schedule_step", 0),
-                          "state": {k: [_copy(xp, a) for a in v] for k, v in state["state"].items()}}
-        self.lr = net.optimizer.lr
-        self.rng = net.backend.rng_state(net.device_rng)
-        self.precision = None if net.precision is None else net.precision.state_dict()
-        self.order = order
-        self.steps = 0
-
-    def restore(self, net):
-        xp = net.backend.xp
-        restore_weights(net, self.weights)
-        net.optimizer.load_state_dict({
-            "step_count": self.optimizer["step_count"],
-            "schedule_step": self.optimizer["schedule_step"],
-            "state": {k: [_copy(xp, a) for a in v] for k, v in self.optimizer["state"].items()}})
-        net.optimizer.lr = self.lr
-        net.backend.set_rng_state(net.device_rng, copy.deepcopy(self.rng))
-        if self.precision is not None:
-            net.precision.load_state_dict(self.precision)
-
-
-# -- progress display ----------------------------------------------------------------------------------
-def _isatty(stream):
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False
-
-
-def format_logs(logs):
-    return "  ".join(f"{k} {v:.6g}" for k, v in logs.items())
-
-
-class Progress:
-    """What ``fit`` prints. ``verbose=0``: nothing. ``verbose=1`` on a terminal: a progress bar per
-    epoch (tqdm when installed, else a plain one) that shows the epoch's loss and metrics when it
-    completes. ``verbose=2``, or 1 when not writing to a terminal: one line per epoch."""
-
-    BAR_WIDTH = 30
-    REDRAW_SECONDS = 0.1
-
-    def __init__(self, verbose, stream=None):
-        self.stream = sys.stdout if stream is None else stream
-        self.verbose = int(verbose)
-        self.bar = self.verbose == 1 and _isatty(self.stream)
-        self._tqdm_class = _tqdm() if self.bar else None
-        self._tqdm = None
-
-    def begin(self, label, n_steps):
-        self.label, self.n, self.i = label, n_steps, 0
-        self._open = True
-        self.t0 = self._drawn = time.perf_counter()
-        if self.bar and self._tqdm_class is not None:
-            self._tqdm = self._tqdm_class(total=n_steps, desc=label, unit="batch", leave=True,
-                                          file=self.stream, dynamic_ncols=True, mininterval=0.1)
-        elif self.bar:
-            self._draw()
-
-    def advance(self):
-        if not self.bar:
-            return
-        self.i += 1
-        if self._tqdm is not None:
-            self._tqdm.update(1)
-            return
-        now = time.perf_counter()
-        if now - self._drawn >= self.REDRAW_SECONDS:
-            self._drawn = now
-            self._draw()
-
-    def _draw(self, tail=""):
-        filled = self.BAR_WIDTH * self.i // max(self.n, 1)
-        bar = "=" * filled + "." * (self.BAR_WIDTH - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {self.i}/{self.n}{tail}")
-        self.stream.flush()
-
-    def end(self, logs):
-        if not self.verbose:
-            return
-        text = format_logs(logs)
-        seconds = time.perf_counter() - self.t0
-        self._open = False
-        if self._tqdm is not None:
-            self._tqdm.set_postfix_str(text, refresh=False)
-            self._tqdm.close()
-            self._tqdm = None
-        elif self.bar:
-            self._draw(f"  {text}  ({seconds:.2f}s)\n")
-        else:
-            print(f"{self.label}  {text}  ({seconds:.2f}s)", file=self.stream, flush=True)
-
-    def message(self, text):
-        if self.verbose:
-            print(text, file=self.stream, flush=True)
-
-    def close(self):
-        """Close an unfinished bar (after an error or a clean stop)."""
-        if self._tqdm is not None:
-            self._tqdm.close()
-            self._tqdm = None
-        elif self.bar and getattr(self, "_open", False):
-            self.stream.write("\n")
-            self.stream.flush()
-        self._open = False
-
-
-def _tqdm():
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm

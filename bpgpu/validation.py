@@ -18,19 +18,60 @@ def as_numeric(data, name, backend):
     not hold real numbers. The result may share memory with ``data``: do not mutate it."""
     if backend.is_native(data):
         if not backend.xp.isdtype(data.dtype, _NUMERIC_KINDS):
+            if isinstance(data, np.ndarray):
+                _reject_strings(data, name)
             raise TypeError(f"{name} must hold real numbers, got an array of dtype {data.dtype}")
         return data
     if data is None:
         raise TypeError(f"{name} must be an array of numbers, got None")
+    if _is_sparse(data):
+        raise TypeError(f"{name} is a scipy sparse matrix ({type(data).__name__}); bpgpu needs "
+                        f"dense arrays: call {name}.toarray() first")
+    if _is_pandas(data):
+        data = _from_pandas(data, name)
     try:
         host = np.asarray(data)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"{name} could not be read as a rectangular array of numbers: {exc}") from None
     if host.dtype.kind not in "biuf":
+        _reject_strings(host, name)
         raise TypeError(
             f"{name} must hold real numbers (bool, int or float), got dtype {host.dtype}"
             + (" (ragged or mixed-type input?)" if host.dtype == object else ""))
     return host
+
+
+def _reject_strings(host, name):
+    """TypeError pointing to label encoding when the NumPy array ``host`` holds strings."""
+    if host.dtype.kind in "US" or (host.dtype.kind == "O" and any(
+            isinstance(v, str) for v in host.reshape(-1)[:100])):
+        raise TypeError(
+            f"{name} must hold real numbers (bool, int or float), got dtype {host.dtype} "
+            "(strings): encode class labels with sklearn.preprocessing.LabelEncoder, or use "
+            "bpgpu.sklearn.MLPClassifier, which takes any labels and gives them back")
+
+
+def _is_sparse(data):
+    """True for scipy sparse matrices and arrays (without importing scipy)."""
+    module = type(data).__module__
+    return module.startswith("scipy.sparse") and hasattr(data, "toarray")
+
+
+def _is_pandas(data):
+    return type(data).__module__.split(".")[0] == "pandas" and hasattr(data, "to_numpy")
+
+
+def _from_pandas(data, name):
+    """A pandas Series or DataFrame as NumPy. Nullable columns (``Int64``, ``Float64``,
+    ``boolean``) become their NumPy dtype when they hold no missing value; with one, ValueError."""
+    dtypes = list(data.dtypes) if hasattr(data, "columns") else [data.dtype]
+    numpy_dtypes = [getattr(d, "numpy_dtype", d) for d in dtypes]
+    if all(isinstance(d, np.dtype) and d.kind in "biuf" for d in numpy_dtypes):
+        if bool(np.asarray(data.isna()).any()):
+            raise ValueError(f"{name} has missing values (NaN or pd.NA); expected a value in "
+                             "every cell: fill or drop them first")
+        return data.to_numpy(dtype=np.result_type(*numpy_dtypes))
+    return np.asarray(data)
 
 
 def check_finite(x, name, backend):

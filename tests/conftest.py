@@ -38,7 +38,10 @@ def selected_backends(config):
 
 
 def pytest_generate_tests(metafunc):
-    if "backend" in metafunc.fixturenames:
+    # A module that defines its own ``backend`` fixture (OWN_BACKEND_FIXTURE = True, e.g. the
+    # emulated CuPy kernels) is not parametrized over the real backends.
+    if "backend" in metafunc.fixturenames and not getattr(metafunc.module, "OWN_BACKEND_FIXTURE",
+                                                          False):
         metafunc.parametrize("backend", selected_backends(metafunc.config), indirect=True)
 
 

@@ -83,7 +83,7 @@ def test_nested_parameters_gradients_and_adam_match_torch(backend, torch):
     assert [w.shape for w in weights] == [(4, 6), (6,), (6, 6), (6,), (6, 6), (6,), (6, 3), (3,)]
     params = [torch.tensor(w, requires_grad=True) for w in weights]
     optimizer = torch.optim.Adam(params, lr=0.05)
-    for step in range(3):
+    for _ in range(3):
         loss, grads = net.compute_gradients(X, y)
         optimizer.zero_grad()
         torch_loss = torch.nn.functional.cross_entropy(_torch_nested(torch, params, torch.tensor(X)),
@@ -196,7 +196,7 @@ def test_checkpoint_keeps_only_its_input(backend):
     x = backend.asarray(_x((4, 5)), f64)
     plain.forward(x, training=True)
     assert any(_held_arrays(layer, backend) for layer in plain.walk())
-    for step in range(2):
+    for _ in range(2):
         ckpt.forward(x, training=True)
         assert _held_arrays(ckpt, backend) == ["_x"]
         assert all(not _held_arrays(layer, backend) for layer in ckpt.block.walk())

@@ -147,3 +147,124 @@ def test_config_round_trip():
     again = Conv2D.from_config(layer.get_config())
     assert again.get_config() == layer.get_config()
     assert (again.kernel_size, again.stride, again.padding) == ((3, 2), (2, 2), (1, 0))
+
+
+# -- dilation and groups -------------------------------------------------------------------------------
+# (in_channels, out_channels, kernel_size, stride, padding, dilation, groups, input H x W)
+GROUPED = [
+    (2, 3, 3, 1, 0, 2, 1, (7, 6)),            # dilation alone
+    (4, 6, (3, 2), (2, 1), (2, 1), (1, 3), 2, (6, 8)),
+    (3, 3, 3, 1, 1, 1, 3, (5, 5)),            # depthwise: groups = in_channels = out_channels
+    (3, 6, 3, 2, 2, 2, 3, (6, 7)),            # depthwise with channel multiplier 2
+    (6, 4, 1, 1, 0, 1, 2, (3, 3)),            # grouped 1x1
+]
+
+
+def _conv_pair(backend, torch, geometry, seed=1):
+    """Our layer and torch.nn.Conv2d with the same random weights, run on the same x and dy."""
+    c_in, c_out, kernel, stride, padding, dilation, groups, hw = geometry
+    layer = _build(Conv2D(c_in, c_out, kernel, stride, padding, dilation=dilation, groups=groups),
+                   backend)
+    rng = np.random.default_rng(seed)
+    W, b = rng.standard_normal(tuple(layer.params["W"].shape)), rng.standard_normal(c_out)
+    f64 = backend.dtype("float64")
+    layer.params["W"], layer.params["b"] = backend.asarray(W, f64), backend.asarray(b, f64)
+    conv = torch.nn.Conv2d(c_in, c_out, kernel, stride, padding, dilation=dilation,
+                           groups=groups).double()
+    assert tuple(conv.weight.shape) == W.shape
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor(W))
+        conv.bias.copy_(torch.tensor(b))
+    return layer, conv, rng.standard_normal((2, c_in) + hw)
+
+
+@pytest.mark.parametrize("geometry", GROUPED, ids=str)
+def test_dilation_and_groups_match_torch(backend, torch, geometry):
+    layer, conv, x = _conv_pair(backend, torch, geometry)
+    f64 = backend.dtype("float64")
+    y = layer.forward(backend.asarray(x, f64), training=True)
+    dy = np.random.default_rng(2).standard_normal(tuple(y.shape))
+    dx = layer.backward(backend.asarray(dy, f64))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = conv(xt)
+    yt.backward(torch.tensor(dy))
+    assert tuple(y.shape) == tuple(yt.shape)
+    assert layer.output_shape(x.shape[1:]) == tuple(yt.shape[1:])
+    assert _rel(backend.to_numpy(y), yt.detach().numpy()) < 1e-12
+    assert _rel(backend.to_numpy(dx), xt.grad.numpy()) < 1e-12
+    assert _rel(backend.to_numpy(layer.grads["W"]), conv.weight.grad.numpy()) < 1e-12
+    assert _rel(backend.to_numpy(layer.grads["b"]), conv.bias.grad.numpy()) < 1e-12
+
+
+@pytest.mark.parametrize("geometry", GROUPED[1:4], ids=str)
+def test_dilation_and_groups_gradcheck(backend, geometry):
+    c_in, c_out, kernel, stride, padding, dilation, groups, hw = geometry
+    layer = _build(Conv2D(c_in, c_out, kernel, stride, padding, dilation=dilation, groups=groups),
+                   backend)
+    x = np.random.default_rng(3).standard_normal((2, c_in) + hw)
+    errors = bpgpu.gradient_errors(layer, x, max_entries=10)
+    assert set(errors) == {"x", "W", "b"}
+    assert max(errors.values()) < 1e-7, errors
+
+
+def test_grouped_weights_and_initial_scale_follow_the_group_size():
+    layer = _build(Conv2D(64, 64, 3, groups=32, init="he_normal"), bpgpu.get_backend("numpy"),
+                   seed=0)
+    W = np.asarray(layer.params["W"])
+    assert W.shape == (64, 2, 3, 3)
+    # he_normal: std sqrt(2 / fan_in), fan_in = (64 / 32) * 3 * 3 = 18 (as torch counts it);
+    # counting all 64 input channels would give a std 4 times smaller.
+    assert abs(W.std() / np.sqrt(2.0 / 18) - 1.0) < 0.2
+
+
+@pytest.mark.parametrize("args,kwargs,match", [
+    ((3, 4, 3), {"groups": 2}, r"groups=2 must divide both in_channels \(3\) and out_channels \(4\)"),
+    ((6, 4, 3), {"groups": 3}, r"groups=3 must divide both in_channels \(6\) and out_channels \(4\)"),
+    ((3, 4, 3), {"groups": 0}, "groups"),
+    ((3, 4, 3), {"dilation": 0}, "dilation"),
+    ((3, 4, 3), {"dilation": (1, 2, 3)}, "dilation"),
+])
+def test_rejects_impossible_groups_and_dilation(args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Conv2D(*args, **kwargs)
+
+
+def test_torch_style_positional_dilation_is_refused_with_advice():
+    with pytest.raises(ValueError, match="pass dilation and groups by keyword"):
+        Conv2D(2, 4, 3, 1, 1, 2)
+
+
+def test_dilated_kernel_larger_than_the_input_is_rejected_and_changes_nothing():
+    layer = _build(Conv2D(1, 1, 3, dilation=3), bpgpu.get_backend("numpy"))
+    W = np.array(layer.params["W"], copy=True)
+    ok = layer.forward(np.ones((1, 1, 7, 7)), training=True)  # span 7: one window
+    assert ok.shape == (1, 1, 1, 1)
+    cached = layer._cols
+    with pytest.raises(ValueError, match=r"kernel size 3 with dilation 3 \(span 7\) is larger "
+                                         r"than the padded input \(6 \+ 2 \* 0\); the output "
+                                         "would have no rows or columns"):
+        layer.forward(np.ones((1, 1, 6, 8)))
+    with pytest.raises(ValueError, match="span 7"):
+        layer.output_shape((1, 6, 8))
+    assert layer._cols is cached and np.array_equal(np.asarray(layer.params["W"]), W)
+
+
+def test_network_with_dilation_and_groups_survives_save_and_load(tmp_path):
+    layers = [Conv2D(2, 4, 3, padding=2, dilation=2, groups=2), ReLU(),
+              Conv2D(4, 4, 3, groups=4, bias=False), Flatten(), Dense(4 * 4 * 4, 3)]
+    net = bpgpu.Network(layers, loss="cross_entropy", backend="numpy", dtype="float64", seed=1)
+    X = np.random.default_rng(0).standard_normal((5, 2, 6, 6))
+    net.save(tmp_path / "conv.npz")
+    again = bpgpu.load(tmp_path / "conv.npz")
+    assert [layer.get_config() for layer in again.layers] == \
+        [layer.get_config() for layer in net.layers]
+    assert (again.layers[0].dilation, again.layers[0].groups) == ((2, 2), 2)
+    np.testing.assert_array_equal(again.predict(X), net.predict(X))
+
+
+def test_config_without_dilation_and_groups_loads_as_before():
+    """Configs written before these options existed rebuild the plain convolution."""
+    old = {"in_channels": 2, "out_channels": 3, "kernel_size": [3, 3], "stride": [1, 1],
+           "padding": [0, 0], "init": "he_normal", "bias": True}
+    layer = Conv2D.from_config(old)
+    assert (layer.dilation, layer.groups) == ((1, 1), 1)

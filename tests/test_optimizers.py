@@ -55,7 +55,7 @@ def test_trajectory_matches_torch(backend, torch, name, kwargs):
     params = [backend.asarray(p, dtype=f64) for p in _initial_params()]
     ref_params = [torch.nn.Parameter(torch.tensor(p)) for p in _initial_params()]
     ref = getattr(torch.optim, name)(ref_params, **kwargs)
-    for step in range(STEPS):
+    for _ in range(STEPS):
         grads = [_gradient(i, backend.to_numpy(p)) for i, p in enumerate(params)]
         params = opt.step(params, [backend.asarray(g, dtype=f64) for g in grads])
         for i, p in enumerate(ref_params):

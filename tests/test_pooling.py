@@ -112,3 +112,89 @@ def test_rejects_bad_inputs(cls):
 def test_config_round_trip(cls):
     layer = cls((2, 3), (1, 2))
     assert cls.from_config(layer.get_config()).get_config() == layer.get_config()
+
+
+# -- padding -----------------------------------------------------------------------------------------
+# (kernel_size, stride, padding, input H x W)
+PADDED = [
+    (3, 1, 1, (5, 4)),
+    (2, None, 1, (5, 6)),
+    ((3, 2), (2, 1), (1, 0), (6, 5)),
+    (5, 2, 2, (4, 4)),           # every window reaches into the padding
+]
+
+
+def _run_padded(backend, torch, layer, torch_pool, x):
+    layer = _build(layer, backend)
+    f64 = backend.dtype("float64")
+    y = layer.forward(backend.asarray(x, f64), training=True)
+    dy = np.random.default_rng(1).standard_normal(tuple(y.shape))
+    dx = layer.backward(backend.asarray(dy, f64))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch_pool(xt)
+    yt.backward(torch.tensor(dy))
+    assert layer.output_shape(x.shape[1:]) == tuple(yt.shape[1:])
+    np.testing.assert_allclose(backend.to_numpy(y), yt.detach().numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(backend.to_numpy(dx), xt.grad.numpy(), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("geometry", PADDED, ids=str)
+def test_max_pool_padding_matches_torch(backend, torch, geometry):
+    """The padding holds -inf: an all-negative image must not pool to 0 at its border."""
+    kernel, stride, padding, hw = geometry
+    x = -1.0 - np.random.default_rng(0).random((2, 3) + hw)
+    _run_padded(backend, torch, MaxPool2D(kernel, stride, padding),
+                torch.nn.MaxPool2d(kernel, stride, padding), x)
+
+
+@pytest.mark.parametrize("count_include_pad", [True, False])
+@pytest.mark.parametrize("geometry", PADDED, ids=str)
+def test_avg_pool_padding_matches_torch(backend, torch, geometry, count_include_pad):
+    kernel, stride, padding, hw = geometry
+    x = np.random.default_rng(0).standard_normal((2, 3) + hw)
+    _run_padded(backend, torch, AvgPool2D(kernel, stride, padding,
+                                          count_include_pad=count_include_pad),
+                torch.nn.AvgPool2d(kernel, stride, padding, count_include_pad=count_include_pad),
+                x)
+
+
+@pytest.mark.parametrize("layer", [MaxPool2D(3, 2, 1), AvgPool2D(3, 2, 1),
+                                   AvgPool2D(3, 2, 1, count_include_pad=False)], ids=repr)
+def test_padded_pooling_gradcheck(backend, layer):
+    layer = _build(layer, backend)
+    x = np.random.default_rng(5).standard_normal((2, 2, 5, 6))
+    errors = bpgpu.gradient_errors(layer, x, max_entries=25)
+    assert max(errors.values()) < 1e-7, errors
+
+
+@pytest.mark.parametrize("cls", [MaxPool2D, AvgPool2D])
+def test_padding_beyond_half_the_kernel_is_rejected(cls):
+    with pytest.raises(ValueError, match=r"padding \(2, 0\) must be at most half the kernel size "
+                                         r"\(3, 3\)"):
+        cls(3, 1, (2, 0))
+    with pytest.raises(ValueError, match="padding"):
+        cls(3, 1, -1)
+    assert cls(3, 1, 1).padding == (1, 1)
+
+
+def test_count_include_pad_must_be_a_bool():
+    with pytest.raises(ValueError, match="count_include_pad must be True or False"):
+        AvgPool2D(3, 1, 1, count_include_pad="yes")
+    with pytest.raises(TypeError):  # keyword-only: torch's fourth argument is ceil_mode
+        AvgPool2D(3, 1, 1, False)
+
+
+def test_padded_pooling_survives_save_and_load(tmp_path):
+    from bpgpu.layers import Dense, Flatten
+
+    layers = [MaxPool2D(3, 2, 1), AvgPool2D(2, 1, 1, count_include_pad=False), Flatten(),
+              Dense(2 * 5 * 5, 2)]
+    net = bpgpu.Network(layers, backend="numpy", dtype="float64", seed=0)
+    net.save(tmp_path / "pool.npz")
+    again = bpgpu.load(tmp_path / "pool.npz")
+    assert again.layers[0].padding == (1, 1) and again.layers[1].count_include_pad is False
+    X = np.random.default_rng(0).standard_normal((3, 2, 8, 8))
+    np.testing.assert_array_equal(again.predict(X), net.predict(X))
+    old = {"kernel_size": [2, 2], "stride": [2, 2]}  # written before padding existed
+    assert MaxPool2D.from_config(old).padding == (0, 0)
+    assert AvgPool2D.from_config(old).count_include_pad is True

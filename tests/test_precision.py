@@ -8,7 +8,6 @@ import pytest
 
 import bpgpu
 from bpgpu.callbacks import Callback
-from bpgpu.kernels import train_step_for
 from bpgpu.layers import Dense, Dropout, ReLU
 from bpgpu.optimizers import SGD, Adam
 from bpgpu.precision import LossScaler, MixedPrecision
@@ -256,11 +255,12 @@ def test_dropout_draws_the_masks_of_a_float32_run():
     np.testing.assert_array_equal(outs[0] == 0, outs[1] == 0)
 
 
-def test_mixed_precision_uses_the_reference_path_and_says_why():
+def test_mixed_precision_uses_the_reference_engine_and_says_why():
     net = bpgpu.Network([Dense(3, 2)], backend="numpy", precision="mixed_float16")
-    assert train_step_for(net) is None
-    assert "reference path" in net.summary() and "mixed_float16" in repr(net)
-    assert train_step_for(bpgpu.Network([Dense(3, 2)], backend="numpy")) is not None
+    assert not net.engine.fast
+    assert net.engine.reason == "reference: mixed precision has no fast version"
+    assert "mixed_float16" in net.summary() and "mixed_float16" in repr(net)
+    assert bpgpu.Network([Dense(3, 2)], backend="numpy").engine.fast
 
 
 def test_bfloat16_on_torch_trains_without_a_scaler(torch):

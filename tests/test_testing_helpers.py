@@ -1,5 +1,5 @@
 """bpgpu.testing: available_backends() and check_layer(), which passes correct layers and fails
-wrong ones naming the backend and parameter; the README's custom-layer example runs as written."""
+wrong ones naming the backend and parameter; the guide's custom-layer example runs as written."""
 
 import pathlib
 import re
@@ -11,7 +11,7 @@ import bpgpu
 from bpgpu.layers import BatchNorm, Conv2D, Dense, Layer, Sequential, Tanh
 from bpgpu.testing import available_backends, check_layer
 
-README = pathlib.Path(__file__).parent.parent / "README.md"
+EXTENDING_GUIDE = pathlib.Path(__file__).parent.parent / "docs" / "guide" / "extending.md"
 
 
 class _Quadratic(Layer):
@@ -99,19 +99,17 @@ def test_check_layer_rejects_bad_arguments(kwargs, error, match):
         check_layer(**kwargs)
 
 
-def _readme_custom_layer_code():
-    text = README.read_text(encoding="utf-8")
-    section = text[text.index("<!-- SECTION: deeper networks"):
-                   text.index("<!-- END SECTION: deeper networks")]
-    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+def _guide_custom_layer_code():
+    text = EXTENDING_GUIDE.read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     found = [b for b in blocks if "check_layer(" in b and "class MyPReLU" in b]
-    assert len(found) == 1, "the README's custom-layer example is missing"
+    assert len(found) == 1, "the guide's custom-layer example is missing"
     return found[0]
 
 
-def test_readme_custom_layer_example_runs(tmp_path, capsys):
-    namespace = {"__name__": "readme_example"}
-    exec(compile(_readme_custom_layer_code(), str(README), "exec"), namespace)
+def test_guide_custom_layer_example_runs(tmp_path, capsys):
+    namespace = {"__name__": "guide_example"}
+    exec(compile(_guide_custom_layer_code(), str(EXTENDING_GUIDE), "exec"), namespace)
     assert set(namespace["errors"]) == set(available_backends())
     assert all(max(e.values()) < 1e-7 for e in namespace["errors"].values())
     losses = namespace["history"].history["loss"]

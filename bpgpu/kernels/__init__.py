@@ -20,21 +20,17 @@ Layers, losses and optimizers without a fast version run their reference code in
 step, so every network gets the flat optimizer update. Torch and array-api-strict always use the
 reference path.
 
-Choosing: ``Network(..., fast=None)`` (default) uses the fast path where it applies;
-``fast=False``, or the environment variable ``BPGPU_REFERENCE=1`` when ``fast`` is None, forces the
-reference path. Results agree with the reference path to rounding (tests/test_kernels.py). One
-visible difference: the fast path updates parameter arrays in place, where the reference path
-replaces them; take copies (``get_weights()``) to keep a snapshot.
+Choosing: one place decides, :func:`bpgpu._engine.select_engine`; ``net.engine.reason`` says
+which path serves a network and why (``summary()`` prints it). ``Network(..., fast=None)``
+(default) uses the fast path where it applies; ``fast=False``, or the environment variable
+``BPGPU_REFERENCE=1`` when ``fast`` is None, forces the reference path. Results agree with the
+reference path to rounding (tests/test_kernels.py; on CuPy float32 subnormals flush to zero, see
+:mod:`bpgpu.kernels.cupy_fused`). One visible difference: the fast path updates
+parameter arrays in place, where the reference path replaces them; take copies
+(``get_weights()``) to keep a snapshot.
 """
 
-import os
-
-__all__ = ["kernels_for", "reference_forced", "train_step_for"]
-
-
-def reference_forced():
-    """True when the environment variable ``BPGPU_REFERENCE`` asks for the reference path."""
-    return os.environ.get("BPGPU_REFERENCE", "").strip() not in ("", "0")
+__all__ = ["kernels_for", "train_step_for"]
 
 
 def kernels_for(backend):
@@ -54,21 +50,6 @@ def kernels_for(backend):
 
 
 def train_step_for(net):
-    """The :class:`~bpgpu.kernels.plan.TrainStep` serving ``net``, or None for the reference path.
-
-    Built on first use and cached on the network; rebuilt when its layers (``net._slots``) or its
-    loss object change.
-    """
-    key = (net._slots, net.loss, net.fast)
-    cached = net.__dict__.get("_train_step")
-    if cached is not None and all(a is b for a, b in zip(cached[0], key)):
-        return cached[1]
-    step = None
-    if net.fast and getattr(net, "precision", None) is None:  # mixed precision: reference only
-        kernels = net.backend.kernels
-        if kernels is not None:
-            from .plan import TrainStep
-
-            step = TrainStep.build(net, kernels)
-    net._train_step = (key, step)
-    return step
+    """The :class:`~bpgpu.kernels.plan.TrainStep` serving ``net``, or None when the reference
+    engine serves it (``net.engine.reason`` says why)."""
+    return getattr(net.engine, "plan", None)

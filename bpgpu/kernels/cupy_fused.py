@@ -6,8 +6,9 @@ Kernels, generated per dtype (float32/float64) and per variant, compiled on firs
   applies the activation in place: y = act(z + b)  (ReLU, LeakyReLU, Tanh, Sigmoid);
 * activation gradient in one kernel: dz = dy * act'(y)  (ReLU and LeakyReLU select like the
   reference ``where``, so a non-finite dy under a closed unit gives 0);
-* softmax cross-entropy: one thread per row finds the row maximum, the log-sum-exp, the row's loss
-  and its row of the gradient; one reduction kernel sums and divides by N;
+* softmax cross-entropy: one warp per row (coalesced loads, shuffle reductions) finds the row
+  maximum, the log-sum-exp, the row's loss and its row of the gradient; one reduction kernel sums
+  and divides by N;
 * MSE: one kernel writes the gradient 2 (p - t) / size, one reduction the loss;
 * the optimizer update: ONE kernel over the whole flat parameter buffer (SGD, RMSprop, Adam,
   AdamW, clipping included; the global norm for ``clip_norm`` comes from one reduction kernel whose
@@ -17,6 +18,10 @@ Nothing here reads a value back to the host: a step queues its kernels and retur
 0-d device array, so ``fit`` runs without host synchronisation until it reads the epoch's loss.
 Each kernel writes the reference formula in the same order of operations; the CUDA compiler may
 contract a multiply and an add into one FMA, so results agree with the reference path to rounding.
+One difference beyond rounding, float32 only: CuPy compiles every kernel with ``-ftz=true`` (and
+offers no way to turn it off), so a float32 value below 1.18e-38 (a subnormal) read or produced by
+a fused kernel becomes zero, where the reference path keeps it. Such values are far below
+anything a loss, a gradient or an update can resolve at float32 precision; float64 is unaffected.
 
 Matrix products go to cuBLAS through ``cupy.matmul(..., out=)``; TensorFloat-32 stays off unless
 enabled (exact float32, see ``CuPyBackend.set_tf32``).
@@ -29,14 +34,10 @@ import cupy
 import numpy as np
 
 from ..losses import MSE, CrossEntropy
-from ..optimizers import SGD, Adam, AdamW, RMSprop
-from .numpy_fast import _RULES
 from .plan import KernelSet, cached as _cached
+from .update_rules import flat_rule_name
 
 __all__ = ["CuPyKernels"]
-
-_THREADS = 128
-
 
 def _names(dtype):
     """(NumPy type name, C type name) for a floating dtype."""
@@ -147,26 +148,47 @@ class _Dense:
 # -- losses ---------------------------------------------------------------------------------------------
 _XENT_SOURCE = r"""
 typedef {t} T;
+
+// Butterfly reductions over the 32 lanes of a warp: every lane ends with the result.
+__device__ __forceinline__ T warp_max(T v) {{
+    for (int offset = 16; offset > 0; offset >>= 1) {{
+        T other = __shfl_xor_sync(0xffffffffu, v, offset);
+        v = other > v ? other : v;
+    }}
+    return v;
+}}
+
+__device__ __forceinline__ T warp_sum(T v) {{
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}}
+
+// One warp per row: lane l handles columns l, l + 32, l + 64, ... so each of the warp's loads
+// reads 32 consecutive elements (coalesced). blockDim.x is a multiple of 32, so a warp's lanes
+// share one row and leave together when it is past the last row.
 extern "C" __global__ void bpgpu_xent_{variant}_{d}(const T* z, const {target_type}* y, T* grad,
                                                T* row_loss, const int n, const int c)
 {{
-    const int i = blockDim.x * blockIdx.x + threadIdx.x;
-    if (i >= n) return;
-    const T* zi = z + (long long)i * c;
-    T* gi = grad + (long long)i * c;
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= n) return;
+    const T* zi = z + row * c;
+    T* gi = grad + row * c;
     T m = zi[0];
-    for (int j = 1; j < c; ++j) {{ if (zi[j] > m) m = zi[j]; }}
+    for (int j = lane; j < c; j += 32) {{ if (zi[j] > m) m = zi[j]; }}
+    m = warp_max(m);
     T s = 0;
-    for (int j = 0; j < c; ++j) {{ T e = exp(zi[j] - m); gi[j] = e; s += e; }}
+    for (int j = lane; j < c; j += 32) {{ T e = exp(zi[j] - m); gi[j] = e; s += e; }}
+    s = warp_sum(s);
 {body}
 }}
 """
 
 # Class ids: loss_i = log(s) - (z_iy - m); grad = (softmax - onehot) / N.
 _XENT_IDS = r"""
-    const long long t = y[i];
-    row_loss[i] = log(s) - (zi[t] - m);
-    for (int j = 0; j < c; ++j) {
+    const long long t = y[row];
+    if (lane == 0) row_loss[row] = log(s) - (zi[t] - m);
+    for (int j = lane; j < c; j += 32) {
         T p = gi[j] / s;
         gi[j] = (j == t ? p - (T)1 : p) / (T)n;
     }
@@ -174,12 +196,17 @@ _XENT_IDS = r"""
 
 # Probability rows: loss_i = t_sum log(s) - sum_j t_j (z_j - m); grad = (softmax t_sum - t) / N.
 _XENT_ROWS = r"""
-    const T* ti = y + (long long)i * c;
+    const T* ti = y + row * c;
     T t_sum = 0, dot = 0;
-    for (int j = 0; j < c; ++j) { t_sum += ti[j]; dot += ti[j] * (zi[j] - m); }
-    row_loss[i] = t_sum * log(s) - dot;
-    for (int j = 0; j < c; ++j) gi[j] = (gi[j] / s * t_sum - ti[j]) / (T)n;
+    for (int j = lane; j < c; j += 32) { t_sum += ti[j]; dot += ti[j] * (zi[j] - m); }
+    t_sum = warp_sum(t_sum);
+    dot = warp_sum(dot);
+    if (lane == 0) row_loss[row] = t_sum * log(s) - dot;
+    for (int j = lane; j < c; j += 32) gi[j] = (gi[j] / s * t_sum - ti[j]) / (T)n;
 """
+
+#: Rows per block of the cross-entropy kernel (one warp each).
+_XENT_ROWS_PER_BLOCK = 4
 
 
 @functools.lru_cache(maxsize=None)
@@ -223,7 +250,8 @@ class _SoftmaxCrossEntropy:
         elif not ids and t.dtype != z.dtype:  # the raw kernel reads t as z's type
             t = t.astype(z.dtype)
         if n:  # a grid of zero blocks is a launch error; the mean of nothing stays NaN
-            _xent_kernel(ids, z.dtype.name)(((n + _THREADS - 1) // _THREADS,), (_THREADS,),
+            blocks = -(-n // _XENT_ROWS_PER_BLOCK)
+            _xent_kernel(ids, z.dtype.name)((blocks,), (32 * _XENT_ROWS_PER_BLOCK,),
                                             (z, t, grad, rows, np.int32(n), np.int32(c)))
         self.grad = grad
         return _mean_kernel(z.dtype.name)(rows, float(n))
@@ -261,18 +289,18 @@ def _clip_prologue(clip_value, clip_norm):
     """Code turning the raw gradient g into gg, the clipped gradient the rule uses."""
     code = "REAL gg = g;\n"
     if clip_value:
-        code += "gg = gg < -cv ? -cv : (gg > cv ? cv : gg);\n"   # min(max(g, -c), c)
+        code += "gg = gg < -clip_value ? -clip_value : (gg > clip_value ? clip_value : gg);\n"
     if clip_norm:
-        code += "gg = gg * scale;\n"
+        code += "gg = gg * norm_scale;\n"
     return code
 
 
 def _clip_params(d, clip_value, clip_norm):
     params = []
     if clip_value:
-        params.append(f"{d} cv")
+        params.append(f"{d} clip_value")
     if clip_norm:
-        params.append(f"{d} scale")
+        params.append(f"{d} norm_scale")
     return params
 
 
@@ -281,11 +309,12 @@ def _norm_scale_kernel(clip_value, dtype):
     """min(max_norm / (||clip(g)|| + 1e-6), 1) as a 0-d array (reference: Optimizer.clip). NaN
     propagates as in ``xp.minimum`` (CUDA's ``min`` is ``fmin``, which would drop it)."""
     d, t = _names(dtype)
-    mapped = "(g < -cv ? -cv : (g > cv ? cv : g))" if clip_value else "g"
-    params = f"{d} g, {d} cv, {d} max_norm"
+    clipped = ("(g < -clip_value ? -clip_value : (g > clip_value ? clip_value : g))"
+               if clip_value else "g")
+    params = f"{d} g, {d} clip_value, {d} max_norm"
     scale = f"(max_norm / (sqrt(a) + ({t})1e-6))"
     return cupy.ReductionKernel(
-        params, f"{d} out", f"{mapped} * {mapped}", "a + b",
+        params, f"{d} out", f"{clipped} * {clipped}", "a + b",
         f"out = !({scale} >= ({t})1) ? {scale} : ({t})1", "0",
         f"bpgpu_clip_scale_{int(clip_value)}_{d}")
 
@@ -293,16 +322,18 @@ def _norm_scale_kernel(clip_value, dtype):
 @functools.lru_cache(maxsize=None)
 def _sgd_kernel(dtype, clip_value, clip_norm, weight_decay, momentum, nesterov):
     d, t = _names(dtype)
-    params = [f"{d} g"] + _clip_params(d, clip_value, clip_norm) + [f"{d} lr", f"{d} wd",
-                                                                    f"{d} mu", f"{d} omd",
-                                                                    "int32 first"]
-    outs = [f"{d} p"] + ([f"{d} buf"] if momentum else [])
+    params = [f"{d} g"] + _clip_params(d, clip_value, clip_norm) + [
+        f"{d} lr", f"{d} weight_decay", f"{d} momentum", f"{d} one_minus_dampening",
+        f"{d} first_step"]
+    outs = [f"{d} p"] + ([f"{d} momentum_buffer"] if momentum else [])
     body = _clip_prologue(clip_value, clip_norm)
     if weight_decay:
-        body += "gg = gg + wd * p;\n"
+        body += "gg = gg + weight_decay * p;\n"
     if momentum:
-        body += "REAL b = first ? gg : mu * buf + omd * gg;\nbuf = b;\n"
-        body += "gg = gg + mu * b;\n" if nesterov else "gg = b;\n"
+        body += ("REAL b = first_step != (REAL)0 ? gg\n"
+                 "    : momentum * momentum_buffer + one_minus_dampening * gg;\n"
+                 "momentum_buffer = b;\n")
+        body += "gg = gg + momentum * b;\n" if nesterov else "gg = b;\n"
     body += "p = p - lr * gg;"
     flags = f"{int(clip_value)}{int(clip_norm)}{int(weight_decay)}{int(momentum)}{int(nesterov)}"
     return cupy.ElementwiseKernel(", ".join(params), ", ".join(outs), body.replace("REAL", t),
@@ -313,19 +344,22 @@ def _sgd_kernel(dtype, clip_value, clip_norm, weight_decay, momentum, nesterov):
 def _rmsprop_kernel(dtype, clip_value, clip_norm, weight_decay, momentum, centered):
     d, t = _names(dtype)
     params = [f"{d} g"] + _clip_params(d, clip_value, clip_norm) + [
-        f"{d} lr", f"{d} wd", f"{d} a", f"{d} oma", f"{d} eps", f"{d} mu"]
-    outs = [f"{d} p", f"{d} v"] + ([f"{d} avg"] if centered else []) \
-        + ([f"{d} buf"] if momentum else [])
+        f"{d} lr", f"{d} weight_decay", f"{d} alpha", f"{d} one_minus_alpha", f"{d} eps",
+        f"{d} momentum"]
+    outs = [f"{d} p", f"{d} square_avg"] + ([f"{d} grad_avg"] if centered else []) \
+        + ([f"{d} momentum_buffer"] if momentum else [])
     body = _clip_prologue(clip_value, clip_norm)
     if weight_decay:
-        body += "gg = gg + wd * p;\n"
-    body += "REAL vv = a * v + oma * (gg * gg);\nv = vv;\n"
+        body += "gg = gg + weight_decay * p;\n"
+    body += "REAL v = alpha * square_avg + one_minus_alpha * (gg * gg);\nsquare_avg = v;\n"
     if centered:
-        body += "REAL aa = a * avg + oma * gg;\navg = aa;\nREAL denom = sqrt(vv - aa * aa) + eps;\n"
+        body += ("REAL mean = alpha * grad_avg + one_minus_alpha * gg;\ngrad_avg = mean;\n"
+                 "REAL denom = sqrt(v - mean * mean) + eps;\n")
     else:
-        body += "REAL denom = sqrt(vv) + eps;\n"
+        body += "REAL denom = sqrt(v) + eps;\n"
     if momentum:
-        body += "REAL b = mu * buf + gg / denom;\nbuf = b;\np = p - lr * b;"
+        body += ("REAL b = momentum * momentum_buffer + gg / denom;\nmomentum_buffer = b;\n"
+                 "p = p - lr * b;")
     else:
         body += "p = p - lr * (gg / denom);"
     flags = f"{int(clip_value)}{int(clip_norm)}{int(weight_decay)}{int(momentum)}{int(centered)}"
@@ -335,22 +369,93 @@ def _rmsprop_kernel(dtype, clip_value, clip_norm, weight_decay, momentum, center
 
 @functools.lru_cache(maxsize=None)
 def _adam_kernel(dtype, clip_value, clip_norm, decay_mode):
-    """decay_mode: 0 none, 1 L2 (Adam), 2 decoupled (AdamW)."""
+    """decay_mode: 0 none, 1 L2 (Adam), 2 decoupled (AdamW).
+
+    p <- p * decay_factor (AdamW), m <- beta1 m + (1 - beta1) g, v <- beta2 v + (1 - beta2) g^2,
+    p <- p - step_size * m / (sqrt(v) / bias_correction2_sqrt + eps), with
+    step_size = lr / (1 - beta1^t) and bias_correction2_sqrt = sqrt(1 - beta2^t)."""
     d, t = _names(dtype)
     params = [f"{d} g"] + _clip_params(d, clip_value, clip_norm) + [
-        f"{d} wd", f"{d} decay", f"{d} b1", f"{d} omb1", f"{d} b2", f"{d} omb2", f"{d} c",
-        f"{d} step", f"{d} eps"]
-    outs = [f"{d} p", f"{d} m", f"{d} v"]
+        f"{d} weight_decay", f"{d} decay_factor", f"{d} beta1", f"{d} one_minus_beta1",
+        f"{d} beta2", f"{d} one_minus_beta2", f"{d} bias_correction2_sqrt", f"{d} step_size",
+        f"{d} eps"]
+    outs = [f"{d} p", f"{d} exp_avg", f"{d} exp_avg_sq"]
     body = _clip_prologue(clip_value, clip_norm) + "REAL pp = p;\n"
     if decay_mode == 1:
-        body += "gg = gg + wd * pp;\n"
+        body += "gg = gg + weight_decay * pp;\n"
     elif decay_mode == 2:
-        body += "pp = pp * decay;\n"
-    body += ("REAL mm = b1 * m + omb1 * gg;\nREAL vv = b2 * v + omb2 * (gg * gg);\nm = mm;\nv = vv;\n"
-             "p = pp - step * (mm / (sqrt(vv) / c + eps));")
+        body += "pp = pp * decay_factor;\n"
+    body += ("REAL m = beta1 * exp_avg + one_minus_beta1 * gg;\n"
+             "REAL v = beta2 * exp_avg_sq + one_minus_beta2 * (gg * gg);\n"
+             "exp_avg = m;\nexp_avg_sq = v;\n"
+             "p = pp - step_size * (m / (sqrt(v) / bias_correction2_sqrt + eps));")
     flags = f"{int(clip_value)}{int(clip_norm)}{decay_mode}"
     return cupy.ElementwiseKernel(", ".join(params), ", ".join(outs), body.replace("REAL", t),
                                   f"bpgpu_adam_{flags}_{d}")
+
+
+class DeviceScalars:
+    """The per-step numbers of the update kernels (learning rate, bias corrections...) read from
+    a small device buffer instead of being passed by value, so a captured CUDA graph replays
+    with each step's values (:mod:`bpgpu.kernels.cuda_graphs`).
+
+    While one is active (:func:`_scalars_from`), every update kernel launch takes its k-th
+    scalar argument from ``device[k]`` (a 0-d view) and records the value in ``host[k]``.
+    ``launch=False`` only records (a replay's bookkeeping); ``upload=True`` copies each value
+    to the device before the launch that reads it (an uncaptured step in this mode)."""
+
+    CAPACITY = 32
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.device = cupy.zeros(self.CAPACITY, self.dtype)
+        self.host = np.zeros(self.CAPACITY, self.dtype)
+        self.views = [self.device[k:k + 1].reshape(()) for k in range(self.CAPACITY)]
+        self.used = 0
+        self.launch = True
+        self.upload = False
+
+    def view(self, value):
+        """The device slot holding the next scalar ``value``."""
+        k = self.used
+        if k >= self.CAPACITY:
+            raise RuntimeError(f"more than {self.CAPACITY} per-step scalars in one update")
+        self.host[k] = value
+        self.used = k + 1
+        return self.views[k]
+
+
+_ACTIVE_SCALARS = []  # the DeviceScalars in use (at most one), else launches pass values
+
+
+class _scalars_from:  # noqa: N801  (used as a with-statement)
+    """``with _scalars_from(slots, launch=..., upload=...):`` routes update-kernel scalars."""
+
+    def __init__(self, slots, launch=True, upload=False):
+        self.slots, self.launch_flag, self.upload_flag = slots, launch, upload
+
+    def __enter__(self):
+        self.slots.used, self.slots.launch, self.slots.upload = 0, self.launch_flag, \
+            self.upload_flag
+        _ACTIVE_SCALARS.append(self.slots)
+        return self.slots
+
+    def __exit__(self, *exc):
+        _ACTIVE_SCALARS.pop()
+
+
+def _launch(kernel, *args):
+    """Run an update-path kernel (see :class:`DeviceScalars`); its result, or None when only
+    recording."""
+    if not _ACTIVE_SCALARS:
+        return kernel(*args)
+    slots = _ACTIVE_SCALARS[-1]
+    args = [slots.view(a) if isinstance(a, (int, float, np.generic)) else a for a in args]
+    if not slots.launch:
+        return None
+    if slots.upload:
+        slots.device.set(slots.host)
+    return kernel(*args)
 
 
 def _clip_args(opt, g):
@@ -361,6 +466,8 @@ def _clip_args(opt, g):
     if clip_value:
         args.append(opt.clip_value)
     if clip_norm:
+        # clip_value and clip_norm are settings, not per-step numbers: passed by value even in
+        # a captured step (a change of settings drops the graph)
         scale = _norm_scale_kernel(clip_value, g.dtype.name)(
             g, opt.clip_value if clip_value else 0.0, opt.clip_norm)
         args.append(scale)
@@ -372,8 +479,8 @@ def _sgd(opt, lr, p, g, state, work):
     kernel = _sgd_kernel(p.dtype.name, cv, cn, bool(opt.weight_decay), bool(opt.momentum),
                          opt.nesterov)
     outs = (p, state["momentum_buffer"]) if opt.momentum else (p,)
-    kernel(g, *clip, lr, opt.weight_decay, opt.momentum, 1.0 - opt.dampening,
-           int(opt.step_count == 1), *outs)
+    _launch(kernel, g, *clip, lr, opt.weight_decay, opt.momentum, 1.0 - opt.dampening,
+            float(opt.step_count == 1), *outs)
 
 
 def _rmsprop(opt, lr, p, g, state, work):
@@ -385,22 +492,22 @@ def _rmsprop(opt, lr, p, g, state, work):
         outs.append(state["grad_avg"])
     if opt.momentum:
         outs.append(state["momentum_buffer"])
-    kernel(g, *clip, lr, opt.weight_decay, opt.alpha, 1.0 - opt.alpha, opt.eps, opt.momentum,
-           *outs)
+    _launch(kernel, g, *clip, lr, opt.weight_decay, opt.alpha, 1.0 - opt.alpha, opt.eps,
+            opt.momentum, *outs)
 
 
 def _adam(opt, lr, p, g, state, work):
     cv, cn, clip = _clip_args(opt, g)
-    b1, b2 = opt.betas
+    beta1, beta2 = opt.betas
     t = opt.step_count
     mode = 0 if not opt.weight_decay else (2 if opt.decoupled else 1)
     kernel = _adam_kernel(p.dtype.name, cv, cn, mode)
-    kernel(g, *clip, opt.weight_decay, 1.0 - lr * opt.weight_decay, b1, 1.0 - b1, b2, 1.0 - b2,
-           math.sqrt(1.0 - b2 ** t), lr / (1.0 - b1 ** t), opt.eps,
-           p, state["exp_avg"], state["exp_avg_sq"])
+    _launch(kernel, g, *clip, opt.weight_decay, 1.0 - lr * opt.weight_decay, beta1, 1.0 - beta1,
+            beta2, 1.0 - beta2, math.sqrt(1.0 - beta2 ** t), lr / (1.0 - beta1 ** t), opt.eps,
+            p, state["exp_avg"], state["exp_avg_sq"])
 
 
-_KERNEL_RULES = {SGD: _sgd, RMSprop: _rmsprop, Adam: _adam, AdamW: _adam}
+_KERNEL_RULES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
 
 
 class CuPyKernels(KernelSet):
@@ -410,8 +517,23 @@ class CuPyKernels(KernelSet):
     activations = ("relu", "leaky_relu", "tanh", "sigmoid")
     loss_ops = {CrossEntropy: _SoftmaxCrossEntropy, MSE: _MeanSquaredError}
 
+    #: The module the kernels compute with (for :mod:`bpgpu.kernels.cuda_graphs`).
+    cupy = cupy
+    scalars_from = staticmethod(_scalars_from)
+
     def __init__(self, backend):
         self.backend = backend
+
+    @staticmethod
+    def device_scalars(dtype):
+        """A :class:`DeviceScalars` buffer for the update kernels of a captured step."""
+        return DeviceScalars(dtype)
+
+    @staticmethod
+    def pinned_like(array):
+        """A host array in page-locked memory, shaped like ``array`` (asynchronous uploads)."""
+        memory = cupy.cuda.alloc_pinned_memory(array.nbytes)
+        return np.frombuffer(memory, array.dtype, array.size).reshape(array.shape)
 
     @staticmethod
     def zeros(n, dtype):
@@ -433,10 +555,8 @@ class CuPyKernels(KernelSet):
     @staticmethod
     def update_rule(optimizer):
         """The fused update for ``optimizer``, or None (same support rules as NumPy's)."""
-        entry = _RULES.get(type(optimizer))
-        if entry is None or not set(optimizer.get_config()) <= entry[1]:
-            return None
-        return _KERNEL_RULES[type(optimizer)]
+        name = flat_rule_name(optimizer)
+        return None if name is None else _KERNEL_RULES[name]
 
     @staticmethod
     def clip(optimizer, g, work):

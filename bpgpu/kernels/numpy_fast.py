@@ -1,10 +1,13 @@
 """NumPy fast path: the reference formulas with ``out=`` buffers, in place, float32 throughout.
 
-Every operation below repeats a formula of the reference code (named in its docstring) in the
-same order of floating-point operations, so most results are bit-identical; the exceptions, all
-within rounding, are the bias gradient (a BLAS matrix-vector product instead of ``sum``) and
-Adam's denominator (``sqrt(v)/c + eps`` computed as ``(sqrt(v) + eps c) / c``, one pass fewer).
-Buffers are allocated once per batch size (the two most recent sizes are kept).
+Every operation below repeats a formula of the reference code (named in its docstring); results
+agree to rounding. Where the order of floating-point operations differs: sums over the batch or
+the classes are BLAS products (bias gradients, softmax denominators, the losses' totals), and
+Adam's denominator ``sqrt(v)/c + eps`` is computed as ``(sqrt(v) + eps c) / c``, one pass fewer.
+Activations, their gradients and the losses run feature-major (see :class:`_Dense`). Products
+go through ``np.dot``, which reaches BLAS with less per-call work than ``np.matmul`` (a quarter
+less for the small shapes of small networks, ten times less where a layer has one input). Buffers
+are allocated once per batch size (the two most recent sizes are kept).
 """
 
 import functools
@@ -13,102 +16,108 @@ import math
 import numpy as np
 
 from ..losses import MSE, CrossEntropy
-from ..optimizers import SGD, Adam, AdamW, RMSprop
 from . import cpu_threads
-from .plan import KernelSet, cached as _cached
+from .plan import BufferedOp, KernelSet, LossOp
+from .update_rules import flat_rule_name
 
 __all__ = ["NumPyKernels"]
 
 
-class _Dense:
+class _Dense(BufferedOp):
     """``Dense`` and the activation after it. Reference: ``Dense.forward/backward``,
     ``ReLU``/``LeakyReLU``/``Tanh`` forward/backward.
 
-    Forward: z = x @ W + b, y = act(z) in place. Backward: dz = dy * act'(y) (the ReLU mask
-    y > 0 equals z > 0), dW = x^T dz (+ 2 l2 W), db = 1^T dz, dx = dz W^T.
+    Feature-major buffers: the output is kept as y^T, shape (out, n), and handed on as its
+    transpose y (an (n, out) view), so every element-wise pass (bias, activation, its gradient,
+    the loss) runs over rows of n contiguous samples, however few features a layer has.
+
+    Forward: z^T = W^T x^T + b, y^T = act(z^T) in place. Backward: dz = dy * act'(y) (the ReLU
+    mask y > 0 equals z > 0), dW = x^T dz (+ 2 l2 W), db = dz^T 1, dx^T = W dz^T.
 
     Chains (set up by :meth:`NumPyKernels.link`): a layer feeding another fast Dense with a bias
-    keeps a column of ones after its output, and the next layer multiplies [x 1] by [W; b], so the
-    bias and its gradient ride along in that layer's matrix products. The ReLU mask is taken in
-    the forward pass, while y is in cache, and the gradient is masked in place when its buffer
-    belongs to the step.
+    keeps a row of ones under its output, [y^T; 1], and the next layer multiplies [W; b]^T by it,
+    so the bias and its gradient ride along in that layer's matrix products. The activation mask
+    is taken in the forward pass, while y is in cache, and the gradient is masked in place when
+    its buffer belongs to the step.
 
     Only a primary operation publishes its gradients in ``layer.grads`` and adds the L2 term; the
-    copies serving row shards 1..k-1 write their partial gradients only.
+    copies serving row shards 1..k-1 and inference write their partial gradients only (or none).
     """
 
     def __init__(self, layer, act, W, dW, b, db, joint, primary):
+        super().__init__()
         self.layer, self.W, self.dW, self.b, self.db, self.joint = layer, W, dW, b, db, joint
         self.act, self.slope = act if act is not None else (None, 0.0)
         self.primary = primary
         self.l2 = layer.l2 if primary else 0.0
         self.l2_term = np.empty_like(W) if self.l2 else None
-        self.producer = None        # the _Dense whose [y 1] buffer is this layer's [x 1]
-        self.ones_column = False    # keep [y 1] for the next layer
+        self.producer = None        # the _Dense whose [y^T; 1] buffer is this layer's [x^T; 1]
+        self.ones_row = False       # keep [y^T; 1] for the next layer
         self.owns_dy = False        # the incoming gradient's buffer may be overwritten
-        self.buffers = {}
-        self.x = self.y = self.full = self.buf = None
+        self.x = self.buf = None
 
     def _make(self, n):
         out, dtype = self.W.shape[1], self.W.dtype
-        full = y = None
-        if self.ones_column:
-            full = np.empty((n, out + 1), dtype)
-            full[:, out] = 1.0
-            y = full[:, :out]
-        else:
-            y = np.empty((n, out), dtype)
-        masked = self.act in ("relu", "leaky_relu")
-        whole = full if full is not None else y  # contiguous: element-wise passes run flat
-        return {"y": y, "full": full, "whole": whole.reshape(-1),
-                "zeros": np.zeros(whole.size, dtype) if self.act == "relu" else None,
-                "mask": np.empty(whole.shape, bool) if masked else None,
-                "dz": np.empty((n, out), dtype) if self.act and not (masked and self.owns_dy)
-                else None,
-                "ones": np.ones(n, dtype), "dx": None}
+        rows = out + 1 if self.ones_row else out
+        full = np.empty((rows, n), dtype)
+        if self.ones_row:
+            full[out, :] = 1.0
+        act = self.act
+        mask = np.empty((rows, n), bool) if act in ("relu", "leaky_relu") else None
+        return {"full": full, "y": full[:out], "whole": full.reshape(-1),
+                "zeros": np.zeros(full.size, dtype) if act == "relu" else None,
+                "scaled": np.empty(full.size, dtype) if act == "leaky_relu" else None,
+                # relu: y > 0; leaky_relu: y <= 0 (the entries whose gradient is scaled)
+                "mask": mask, "mask_flat": None if mask is None else mask.reshape(-1),
+                "dz": np.empty((out, n), dtype), "ones": np.ones(n, dtype),
+                "dx": np.empty((self.W.shape[0], n), dtype) if self.layer.input_grad else None}
 
     def forward(self, x):
-        buf = _cached(self.buffers, x.shape[0], self._make)
+        buf = self.buffers_for(x.shape[0])
         y = buf["y"]
         if self.producer is not None:
-            np.matmul(self.producer.full, self.joint[0], out=y)
+            np.dot(self.joint[0].T, self.producer.buf["full"], out=y)
         else:
-            np.matmul(x, self.W, out=y)
+            np.dot(self.W.T, x.T, out=y)
             if self.b is not None:
-                np.add(y, self.b, out=y)
+                np.add(y, self.b[:, None], out=y)
         act = self.act
-        if act == "relu":  # over [y 1] when it exists: max(1, 0) keeps the ones
+        if act == "relu":  # over [y^T; 1] when it exists: max(1, 0) keeps the ones
             whole = buf["whole"]
             np.maximum(whole, buf["zeros"], out=whole)
-            np.greater(whole, 0.0, out=buf["mask"].reshape(-1))
+            np.greater(whole, 0.0, out=buf["mask_flat"])
         elif act == "leaky_relu":  # where(z > 0, z, a z) = max(z, a z) for 0 <= a <= 1
-            whole = buf["whole"]
-            np.maximum(whole, np.multiply(whole, self.slope), out=whole)
-            np.greater(whole, 0.0, out=buf["mask"].reshape(-1))
+            whole, scaled = buf["whole"], buf["scaled"]
+            np.multiply(whole, self.slope, out=scaled)
+            np.maximum(whole, scaled, out=whole)
+            np.less_equal(whole, 0.0, out=buf["mask_flat"])
         elif act == "tanh":
             np.tanh(y, out=y)
-        self.x, self.y, self.full, self.buf = x, y, buf["full"], buf
-        return y
+        self.x, self.buf = x, buf
+        return y.T
 
     def backward(self, dy):
         buf, act = self.buf, self.act
-        dz = dy if act is None or (self.owns_dy and act != "tanh") else buf["dz"]
-        if act in ("relu", "leaky_relu"):
-            mask = buf["mask"][:, :dz.shape[1]]
-            if act == "relu":
-                np.multiply(dy, mask, out=dz)
-            else:
-                np.copyto(dz, np.where(mask, dy, self.slope * dy))
+        dy_t = dy.T  # (out, n): contiguous when dy came from a fast operation
+        in_place = self.owns_dy and act in ("relu", "leaky_relu")
+        dz = dy_t if act is None or in_place else buf["dz"]
+        if act == "relu":
+            np.multiply(dy_t, buf["mask"][:dz.shape[0]], out=dz)
+        elif act == "leaky_relu":
+            if dz is not dy_t:
+                np.copyto(dz, dy_t)
+            np.multiply(dz, self.slope, out=dz, where=buf["mask"][:dz.shape[0]])
         elif act == "tanh":  # dy (1 - y^2)
-            np.multiply(self.y, self.y, out=dz)
+            y = buf["y"]
+            np.multiply(y, y, out=dz)
             np.subtract(1.0, dz, out=dz)
-            np.multiply(dy, dz, out=dz)
+            np.multiply(dy_t, dz, out=dz)
         if self.producer is not None:
-            np.matmul(self.producer.full.T, dz, out=self.joint[1])
+            np.dot(self.producer.buf["full"], dz.T, out=self.joint[1])
         else:
-            np.matmul(self.x.T, dz, out=self.dW)
+            np.dot(self.x.T, dz.T, out=self.dW)
             if self.b is not None:
-                np.matmul(buf["ones"], dz, out=self.db)
+                np.dot(dz, buf["ones"], out=self.db)
         if self.primary:
             grads = self.layer.grads
             grads["W"] = self.dW
@@ -120,211 +129,215 @@ class _Dense:
         if not self.layer.input_grad:
             return None
         dx = buf["dx"]
-        if dx is None:
-            dx = buf["dx"] = np.empty((dz.shape[0], self.W.shape[0]), dz.dtype)
-        np.matmul(dz, self.W.T, out=dx)
-        return dx
+        np.dot(self.W, dz, out=dx)
+        return dx.T
 
 
-class _SoftmaxCrossEntropy:
+def _class_major(z, buf):
+    """z (n, c) as a C-contiguous (c, n) array: z^T itself when a fast Dense made z, else a copy
+    into ``buf``."""
+    z_t = z.T
+    if z_t.flags.c_contiguous:
+        return z_t
+    np.copyto(buf, z_t)
+    return buf
+
+
+class _SoftmaxCrossEntropy(LossOp):
     """Reference: ``CrossEntropy.forward/backward``. With s = z - max_c z and e = exp(s):
     loss = sum_n(t_sum log(sum_c e) - sum_c t s) / N, grad = (e / sum_c e * t_sum - t) / N;
-    for class ids, t is one-hot and t_sum = 1. Row maxima of a few classes are taken column by
-    column and row sums by a matrix-vector product: NumPy's axis reductions are slow on short
-    rows. ``total``: N when z holds a block of a batch's rows (a row shard); default z's rows."""
+    for class ids, t is one-hot and t_sum = 1.
 
-    def __init__(self):
-        self.buffers = {}
-        self.grad = None
+    Class-major: the logits are read as z^T (c, n), so every pass runs over rows of n samples.
+    Row maxima of up to 16 classes are taken class by class, the sums over classes by a BLAS
+    matrix-vector product, sum_c t s over the whole batch by one dot product. ``total``: N when z
+    holds a block of a batch's rows (a row shard); default z's rows."""
 
-    @staticmethod
-    def _make(key):
+    def _make(self, key):
         (n, c), dtype = key
-        return np.empty((n, c), dtype), np.empty(n, dtype), np.ones(c, dtype), np.arange(n)
+        s, target = np.empty((c, n), dtype), np.empty((c, n), dtype)
+        return {"s": s, "s_flat": s.reshape(-1), "z": np.empty((c, n), dtype), "t": target,
+                "t_flat": target.reshape(-1), "m": np.empty(n, dtype), "ones": np.ones(c, dtype),
+                "classes": np.arange(c)[:, None]}
 
     def forward(self, z, t, total=None):
         n, c = z.shape
-        s, m, ones, rows = _cached(self.buffers, (z.shape, z.dtype), self._make)
+        buf = self.buffers_for((z.shape, z.dtype))
+        s, m, ones = buf["s"], buf["m"], buf["ones"]
+        z_t = _class_major(z, buf["z"])
         if c <= 16:
-            np.copyto(m, z[:, 0])
+            np.copyto(m, z_t[0])
             for j in range(1, c):
-                np.maximum(m, z[:, j], out=m)
+                np.maximum(m, z_t[j], out=m)
         else:
-            np.max(z, axis=1, out=m)
-        np.subtract(z, m[:, None], out=s)
-        if t.ndim == 1:
-            picked = s[rows, t]
+            np.max(z_t, axis=0, out=m)
+        np.subtract(z_t, m, out=s)
+        target = buf["t"]
+        if t.ndim == 1:  # one-hot rows of the class ids, t_sum = 1
+            np.equal(buf["classes"], t, out=target)
+            picked = np.dot(buf["t_flat"], buf["s_flat"])
             np.exp(s, out=s)
-            np.matmul(s, ones, out=m)
-            np.divide(s, m[:, None], out=s)
+            np.dot(ones, s, out=m)
+            np.divide(s, m, out=s)
             np.log(m, out=m)
-            np.subtract(m, picked, out=picked)
-            value = np.add.reduce(picked) / (total or n)
-            s[rows, t] -= 1.0
+            value = (np.add.reduce(m) - picked) / (total or n)
         else:
-            t_sum = np.matmul(t, ones)
-            dot = np.add.reduce(t * s, axis=1)
+            np.copyto(target, t.T)
+            t_sum = np.dot(t, ones)
+            picked = np.dot(buf["t_flat"], buf["s_flat"])
             np.exp(s, out=s)
-            np.matmul(s, ones, out=m)
-            np.divide(s, m[:, None], out=s)
+            np.dot(ones, s, out=m)
+            np.divide(s, m, out=s)
             np.log(m, out=m)
-            value = np.add.reduce(t_sum * m - dot) / (total or n)
-            np.multiply(s, t_sum[:, None], out=s)
-            np.subtract(s, t, out=s)
+            value = (np.dot(t_sum, m) - picked) / (total or n)
+            np.multiply(s, t_sum, out=s)
+        np.subtract(s, target, out=s)
         np.divide(s, total or n, out=s)
-        self.grad = s
+        self.grad = s.T
         return value
 
 
-class _MeanSquaredError:
-    """Reference: ``MSE.forward/backward``: loss = sum(d^2) / size, grad = d (2 / size), d = p - t.
-    ``total``: the batch's rows when pred holds a block of them (a row shard); size counts them."""
+class _MeanSquaredError(LossOp):
+    """Reference: ``MSE.forward/backward``: loss = sum(d^2) / size, grad = d (2 / size), d = p - t,
+    with sum(d^2) one dot product. Class-major like :class:`_SoftmaxCrossEntropy`. ``total``: the
+    batch's rows when pred holds a block of them (a row shard); size counts them."""
 
-    def __init__(self):
-        self.buffers = {}
-        self.grad = None
-
-    @staticmethod
-    def _make(key):
-        return np.empty(key[0], key[1]), np.empty(key[0], key[1])
+    def _make(self, key):
+        (n, c), dtype = key
+        d = np.empty((c, n), dtype)
+        return {"d": d, "d_flat": d.reshape(-1)}
 
     def forward(self, pred, t, total=None):
-        d, sq = _cached(self.buffers, (pred.shape, pred.dtype), self._make)
-        size = d.size if total is None else d.size // d.shape[0] * total
-        np.subtract(pred, t, out=d)
-        np.multiply(d, d, out=sq)
-        value = np.add.reduce(sq, axis=None) / size
+        n, c = pred.shape
+        buf = self.buffers_for((pred.shape, pred.dtype))
+        d, flat = buf["d"], buf["d_flat"]
+        size = c * (n if total is None else total)
+        np.subtract(pred.T, t.T, out=d)
+        value = np.dot(flat, flat) / size
         np.multiply(d, 2.0 / size, out=d)
-        self.grad = d
+        self.grad = d.T
         return value
 
 
 # -- update rules on flat buffers (reference: the ``_update`` methods in bpgpu.optimizers) ----------
-def _decayed(optimizer, p, g, work):
-    """g + weight_decay p (L2 weight decay added to the gradient)."""
-    out = work("decayed")
-    np.multiply(p, optimizer.weight_decay, out=out)
-    np.add(g, out, out=out)
-    return out
+# Each rule updates ``params`` in place from ``grads``, the optimizer's flat ``state`` buffers and
+# scratch buffers ``work(name)`` of the same size.
+def _decayed(optimizer, params, grads, work):
+    """grads + weight_decay params (L2 weight decay added to the gradient)."""
+    decayed = work("decayed")
+    np.multiply(params, optimizer.weight_decay, out=decayed)
+    np.add(grads, decayed, out=decayed)
+    return decayed
 
 
-def _sgd(opt, lr, p, g, state, work):
-    t = work("t")
-    if opt.weight_decay:
-        g = _decayed(opt, p, g, work)
-    if opt.momentum:
-        buf = state["momentum_buffer"]
-        if opt.step_count == 1:
-            np.copyto(buf, g)
+def _sgd(optimizer, lr, params, grads, state, work):
+    scratch = work("t")
+    if optimizer.weight_decay:
+        grads = _decayed(optimizer, params, grads, work)
+    if optimizer.momentum:
+        velocity = state["momentum_buffer"]
+        if optimizer.step_count == 1:
+            np.copyto(velocity, grads)
         else:
-            np.multiply(buf, opt.momentum, out=buf)
-            np.multiply(g, 1.0 - opt.dampening, out=t)
-            np.add(buf, t, out=buf)
-        if opt.nesterov:
-            np.multiply(buf, opt.momentum, out=t)
-            np.add(g, t, out=t)
-            g = t
+            np.multiply(velocity, optimizer.momentum, out=velocity)
+            np.multiply(grads, 1.0 - optimizer.dampening, out=scratch)
+            np.add(velocity, scratch, out=velocity)
+        if optimizer.nesterov:
+            np.multiply(velocity, optimizer.momentum, out=scratch)
+            np.add(grads, scratch, out=scratch)
+            grads = scratch
         else:
-            g = buf
-    np.multiply(g, lr, out=t)
-    np.subtract(p, t, out=p)
+            grads = velocity
+    np.multiply(grads, lr, out=scratch)
+    np.subtract(params, scratch, out=params)
 
 
-def _rmsprop(opt, lr, p, g, state, work):
-    t, a = work("t"), opt.alpha
-    if opt.weight_decay:
-        g = _decayed(opt, p, g, work)
-    v = state["square_avg"]
-    np.multiply(g, g, out=t)
-    np.multiply(t, 1.0 - a, out=t)
-    np.multiply(v, a, out=v)
-    np.add(v, t, out=v)
-    if opt.centered:
-        avg = state["grad_avg"]
-        np.multiply(avg, a, out=avg)
-        np.multiply(g, 1.0 - a, out=t)
-        np.add(avg, t, out=avg)
-        np.multiply(avg, avg, out=t)
-        np.subtract(v, t, out=t)
-        np.sqrt(t, out=t)
+def _rmsprop(optimizer, lr, params, grads, state, work):
+    scratch, alpha = work("t"), optimizer.alpha
+    if optimizer.weight_decay:
+        grads = _decayed(optimizer, params, grads, work)
+    square_avg = state["square_avg"]
+    np.multiply(grads, grads, out=scratch)
+    np.multiply(scratch, 1.0 - alpha, out=scratch)
+    np.multiply(square_avg, alpha, out=square_avg)
+    np.add(square_avg, scratch, out=square_avg)
+    if optimizer.centered:
+        grad_avg = state["grad_avg"]
+        np.multiply(grad_avg, alpha, out=grad_avg)
+        np.multiply(grads, 1.0 - alpha, out=scratch)
+        np.add(grad_avg, scratch, out=grad_avg)
+        np.multiply(grad_avg, grad_avg, out=scratch)
+        np.subtract(square_avg, scratch, out=scratch)
+        np.sqrt(scratch, out=scratch)
     else:
-        np.sqrt(v, out=t)
-    np.add(t, opt.eps, out=t)
-    np.divide(g, t, out=t)
-    if opt.momentum:
-        buf = state["momentum_buffer"]
-        np.multiply(buf, opt.momentum, out=buf)
-        np.add(buf, t, out=buf)
-        np.multiply(buf, lr, out=t)
+        np.sqrt(square_avg, out=scratch)
+    np.add(scratch, optimizer.eps, out=scratch)
+    np.divide(grads, scratch, out=scratch)
+    if optimizer.momentum:
+        velocity = state["momentum_buffer"]
+        np.multiply(velocity, optimizer.momentum, out=velocity)
+        np.add(velocity, scratch, out=velocity)
+        np.multiply(velocity, lr, out=scratch)
     else:
-        np.multiply(t, lr, out=t)
-    np.subtract(p, t, out=p)
+        np.multiply(scratch, lr, out=scratch)
+    np.subtract(params, scratch, out=params)
 
 
-def _adam(opt, lr, p, g, state, work):
-    t = work("t")
-    b1, b2 = opt.betas
-    if opt.weight_decay:
-        if opt.decoupled:
-            np.multiply(p, 1.0 - lr * opt.weight_decay, out=p)
+def _adam(optimizer, lr, params, grads, state, work):
+    scratch = work("t")
+    beta1, beta2 = optimizer.betas
+    one_minus_beta1, one_minus_beta2 = 1.0 - beta1, 1.0 - beta2
+    if optimizer.weight_decay:
+        if optimizer.decoupled:
+            np.multiply(params, 1.0 - lr * optimizer.weight_decay, out=params)
         else:
-            g = _decayed(opt, p, g, work)
-    m, v = state["exp_avg"], state["exp_avg_sq"]
-    np.multiply(m, b1, out=m)
-    np.multiply(g, 1.0 - b1, out=t)
-    np.add(m, t, out=m)
-    np.multiply(g, g, out=t)
-    np.multiply(t, 1.0 - b2, out=t)
-    np.multiply(v, b2, out=v)
-    np.add(v, t, out=v)
-    c = math.sqrt(1.0 - b2 ** opt.step_count)
-    step_size = lr / (1.0 - b1 ** opt.step_count)
-    np.sqrt(v, out=t)
-    np.add(t, opt.eps * c, out=t)
-    np.divide(m, t, out=t)
-    np.multiply(t, step_size * c, out=t)
-    np.subtract(p, t, out=p)
+            grads = _decayed(optimizer, params, grads, work)
+    exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+    np.multiply(exp_avg, beta1, out=exp_avg)
+    np.multiply(grads, one_minus_beta1, out=scratch)
+    np.add(exp_avg, scratch, out=exp_avg)
+    np.multiply(grads, grads, out=scratch)
+    np.multiply(scratch, one_minus_beta2, out=scratch)
+    np.multiply(exp_avg_sq, beta2, out=exp_avg_sq)
+    np.add(exp_avg_sq, scratch, out=exp_avg_sq)
+    sqrt_bias_correction2 = math.sqrt(1.0 - beta2 ** optimizer.step_count)
+    step_size = lr / (1.0 - beta1 ** optimizer.step_count)
+    np.sqrt(exp_avg_sq, out=scratch)
+    np.add(scratch, optimizer.eps * sqrt_bias_correction2, out=scratch)
+    np.divide(exp_avg, scratch, out=scratch)
+    np.multiply(scratch, step_size * sqrt_bias_correction2, out=scratch)
+    np.subtract(params, scratch, out=params)
 
 
-#: Exact optimizer classes with a flat rule, and the configuration keys the rule knows (an
-#: optimizer grown new options falls back to its reference rule until its rule learns them).
-_RULES = {
-    SGD: (_sgd, {"lr", "clip_norm", "clip_value", "momentum", "dampening", "weight_decay",
-                 "nesterov"}),
-    RMSprop: (_rmsprop, {"lr", "clip_norm", "clip_value", "alpha", "eps", "weight_decay",
-                         "momentum", "centered"}),
-    Adam: (_adam, {"lr", "clip_norm", "clip_value", "betas", "eps", "weight_decay"}),
-    AdamW: (_adam, {"lr", "clip_norm", "clip_value", "betas", "eps", "weight_decay"}),
-}
+#: The NumPy implementation of each rule named in :data:`~bpgpu.kernels.update_rules.FLAT_RULES`.
+_RULES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
 
 
 def update_rule(optimizer):
     """The flat update rule for ``optimizer``, or None when it has none."""
-    entry = _RULES.get(type(optimizer))
-    if entry is None or not set(optimizer.get_config()) <= entry[1]:
-        return None
-    return functools.partial(_in_blocks, entry[0])
+    name = flat_rule_name(optimizer)
+    return None if name is None else functools.partial(_in_blocks, _RULES[name])
 
 
 #: Elements per block of the update (1 MiB per float32 array).
 BLOCK = 1 << 18
 
 
-def _in_blocks(rule, opt, lr, p, g, state, work):
+def _in_blocks(rule, optimizer, lr, params, grads, state, work):
     """Run the element-wise ``rule`` block by block, so that its dozen passes over each block run
     from the CPU cache instead of main memory (large networks); one block for small ones."""
-    size = p.shape[0]
+    size = params.shape[0]
     if size <= 2 * BLOCK:
-        return rule(opt, lr, p, g, state, work)
+        return rule(optimizer, lr, params, grads, state, work)
     scratch = {"t": work("block t", BLOCK)}
-    if opt.weight_decay and not getattr(opt, "decoupled", False):
+    if optimizer.weight_decay and not getattr(optimizer, "decoupled", False):
         scratch["decayed"] = work("block decayed", BLOCK)
     names = list(state)
     for lo in range(0, size, BLOCK):
         hi = min(lo + BLOCK, size)
         n = hi - lo
-        rule(opt, lr, p[lo:hi], g[lo:hi], {k: state[k][lo:hi] for k in names},
-             lambda name: scratch[name][:n])
+        rule(optimizer, lr, params[lo:hi], grads[lo:hi], {k: state[k][lo:hi] for k in names},
+             lambda name, n=n: scratch[name][:n])
 
 
 class NumPyKernels(KernelSet):
@@ -357,7 +370,7 @@ class NumPyKernels(KernelSet):
             if not isinstance(op, _Dense):
                 continue
             if isinstance(nxt, _Dense) and nxt.joint is not None:
-                op.ones_column, nxt.producer = True, op
+                op.ones_row, nxt.producer = True, op
             op.owns_dy = isinstance(nxt, _Dense) if nxt is not None else \
                 isinstance(loss_op, (_SoftmaxCrossEntropy, _MeanSquaredError))
 

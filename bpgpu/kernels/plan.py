@@ -1,6 +1,7 @@
 """The fast training step: flat parameter and gradient buffers, a list of operations, one update.
 
-:class:`TrainStep` serves one :class:`~bpgpu.Network` (see :func:`bpgpu.kernels.train_step_for`).
+:class:`TrainStep` serves one :class:`~bpgpu.Network` through its fast engine
+(:class:`bpgpu._engine.FastEngine`, chosen by :func:`bpgpu._engine.select_engine`).
 At construction every parameter is copied into one flat buffer and each layer's ``params`` entry
 becomes a view into it; gradients get a second flat buffer laid out the same way. The layers then
 become operations: ``Dense`` (with the activation after it fused in, where the kernels support
@@ -22,13 +23,17 @@ size, so the buffers sum to the batch's gradient and the blocks' losses to its l
 the optimizer update then run over k ranges of the flat buffers, again one per thread.
 """
 
+from __future__ import annotations
+
 import functools
 import math
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from ..layers.activations import LeakyReLU, ReLU, Sigmoid, Tanh
 from ..layers.dense import Dense
 
-__all__ = ["TrainStep", "FlatList", "KernelSet", "cached"]
+__all__ = ["TrainStep", "FlatList", "KernelSet", "BufferedOp", "LossOp", "cached"]
 
 #: Each parameter starts on a multiple of this many elements, so BLAS and SIMD loads see aligned
 #: matrices; the gaps stay zero and every update rule maps zero state and gradient to zero.
@@ -45,22 +50,82 @@ def cached(store, n, make):
     return value
 
 
-class KernelSet:
-    """What :class:`TrainStep` asks of one backend's kernels. Subclasses give ``zeros``, ``copy``,
-    ``dense_op``, ``link``, ``update_rule``, ``clip`` and ``loss_ops`` (loss class -> the class of
-    its fast operation). Kernel sets that can run row shards also give ``shard_count(rows,
-    parameters)``, ``one_blas_thread()``, ``run_parallel(jobs)`` and ``accumulate(dst, src)``
-    (dst += src), and loss operations taking the whole batch's row count as a third argument."""
+class BufferedOp:
+    """Base of every kernel set's fast operations (Dense, losses): the buffers an operation
+    writes are made by ``_make(key)`` once per key (a batch size, or a shape and dtype) and
+    reused from step to step; the two most recently made keys are kept (a fit's full batches and
+    its last, smaller one)."""
 
-    loss_ops = {}
-    shard_count = None
+    def __init__(self) -> None:
+        self.buffers: dict[Any, Any] = {}
+
+    def buffers_for(self, key: Any) -> Any:
+        """The buffers for ``key``, made on first use."""
+        return cached(self.buffers, key, self._make)
+
+    def _make(self, key: Any) -> Any:
+        raise NotImplementedError
+
+
+class LossOp(BufferedOp):
+    """Base of the fast loss operations: ``forward(pred, target, total=None)`` returns the loss
+    (0-d) and leaves dL/dpred in ``grad``; ``total``, where a kernel set runs row shards, is the
+    whole batch's row count when ``pred`` holds a block of its rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad: Any = None
+
+
+class KernelSet(Protocol):
+    """What :class:`TrainStep` asks of one backend's kernels.
+
+    Every kernel set gives ``name``, ``activations`` (the activation names its Dense operation
+    fuses), ``features`` (engine requirements it serves, see :mod:`bpgpu._engine`), ``loss_ops``
+    (loss class -> the class of its fast operation) and the methods below. Kernel sets that can
+    run row shards also give ``shard_count(rows, parameters)``, ``one_blas_thread()``,
+    ``run_parallel(jobs)`` and ``accumulate(dst, src)`` (dst += src), and loss operations taking
+    the whole batch's row count as a third argument; the others leave ``shard_count`` None.
+    Subclassing this Protocol inherits :meth:`view` and :meth:`loss_op`.
+    """
+
+    name: str
+    activations: tuple[str, ...]
+    features: frozenset[str] = frozenset()
+    loss_ops: dict[type, type] = {}
+    shard_count: Callable[[int, int], int] | None = None
+
+    def zeros(self, n: int, dtype: Any) -> Any:
+        """A zeroed 1-D buffer of ``n`` elements."""
+        ...
+
+    def copy(self, dst: Any, src: Any) -> None:
+        """dst[...] = src."""
+        ...
+
+    def dense_op(self, layer: Any, act: tuple[str, float] | None, W: Any, dW: Any, b: Any,
+                 db: Any, joint: tuple[Any, Any] | None, primary: bool) -> Any:
+        """The fast operation of ``Dense`` ``layer`` followed by activation ``act``."""
+        ...
+
+    def link(self, ops: list[Any], loss_op: Any) -> None:
+        """Chain adjacent operations once they are all built (``loss_op`` may be None)."""
+        ...
+
+    def update_rule(self, optimizer: Any) -> Callable[..., None] | None:
+        """``rule(optimizer, lr, p, g, state, work)`` updating flat buffers in place, or None."""
+        ...
+
+    def clip(self, optimizer: Any, g: Any, work: Callable[..., Any]) -> Any:
+        """The flat gradient clipped as ``optimizer`` asks (``g`` itself without clipping)."""
+        ...
 
     @staticmethod
-    def view(flat, offset, shape):
+    def view(flat: Any, offset: int, shape: tuple[int, ...]) -> Any:
         """The ``shape``-d view of the 1-D buffer ``flat`` starting at element ``offset``."""
         return flat[offset:offset + math.prod(shape)].reshape(shape)
 
-    def loss_op(self, loss):
+    def loss_op(self, loss: Any) -> Any:
         """A fast operation for ``loss`` (exact class match), or None: the reference loss runs."""
         op = self.loss_ops.get(type(loss))
         return op() if op is not None else None
@@ -92,13 +157,14 @@ def _activation(layer, supported):
 
 class _LayerOp:
     """A layer without a fast version: its own forward/backward, gradients copied to the flat
-    buffer."""
+    buffer. ``training``: the mode its forward runs in (False in the inference operations)."""
 
-    def __init__(self, kernels, layer, grad_views):
+    def __init__(self, kernels, layer, grad_views, training=True):
         self.kernels, self.layer, self.grad_views = kernels, layer, grad_views
+        self.training = training
 
     def forward(self, x):
-        return self.layer.forward(x, training=True)
+        return self.layer.forward(x, training=self.training)
 
     def backward(self, dy):
         dx = self.layer.backward(dy)
@@ -122,19 +188,17 @@ class _LossOp:
 
 
 class TrainStep:
-    """Forward, loss, backward and update of one network on flat buffers (module docstring)."""
+    """Forward, loss, backward and update of one network on flat buffers (module docstring).
 
-    @classmethod
-    def build(cls, net, kernels):
-        """A TrainStep for ``net``, or None where the fast path does not apply (a final Sigmoid
-        fused with BinaryCrossEntropy keeps the reference path)."""
-        if net._fuse_sigmoid_bce:
-            return None
-        return cls(net, kernels)
+    Driven by :class:`~bpgpu._engine.FastEngine`: :meth:`compute` runs forward, loss and backward
+    and leaves the gradient in the flat buffer(s); :meth:`summed_gradients` gives that gradient as
+    one buffer (for gradient hooks); :meth:`finish` runs (or skips) the update. :meth:`forward`
+    and :meth:`inference_loss` serve inference with operations and buffers of their own.
+    """
 
-    def __init__(self, net, kernels):
-        self.net, self.kernels = net, kernels
-        slots = net._slots
+    def __init__(self, net, structure, kernels):
+        self.net, self.structure, self.kernels = net, structure, kernels
+        slots = structure.slots
         self.shapes = [tuple(layer.params[key].shape) for layer, key in slots]
         self.offsets, total, previous = [], 0, None
         for (layer, _), shape in zip(slots, self.shapes):
@@ -156,24 +220,44 @@ class TrainStep:
             self.loss_op, _LossOp) and not any(isinstance(op, _LayerOp) for op in self.ops)
         self.parameter_count = sum(math.prod(shape) for shape in self.shapes)
         self._shards = [(self.ops, self.loss_op, self.flat_grads)]  # block i's operations
-        self._split = 1         # threads sharing the current step's sum and update
+        self._split = 1         # threads sharing the pending update (row shards of the step)
+        self._unsummed = False  # shards 1.._split-1 still hold partial gradients
+        self._inference = None  # (operations, loss operation) of forward/inference_loss
         self._owner = None      # the optimizer whose state lives in self._state
         self._state = {}        # state name -> (flat buffer, views)
         self._work = {}         # scratch buffers of the update rules, by name
         self._rule = (None, None)
 
+    def describe(self):
+        """What runs fast and what does not, in a few words (the fast engine's reason)."""
+        slow = sorted({type(op.layer).__name__ for op in self.ops if isinstance(op, _LayerOp)})
+        dense = [op for op in self.ops if not isinstance(op, _LayerOp)]
+        fused = sum(op.act is not None for op in dense)
+        loss = type(self.net.loss).__name__
+        rule = self.kernels.update_rule(self.net.optimizer) is not None
+        parts = [f"{self.kernels.name} kernels",
+                 f"{len(dense)} Dense operation(s), {fused} with the activation fused"]
+        if slow:
+            parts.append(f"reference layers {', '.join(slow)}")
+        parts.append(f"{'fast' if not isinstance(self.loss_op, _LossOp) else 'reference'} "
+                     f"{loss}")
+        parts.append(f"{'flat' if rule else 'reference'} {type(self.net.optimizer).__name__} "
+                     "update")
+        return "; ".join(parts)
+
     def _views(self, flat):
         view = self.kernels.view
         return [view(flat, o, s) for o, s in zip(self.offsets, self.shapes)]
 
-    def _build_ops(self, flat_grads, primary):
+    def _build_ops(self, flat_grads, primary, training=True):
         """The operations of every layer, writing gradients into ``flat_grads``. Only the primary
         set publishes its gradients in the layers' ``grads`` and adds L2 terms; the others serve
-        row shards 1..k-1 and exist only for networks of fast operations."""
-        net, kernels = self.net, self.kernels
+        row shards 1..k-1 (networks of fast operations only) or inference (``training`` False:
+        forward only)."""
+        structure, kernels = self.structure, self.kernels
         grads = self._views(flat_grads)
-        index = {(id(layer), key): i for i, (layer, key) in enumerate(net._slots)}
-        ops, layers, i = [], net.layers, 0
+        index = {(id(layer), key): i for i, (layer, key) in enumerate(structure.slots)}
+        ops, layers, i = [], structure.layers, 0
         while i < len(layers):
             layer = layers[i]
             if type(layer) is Dense:
@@ -195,7 +279,7 @@ class TrainStep:
                 continue
             grad_views = [(sub, key, grads[index[(id(sub), key)]])
                           for sub in layer.walk() for key in sub.params]
-            ops.append(_LayerOp(kernels, layer, grad_views))
+            ops.append(_LayerOp(kernels, layer, grad_views, training))
             i += 1
         return ops
 
@@ -203,7 +287,7 @@ class TrainStep:
     def sync_params(self):
         """Point every parameter slot at its view, copying in values replaced from outside."""
         copy = self.kernels.copy
-        for (layer, key), view in zip(self.net._slots, self.params):
+        for (layer, key), view in zip(self.structure.slots, self.params):
             value = layer.params[key]
             if value is not view:
                 copy(view, value)
@@ -233,34 +317,66 @@ class TrainStep:
             buf = self._work[name] = self.kernels.zeros(size, self.net.dtype)
         return buf
 
+    # -- inference ----------------------------------------------------------------------------------
+    def _inference_ops(self):
+        if self._inference is None:
+            ops = self._build_ops(self.flat_grads, primary=False, training=False)
+            self.kernels.link(ops, None)
+            self._inference = (ops, self.kernels.loss_op(self.net.loss) or _LossOp(self.net.loss))
+        return self._inference
+
+    def forward(self, x, training=False):
+        """The network's output for the device batch ``x`` through the fast operations (the
+        inference set unless ``training``): a buffer reused by the next call of the same size."""
+        self.sync_params()
+        ops = self.ops if training else self._inference_ops()[0]
+        for op in ops:
+            x = op.forward(x)
+        return x
+
+    def inference_loss(self, out, y):
+        """The loss of ``out`` against ``y`` (no penalties) through the inference loss operation."""
+        return self._inference_ops()[1].forward(out, y)
+
     # -- the step ---------------------------------------------------------------------------------
-    def __call__(self, xb, yb):
-        """One training step on device arrays; the loss before the update (0-d, on the device)."""
+    def compute(self, xb, yb, output=False):
+        """Forward, loss (penalties included) and backward on device arrays, the gradient left in
+        the flat buffer(s) for :meth:`finish`. Returns ``(loss, out)``: the loss 0-d on the
+        device, ``out`` the batch's output when ``output`` (else None)."""
         self.sync_params()
         k = self.kernels.shard_count(xb.shape[0], self.parameter_count) if self.shardable else 1
         if k > 1:
             with self.kernels.one_blas_thread():
-                return self._sharded_step(xb, yb, k)
+                return self._sharded_compute(xb, yb, k, output)
         x = xb
         for op in self.ops:
             x = op.forward(x)
-        value = self._penalised(self.loss_op.forward(x, yb))
+        value = self.structure.penalized_loss(self.loss_op.forward(x, yb))
         dy = self.loss_op.grad
         for op in reversed(self.ops):
             dy = op.backward(dy)
-        self._update()
-        return value
+        return value, (x if output else None)
 
-    def _penalised(self, value):
-        """``value`` plus the layers' penalty terms (L2)."""
-        for layer in self.net._penalized:
-            term = layer.penalty()
-            if term is not None:
-                value = value + term
-        return value
+    def summed_gradients(self):
+        """The step's whole gradient in the flat gradient buffer (row shards summed into it)."""
+        if self._unsummed:
+            self._sum_shards(self._ranges(self._split))
+        return self.flat_grads
+
+    def finish(self, update=True):
+        """The optimizer update after :meth:`compute` (skipped when ``update`` is False)."""
+        try:
+            if update:
+                if self._split > 1:
+                    with self.kernels.one_blas_thread():
+                        self._update()
+                else:
+                    self._update()
+        finally:
+            self._split, self._unsummed = 1, False
 
     # -- row shards (module docstring) ------------------------------------------------------------
-    def _sharded_step(self, xb, yb, k):
+    def _sharded_compute(self, xb, yb, k, output):
         while len(self._shards) < k:
             flat_grads = self.kernels.zeros(self.size, self.net.dtype)
             ops = self._build_ops(flat_grads, primary=False)
@@ -269,16 +385,14 @@ class TrainStep:
             self._shards.append((ops, loss_op, flat_grads))
         n = xb.shape[0]
         cuts = [n * i // k for i in range(k + 1)]
-        values = self.kernels.run_parallel([
+        results = self.kernels.run_parallel([
             functools.partial(_block_step, ops, loss_op, xb[a:b], yb[a:b], n)
             for (ops, loss_op, _), a, b in zip(self._shards, cuts, cuts[1:])])
-        value = self._penalised(sum(values[1:], values[0]))
-        self._split = k
-        try:
-            self._update()
-        finally:
-            self._split = 1
-        return value
+        values = [value for value, _ in results]
+        value = self.structure.penalized_loss(sum(values[1:], values[0]))
+        self._split, self._unsummed = k, True
+        out = self.net.backend.xp.concat([out for _, out in results]) if output else None
+        return value, out
 
     def _sum_shards(self, ranges):
         """Add the gradients of row shards 1..k-1 into the step's flat gradient, one range per
@@ -287,6 +401,7 @@ class TrainStep:
         self.kernels.run_parallel([
             functools.partial(_sum_into, self.kernels.accumulate, self.flat_grads[a:b],
                               [flat[a:b] for flat in partials]) for a, b in ranges])
+        self._unsummed = False
 
     def _ranges(self, k):
         """About k consecutive ranges covering the flat buffers, cut at multiples of 4096."""
@@ -305,7 +420,7 @@ class TrainStep:
         backward pass)."""
         self.sync_params()
         copy = self.kernels.copy
-        for (layer, key), view in zip(self.net._slots, self.grads):
+        for (layer, key), view in zip(self.structure.slots, self.grads):
             value = layer.grads[key]
             if value is not view:
                 copy(view, value)
@@ -315,7 +430,7 @@ class TrainStep:
         optimizer = self.net.optimizer
         if self._rule[0] is not optimizer:
             self._rule = (optimizer, self.kernels.update_rule(optimizer))
-        if self._split > 1 and self._rule[1] is None:
+        if self._unsummed and self._rule[1] is None:
             self._sum_shards(self._ranges(self._split))  # the reference rule reads self.grads
         self.params.fast_update = None if self._rule[1] is None else self._fast_update
         new = optimizer.step(self.params, self.grads)
@@ -335,11 +450,11 @@ class TrainStep:
             rule(optimizer, lr, self.flat_params, grads, state, self.work)
             return
         ranges = self._ranges(self._split)
-        if optimizer.clip_value is not None or optimizer.clip_norm is not None:
+        if self._unsummed and (optimizer.clip_value is not None
+                               or optimizer.clip_norm is not None):
             self._sum_shards(ranges)  # the clip reads the whole summed gradient first
-            partials = []
-        else:  # each range job sums its own range, just before updating it
-            partials = [flat for _, _, flat in self._shards[1:self._split]]
+        # each range job sums its own range (when still unsummed), just before updating it
+        partials = [flat for _, _, flat in self._shards[1:self._split]] if self._unsummed else []
         grads = self.kernels.clip(optimizer, self.flat_grads, self.work)  # flat_grads if no clip
         self.kernels.run_parallel([
             functools.partial(_sum_and_update, self.kernels.accumulate,
@@ -348,17 +463,19 @@ class TrainStep:
                               {name: flat[a:b] for name, flat in state.items()},
                               self._range_work(j, b - a))
             for j, (a, b) in enumerate(ranges)])
+        self._unsummed = False
 
 
 def _block_step(ops, loss_op, x, t, rows):
-    """Forward, loss and backward of one block of ``rows`` rows; the block's share of the loss."""
+    """Forward, loss and backward of one block of ``rows`` rows; the block's share of the loss
+    and the block's output."""
     for op in ops:
         x = op.forward(x)
     value = loss_op.forward(x, t, rows)
     dy = loss_op.grad
     for op in reversed(ops):
         dy = op.backward(dy)
-    return value
+    return value, x
 
 
 def _sum_into(accumulate, g, partials):

@@ -6,6 +6,8 @@ All are element-wise except :class:`Softmax` (over the last axis). All are stabl
 
 import math
 
+from ..registry import get_registry
+from ..special import erf_for, normal_cdf
 from .base import Layer
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Swish", "GELU", "Softmax", "Identity",
@@ -102,27 +104,60 @@ Swish = SiLU
 
 _GELU_C = math.sqrt(2.0 / math.pi)
 _GELU_A = 0.044715
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+GELU_FORMS = ("none", "tanh")
 
 
 class GELU(Layer):
-    """GELU in its tanh form (PyTorch's ``GELU(approximate="tanh")``):
+    """Gaussian error linear unit, as PyTorch's ``nn.GELU(approximate=...)``.
 
-    y = x/2 (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3);
+    ``approximate="none"`` (the default, exact): y = x Phi(x) with Phi(x) = (1 + erf(x/sqrt 2))/2,
+    dy/dx = Phi(x) + x phi(x),  phi(x) = exp(-x^2/2) / sqrt(2 pi). erf comes from
+    :func:`bpgpu.special.erf_for` (the library's own where it has one, else a standard-only
+    version accurate to about 2 ulp).
+
+    ``approximate="tanh"``: y = x/2 (1 + tanh(u)),  u = sqrt(2/pi) (x + 0.044715 x^3);
     dy/dx = (1 + t)/2 + x/2 (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2),  t = tanh(u).
+    The two forms differ by less than 5e-4 everywhere.
 
-    The exact form needs erf, which the Array API standard does not provide; the two differ by
-    less than 5e-4 everywhere.
+    Model files written before the exact form existed stored GELU without ``approximate``; they
+    load as the tanh form they were trained with.
     """
+
+    def __init__(self, approximate="none"):
+        super().__init__()
+        if approximate not in GELU_FORMS:
+            raise ValueError(f"GELU approximate must be one of {GELU_FORMS} (PyTorch's "
+                             f"spelling), got {approximate!r}")
+        self.approximate = approximate
+
+    def init_params(self, rng):
+        if self.approximate == "none":
+            self._erf = erf_for(self.backend)
 
     def forward(self, x, training=False):
         self._x = x
+        if self.approximate == "none":
+            self._cdf = normal_cdf(self._erf, x)
+            return x * self._cdf
         self._t = self.xp.tanh(_GELU_C * (x + _GELU_A * (x * x * x)))
         return 0.5 * x * (1.0 + self._t)
 
     def backward(self, dy):
-        x, t = self._x, self._t
+        x = self._x
+        if self.approximate == "none":
+            return dy * (self._cdf + x * (_INV_SQRT_2PI * self.xp.exp(-0.5 * (x * x))))
+        t = self._t
         du = _GELU_C * (1.0 + (3.0 * _GELU_A) * (x * x))
         return dy * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du)
+
+    def get_config(self):
+        return {"approximate": self.approximate}
+
+    @classmethod
+    def from_config(cls, config):
+        # Files from before the exact form have no "approximate": they were trained with tanh.
+        return cls(**{"approximate": "tanh", **config})
 
 
 class Softmax(Layer):
@@ -163,6 +198,7 @@ ACTIVATIONS = {
     "identity": Identity,
     "linear": Identity,
 }
+get_registry("activation").use_names(ACTIVATIONS)  # the names activation=... accepts; add yours there
 
 
 def get_activation(name):

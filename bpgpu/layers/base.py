@@ -37,11 +37,20 @@ place by layer code, so snapshots of them stay valid; layers read their dtype fr
 and parameters, not from globals.
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, TypeVar
+
 import numpy as np
+
+from ..registry import get_registry
+from ..typing import Array, ArrayLike, Namespace
 
 __all__ = ["Layer", "serialize_layer", "deserialize_layer", "layer_class"]
 
-_REGISTRY = {}
+_LAYERS = get_registry("layer")
+_L = TypeVar("_L", bound="Layer")
 
 
 class Layer:
@@ -58,6 +67,13 @@ class Layer:
     #: first layer, whose input gradient nobody needs (for Dense that saves a whole matmul).
     input_grad = True
 
+    params: dict[str, Array]
+    grads: dict[str, Array]
+    buffers: dict[str, Array]
+    backend: Any  # the Backend once built, None before
+    xp: Namespace
+    dtype: Any
+
     #: Mixed precision (:mod:`bpgpu.precision`): True keeps this layer's parameters in float32
     #: while the rest of the network computes in 16 bits; the layer then computes in the dtype
     #: of its parameters and returns results in the dtype of its inputs (normalisation layers).
@@ -70,9 +86,9 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _REGISTRY[cls.__name__] = cls
+        _LAYERS.register(cls)  # every layer class can be rebuilt from a file by its name
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.params = {}
         self.grads = {}
         self.buffers = {}
@@ -82,7 +98,8 @@ class Layer:
         self.device_rng = None
 
     # -- construction -----------------------------------------------------------------------------
-    def build(self, backend, dtype, rng, device_rng=None):
+    def build(self: _L, backend: Any, dtype: Any, rng: np.random.Generator,
+              device_rng: Any = None) -> _L:
         """Create the parameters on ``backend`` with ``dtype``.
 
         ``rng`` is a ``numpy.random.Generator`` for initial values (drawn on the host);
@@ -99,62 +116,62 @@ class Layer:
             child.build(backend, dtype, rng, device_rng)
         return self
 
-    def init_params(self, rng):
+    def init_params(self, rng: np.random.Generator) -> None:
         """Hook: create parameters with :meth:`add_param` / :meth:`add_buffer` (host arrays)."""
 
-    def add_param(self, name, host_value):
+    def add_param(self, name: str, host_value: ArrayLike) -> None:
         """Register a learnable parameter from a host array (cast to the layer's dtype)."""
         self.params[name] = self.backend.asarray(np.asarray(host_value), dtype=self.dtype)
 
-    def add_buffer(self, name, host_value):
+    def add_buffer(self, name: str, host_value: ArrayLike) -> None:
         """Register non-learnable state saved with the model (cast to the layer's dtype)."""
         self.buffers[name] = self.backend.asarray(np.asarray(host_value), dtype=self.dtype)
 
     @property
-    def built(self):
+    def built(self) -> bool:
         return self.backend is not None
 
-    def children(self):
+    def children(self) -> list[Layer]:
         """The layers nested inside this one (empty for plain layers)."""
         return []
 
-    def walk(self):
+    def walk(self) -> Iterator[Layer]:
         """This layer and every nested layer, depth first, parents before children."""
         yield self
         for child in self.children():
             yield from child.walk()
 
     # -- computation ----------------------------------------------------------------------------
-    def forward(self, x, training=False):
+    def forward(self, x: Array, training: bool = False) -> Array:
         raise NotImplementedError(f"{type(self).__name__} must implement forward(x, training)")
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         raise NotImplementedError(f"{type(self).__name__} must implement backward(dy)")
 
-    def __call__(self, x, training=False):
+    def __call__(self, x: Array, training: bool = False) -> Array:
         return self.forward(x, training=training)
 
-    def penalty(self):
+    def penalty(self) -> Array | None:
         """Regularisation term this layer adds to the loss (a 0-d array), or None."""
         return None
 
     # -- shapes -----------------------------------------------------------------------------------
-    def input_shape(self):
+    def input_shape(self) -> tuple[int, ...] | None:
         """Per-sample input shape this layer requires (without the batch axis), or None."""
         return None
 
-    def output_shape(self, input_shape):
+    def output_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
         """Per-sample output shape for a per-sample ``input_shape``; raises ValueError if the
         input cannot be accepted. The default keeps the shape (element-wise layers)."""
         return tuple(input_shape)
 
     # -- serialisation ------------------------------------------------------------------------------
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         """Constructor arguments as a JSON-serialisable dict (``cls(**config)`` rebuilds it)."""
         return {}
 
     @classmethod
-    def from_config(cls, config):
+    def from_config(cls, config: dict[str, Any]) -> Layer:
         return cls(**config)
 
     def __repr__(self):
@@ -162,25 +179,16 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
-def layer_class(name):
+def layer_class(name: str) -> type[Layer]:
     """The registered :class:`Layer` subclass called ``name`` (every subclass registers itself)."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown layer class {name!r}; known layers: {', '.join(sorted(_REGISTRY))}. "
-            "A custom layer must be imported before a model using it is loaded."
-        ) from None
+    return _LAYERS.class_named(name)
 
 
-def serialize_layer(layer):
+def serialize_layer(layer: Layer) -> dict[str, Any]:
     """``{"class": name, "config": {...}}`` describing ``layer`` (JSON-serialisable)."""
-    return {"class": type(layer).__name__, "config": layer.get_config()}
+    return _LAYERS.serialize(layer)
 
 
-def deserialize_layer(spec):
+def deserialize_layer(spec: dict[str, Any]) -> Layer:
     """Rebuild an (unbuilt) layer from :func:`serialize_layer`'s output. Runs no code from it."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("class"), str) \
-            or not isinstance(spec.get("config", {}), dict):
-        raise ValueError(f"a layer description must be {{'class': str, 'config': dict}}, got {spec!r}")
-    return layer_class(spec["class"]).from_config(spec.get("config", {}))
+    return _LAYERS.deserialize(spec)

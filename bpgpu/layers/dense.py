@@ -1,5 +1,7 @@
 """Fully connected layer."""
 
+import math
+
 import numpy as np
 
 from ..initializers import get_initializer
@@ -43,6 +45,8 @@ class Dense(Layer):
             self.add_param("b", np.zeros(self.out_features))
 
     def forward(self, x, training=False):
+        if x.ndim != 2:
+            self.output_shape(tuple(x.shape[1:]))  # says what to do (add Flatten) and raises
         self._x = x
         y = self.backend.matmul(x, self.params["W"])
         return y + self.params["b"] if self.bias else y
@@ -68,6 +72,11 @@ class Dense(Layer):
         return (self.in_features,)
 
     def output_shape(self, input_shape):
+        if len(input_shape) > 1:
+            raise ValueError(
+                f"Dense({self.in_features}, {self.out_features}) receives samples of shape "
+                f"{tuple(input_shape)} but takes flat vectors of {self.in_features} features: add "
+                f"Flatten() before it (it would turn them into {math.prod(input_shape)} features)")
         if tuple(input_shape) != (self.in_features,):
             raise ValueError(
                 f"Dense({self.in_features}, {self.out_features}) expects inputs with "

@@ -22,37 +22,44 @@ def pair(value, name, minimum):
     return int(items[0]), int(items[1])
 
 
-def output_size(size, kernel, stride, padding, owner):
-    """Windows along one axis: ``floor((size + 2 padding - kernel) / stride) + 1``."""
-    if size + 2 * padding < kernel:
-        raise ValueError(f"{owner}: kernel size {kernel} is larger than the padded input "
-                         f"({size} + 2 * {padding})")
-    return (size + 2 * padding - kernel) // stride + 1
+def output_size(size, kernel, stride, padding, owner, dilation=1):
+    """Windows along one axis: ``floor((size + 2 padding - span) / stride) + 1`` with the
+    kernel's span ``dilation (kernel - 1) + 1``; ValueError when that is 0 or less."""
+    span = dilation * (kernel - 1) + 1
+    if size + 2 * padding < span:
+        what = f"kernel size {kernel}" if dilation == 1 else \
+            f"kernel size {kernel} with dilation {dilation} (span {span})"
+        raise ValueError(f"{owner}: {what} is larger than the padded input "
+                         f"({size} + 2 * {padding}); the output would have no rows or columns")
+    return (size + 2 * padding - span) // stride + 1
 
 
 class Windows:
-    """The windows of one geometry: C channels, an H x W image, kernel ``(kh, kw)``, ``stride``
-    and zero ``padding`` (pairs).
+    """The windows of one geometry: C channels, an H x W image, kernel ``(kh, kw)``, ``stride``,
+    ``padding`` and ``dilation`` (pairs; kernel entry (i, j) reads the pixel ``dh i`` rows and
+    ``dw j`` columns from the window's corner).
 
     :meth:`im2col` maps x (N, C, H, W) to cols (N, Ho*Wo, C*kh*kw): windows in row-major order,
     each window's entries ordered (c, i, j) like a PyTorch weight (O, C, kh, kw). With
     ``windows_last`` the two axes swap, cols (N, C*kh*kw, Ho*Wo), so that reducing over a window
     (pooling) adds whole rows instead of short runs. :meth:`col2im` is the adjoint: cols of the
-    same layout -> (N, C, H, W), overlapping windows summed.
+    same layout -> (N, C, H, W), overlapping windows summed. Entries in the padding read the
+    ``fill`` value given to :meth:`im2col` (zero by default).
     """
 
     def __init__(self, backend, channels, height, width, kernel, stride, padding, owner,
-                 windows_last=False):
-        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+                 windows_last=False, dilation=(1, 1)):
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
         self.xp, self.device = backend.xp, backend.device
         self.in_shape = (channels, height, width)
-        self.out_hw = (output_size(height, kh, sh, ph, owner), output_size(width, kw, sw, pw, owner))
+        self.out_hw = (output_size(height, kh, sh, ph, owner, dh),
+                       output_size(width, kw, sw, pw, owner, dw))
         ho, wo = self.out_hw
         self.n_windows, self.window_size = ho * wo, channels * kh * kw
         self.size = channels * height * width
-        # Image coordinates read by entry (oh, ow, c, i, j); outside the image: the zero at `size`.
-        row = (sh * np.arange(ho)[:, None] + np.arange(kh) - ph)[:, None, None, :, None]
-        col = (sw * np.arange(wo)[:, None] + np.arange(kw) - pw)[None, :, None, None, :]
+        # Image coordinates read by entry (oh, ow, c, i, j); outside the image: the fill at `size`.
+        row = (sh * np.arange(ho)[:, None] + dh * np.arange(kh) - ph)[:, None, None, :, None]
+        col = (sw * np.arange(wo)[:, None] + dw * np.arange(kw) - pw)[None, :, None, None, :]
         chan = np.arange(channels)[None, None, :, None, None]
         inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
         shape5 = (ho, wo, channels, kh, kw)
@@ -62,6 +69,8 @@ class Windows:
         source = np.broadcast_to(np.where(inside, (chan * height + row) * width + col, self.size),
                                  shape5).transpose(order).ravel()
         self.padded = bool(np.any(source == self.size))
+        #: Per window, how many of its entries lie inside the image (host array, (Ho*Wo,)).
+        self.inside_counts = np.sum(inside, axis=(2, 3, 4)).ravel() * channels
         # Adjoint: for each pixel, the entries (one per kernel offset at most) that read it,
         # stored offset-major (fan, pixels) so that col2im sums whole rows.
         n_entries = source.size
@@ -74,21 +83,21 @@ class Windows:
         self.gather_index = backend.asarray(source, dtype=int64)
         self.scatter_index = backend.asarray(readers[:, :self.fan].T.ravel(), dtype=int64)
 
-    def _append_zero(self, flat):
-        zero = self.xp.zeros((flat.shape[0], 1), dtype=flat.dtype, device=self.device)
-        return self.xp.concat([flat, zero], axis=1)
+    def _append(self, flat, fill=0.0):
+        column = self.xp.full((flat.shape[0], 1), fill, dtype=flat.dtype, device=self.device)
+        return self.xp.concat([flat, column], axis=1)
 
-    def im2col(self, x):
+    def im2col(self, x, fill=0.0):
         xp, n = self.xp, x.shape[0]
         flat = xp.reshape(x, (n, self.size))
         if self.padded:
-            flat = self._append_zero(flat)
+            flat = self._append(flat, fill)
         cols = xp.take(flat, self.gather_index, axis=1)
         return xp.reshape(cols, (n,) + self.cols_shape)
 
     def col2im(self, cols):
         xp, n = self.xp, cols.shape[0]
-        flat = self._append_zero(xp.reshape(cols, (n, self.n_windows * self.window_size)))
+        flat = self._append(xp.reshape(cols, (n, self.n_windows * self.window_size)))
         parts = xp.take(flat, self.scatter_index, axis=1)
         if self.fan == 1:
             return xp.reshape(parts, (n,) + self.in_shape)

@@ -137,7 +137,7 @@ class LayerNorm(Layer):
     """Layer normalisation over the trailing ``normalized_shape`` axes of each sample, as PyTorch's
     ``nn.LayerNorm``.
 
-    Shapes: x (..., *normalized_shape) -> y of the same shape; parameters ``weight`` (starts at 1)
+    Shapes: x ``(..., *normalized_shape)`` -> y of the same shape; parameters ``weight`` (starts at 1)
     and ``bias`` (starts at 0), both of shape ``normalized_shape``. Statistics (mean, biased
     variance) are taken per sample over the normalised axes, in training and inference alike.
     """

@@ -23,7 +23,7 @@ class Flatten(Layer):
 
 
 class Reshape(Layer):
-    """x (N, *in_shape) -> y (N, *shape), the same values in the same (row-major) order.
+    """x ``(N, *in_shape)`` -> y ``(N, *shape)``, the same values in the same (row-major) order.
 
     ``shape`` is the per-sample output shape (no batch axis); one entry may be -1, inferred from
     the sample size, e.g. ``Reshape((1, 8, 8))`` turns 64 features into a 1-channel 8x8 image.
