@@ -32,7 +32,8 @@ def restore_weights(net, weights):
 
 class Snapshot:
     """Everything a training step changes: weights, buffers, optimizer state, step counters and
-    learning rate, the device RNG and the loss scaler (mixed precision); plus the epoch's batch order and how many steps it ran."""
+    learning rate, the device RNG and the loss scaler (mixed precision); plus the epoch's batch
+    order and how many steps it ran."""
 
     def __init__(self, net, order=None):
         xp = net.backend.xp

@@ -37,7 +37,11 @@ kernels have no 16-bit variants), so ``net.engine.reason`` reads "reference: mix
 no fast version". The skip decision is the network's gradient hook (:mod:`bpgpu._engine`).
 """
 
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 
@@ -58,13 +62,13 @@ _MISSING_DTYPE = {
 }
 
 
-def wide_dtype(xp, dtype):
+def wide_dtype(xp: Any, dtype: Any) -> Any:
     """The dtype to accumulate (or draw random numbers) in for data of floating ``dtype``:
     float32 for the 16-bit floats (float16, bfloat16), else ``dtype`` itself."""
     return xp.float32 if getattr(dtype, "itemsize", 0) == 2 else dtype
 
 
-def _check_factor(value, name, low, high):
+def _check_factor(value: Any, name: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
         raise ValueError(f"LossScaler {name} must be a number in ({low}, {high}), got {value!r}")
     return float(value)
@@ -82,8 +86,8 @@ class LossScaler:
     change), ``skipped_steps`` (every skipped step so far).
     """
 
-    def __init__(self, init_scale=2.0 ** 16, growth_factor=2.0, backoff_factor=0.5,
-                 growth_interval=2000):
+    def __init__(self, init_scale: float = 2.0 ** 16, growth_factor: float = 2.0,
+                 backoff_factor: float = 0.5, growth_interval: int = 2000) -> None:
         self.init_scale = _check_factor(init_scale, "init_scale", 0.0, float("inf"))
         self.growth_factor = _check_factor(growth_factor, "growth_factor", 1.0, float("inf"))
         self.backoff_factor = _check_factor(backoff_factor, "backoff_factor", 0.0, 1.0)
@@ -96,7 +100,7 @@ class LossScaler:
         self.growth_tracker = 0
         self.skipped_steps = 0
 
-    def update(self, found_inf):
+    def update(self, found_inf: bool) -> None:
         """Move the scale after a step whose gradients held inf/NaN (``found_inf``) or not."""
         if found_inf:
             self.scale *= self.backoff_factor
@@ -110,16 +114,16 @@ class LossScaler:
                 self.scale = grown
             self.growth_tracker = 0
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {"init_scale": self.init_scale, "growth_factor": self.growth_factor,
                 "backoff_factor": self.backoff_factor, "growth_interval": self.growth_interval}
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """``{"scale": float, "growth_tracker": int, "skipped_steps": int}`` (JSON-safe)."""
         return {"scale": self.scale, "growth_tracker": self.growth_tracker,
                 "skipped_steps": self.skipped_steps}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Inverse of :meth:`state_dict`; ValueError (and no change) for anything else."""
         scale, tracker, skipped = state["scale"], state["growth_tracker"], state["skipped_steps"]
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale < \
@@ -131,7 +135,7 @@ class LossScaler:
                                  f"{value!r}")
         self.scale, self.growth_tracker, self.skipped_steps = float(scale), tracker, skipped
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"LossScaler(scale={self.scale}, growth_interval={self.growth_interval})"
 
 
@@ -147,7 +151,8 @@ class MixedPrecision:
     Attributes (after the Network binds it): ``compute`` (the backend's dtype), ``scaler``.
     """
 
-    def __init__(self, compute_dtype="float16", loss_scale="auto"):
+    def __init__(self, compute_dtype: str = "float16",
+                 loss_scale: LossScaler | str | None = "auto") -> None:
         if compute_dtype not in PRECISIONS.values():
             raise ValueError(f"compute_dtype must be one of {', '.join(PRECISIONS.values())}, "
                              f"got {compute_dtype!r}")
@@ -157,17 +162,20 @@ class MixedPrecision:
             raise TypeError(f"loss_scale must be 'auto', a LossScaler or None, got {loss_scale!r}")
         self.compute_dtype = compute_dtype
         self.scaler = loss_scale
-        self.backend = self.xp = self.compute = self.master = None
-        self._copies = {}  # (id(layer), key) -> (master array, its 16-bit copy)
+        self.backend: Any = None
+        self.xp: Any = None
+        self.compute: Any = None  # the backend's 16-bit dtype, once bound
+        self.master: Any = None   # its float32
+        self._copies: dict[tuple[int, str], tuple[Any, Any]] = {}  # (id(layer), key) -> (master array, its 16-bit copy)
 
     @property
-    def name(self):
+    def name(self) -> str:
         return f"mixed_{self.compute_dtype}"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"MixedPrecision({self.compute_dtype!r}, loss_scale={self.scaler!r})"
 
-    def bind(self, backend, dtype_name):
+    def bind(self, backend: Any, dtype_name: str) -> MixedPrecision:
         """Check that ``backend`` has the compute dtype and that the masters are float32, then
         compute there. ValueError (and no change) otherwise."""
         if dtype_name != "float32":
@@ -185,11 +193,11 @@ class MixedPrecision:
         return self
 
     # -- casts -------------------------------------------------------------------------------------
-    def _cast(self, x, dtype):
+    def _cast(self, x: Any, dtype: Any) -> Any:
         return x if x.dtype == dtype else self.xp.astype(x, dtype)
 
     @contextmanager
-    def _compute_weights(self, structure):
+    def _compute_weights(self, structure: Any) -> Iterator[None]:
         """Put 16-bit copies of the master weights into the layers for the duration."""
         masters = []
         for layer, key in structure.slots:
@@ -209,7 +217,7 @@ class MixedPrecision:
                 layer.params[key] = master
 
     # -- the phases of a step (called by bpgpu._engine and the Network) ----------------------------
-    def forward(self, structure, x, training):
+    def forward(self, structure: Any, x: Any, training: bool) -> Any:
         """The network's output for ``x``, computed in the compute dtype, returned in float32."""
         with self._compute_weights(structure):
             x = self._cast(x, self.compute)
@@ -217,7 +225,7 @@ class MixedPrecision:
                 x = layer.forward(x, training=training)
         return self._cast(x, self.master)
 
-    def backward(self, structure, dy, layers):
+    def backward(self, structure: Any, dy: Any, layers: Sequence[Any]) -> Any:
         """Backpropagate dL/dout ``dy`` (float32) through ``layers`` in the compute dtype, scaled
         by the loss scale; leaves unscaled float32 gradients in the layers. Returns the unscaled
         float32 dL/dX, or None."""
@@ -242,7 +250,7 @@ class MixedPrecision:
                 dy = dy * unscale if scale != 1.0 else dy
         return dy
 
-    def allow_update(self, grads):
+    def allow_update(self, grads: Sequence[Any]) -> bool:
         """Whether the optimizer may apply ``grads`` (the unscaled float32 gradients, a list of
         arrays): False when one holds inf or NaN. Moves the loss scale; one device read. Always
         True without a scaler."""
@@ -253,30 +261,30 @@ class MixedPrecision:
         self.scaler.update(not finite)
         return finite
 
-    def gradient_hook(self, flat_grads, rows):
+    def gradient_hook(self, flat_grads: Any, rows: int) -> bool:
         """The network's gradient hook (:mod:`bpgpu._engine`): :meth:`allow_update` on the
         flat gradient, after any hook before it (a distributed fit's all-reduce comes first, so
         every rank decides alike)."""
         return self.allow_update([flat_grads])
 
     # -- state -------------------------------------------------------------------------------------
-    def epoch_logs(self, skipped_before):
+    def epoch_logs(self, skipped_before: int) -> dict[str, float]:
         """History entries for an epoch that began with ``skipped_before`` skipped steps."""
         if self.scaler is None:
             return {}
         return {"loss_scale": self.scaler.scale,
                 "skipped_steps": self.scaler.skipped_steps - skipped_before}
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, Any]:
         """The loss scaler's state (``{}`` without one): part of a checkpoint."""
         return {} if self.scaler is None else self.scaler.state_dict()
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.scaler is not None:
             self.scaler.load_state_dict(state)
 
 
-def get_precision(precision):
+def get_precision(precision: MixedPrecision | str | None) -> MixedPrecision | None:
     """None, or a fresh :class:`MixedPrecision` for ``"mixed_float16"`` / ``"mixed_bfloat16"``,
     or the given MixedPrecision object itself."""
     if precision is None or isinstance(precision, MixedPrecision):
@@ -287,7 +295,7 @@ def get_precision(precision):
                      f"MixedPrecision object, got {precision!r}")
 
 
-def serialize_precision(policy):
+def serialize_precision(policy: MixedPrecision | None) -> dict[str, Any] | None:
     """A JSON-safe description of ``policy`` (None stays None)."""
     if policy is None:
         return None
@@ -295,7 +303,7 @@ def serialize_precision(policy):
     return {"compute_dtype": policy.compute_dtype, "loss_scale": scaler}
 
 
-def deserialize_precision(spec):
+def deserialize_precision(spec: Any) -> MixedPrecision | None:
     """Inverse of :func:`serialize_precision`; ValueError for anything else."""
     if spec is None:
         return None
