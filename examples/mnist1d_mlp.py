@@ -13,14 +13,10 @@ mini-batches of 100 for 40 epochs. Prints the test accuracy and saves the loss c
 """
 
 import os
-import time
 
 import numpy as np
 
-import bpgpu
-from bpgpu.optimizers import Adam
-
-from _common import parse_args, save_loss_curve
+from _common import fit_and_report, mlp_classifier, parse_args
 
 
 def load_mnist1d():
@@ -45,30 +41,15 @@ def load_mnist1d():
 
 
 def mlp(backend, seed, precision=None):
-    """The recipe's 40-100-100-10 ReLU network with Adam (lr 1e-3)."""
-    return bpgpu.Network.from_sizes([40, 100, 100, 10], activation="relu", loss="cross_entropy",
-                                    optimizer=Adam(lr=1e-3), backend=backend, seed=seed,
-                                    precision=precision)
+    """The recipe's 40-100-100-10 ReLU network with Adam (lr 1e-3) on softmax cross-entropy."""
+    return mlp_classifier([40, 100, 100, 10], backend, seed, precision)
 
 
 def main():
     args = parse_args(__doc__.splitlines()[0], precision=True, epochs=40)
-    X_train, X_test, y_train, y_test = load_mnist1d()
     net = mlp(args.backend, args.seed, args.precision)
-    print(f"backend: {net.backend.name} ({net.backend.reason})")
-    print(net.summary())
-    start = time.perf_counter()
-    history = net.fit(X_train, y_train, epochs=args.epochs, batch_size=100,
-                      validation_data=(X_test, y_test), verbose=1)
-    result = net.evaluate(X_test, y_test)
-    print(f"trained {args.epochs} epochs in {time.perf_counter() - start:.1f} s")
-    print(f"test accuracy: {result['accuracy']:.4f}  (test loss {result['loss']:.4f})")
-    if "skipped_steps" in history.history:
-        print(f"loss scale {history.history['loss_scale'][-1]:g}, "
-              f"{int(sum(history.history['skipped_steps']))} steps skipped")
-    save_loss_curve(history.history["loss"], os.path.join(args.out, "mnist1d_loss.png"),
-                    "40-100-100-10 MLP on MNIST-1D", ylabel="cross-entropy",
-                    extra={"test": history.history["val_loss"]})
+    fit_and_report(net, load_mnist1d(), args.epochs, 100,
+                   os.path.join(args.out, "mnist1d_loss.png"), "40-100-100-10 MLP on MNIST-1D")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 import bpgpu
+from bpgpu.backend import backend_status
 from bpgpu.callbacks import Callback
 from bpgpu.layers import Dense, Dropout, ReLU
 from bpgpu.optimizers import SGD, Adam
 from bpgpu.precision import LossScaler, MixedPrecision
 
-MIXED_BACKENDS = ("numpy", "torch")
+MIXED_BACKENDS = ("numpy", "torch", "cupy")  # the backends with float16
 
 
 def _mixed_backend(backend):
@@ -310,10 +311,13 @@ def test_a_plain_checkpoint_loads_without_precision(tmp_path):
 # -- refusals -----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend_name, precision, reason", [
     ("numpy", "mixed_bfloat16", "NumPy has no bfloat16"),
+    ("cupy", "mixed_bfloat16", "CuPy has no bfloat16"),
     ("array_api_strict", "mixed_float16", "no 16-bit floating dtypes"),
     ("array_api_strict", "mixed_bfloat16", "no 16-bit floating dtypes")])
 def test_refusals_name_the_reason(backend_name, precision, reason):
-    pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
+    reason_unusable = backend_status()[backend_name]
+    if reason_unusable is not None:
+        pytest.skip(f"backend {backend_name!r} unusable here: {reason_unusable}")
     layers = [Dense(3, 2)]
     with pytest.raises(ValueError, match=reason):
         bpgpu.Network(layers, backend=backend_name, precision=precision)
