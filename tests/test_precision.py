@@ -352,3 +352,11 @@ def test_numpy_float16_matmul_equals_numpys_own_to_rounding():
     ulp = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)
     assert np.all(np.abs(fast - exact) <= 0.5 * ulp + 1e-6 * np.abs(exact))
     assert np.all(np.abs(fast.astype(np.float64) - (a @ b).astype(np.float64)) <= ulp)
+
+
+def test_gradcheck_of_a_mixed_network_checks_its_float64_formulas():
+    rng = np.random.default_rng(7)
+    net = bpgpu.Network([Dense(3, 4, l2=0.1), ReLU(), Dense(4, 2)], loss="mse", backend="numpy",
+                        seed=0, precision="mixed_float16")
+    assert bpgpu.gradcheck(net, rng.standard_normal((6, 3)), rng.standard_normal((6, 2))) < 1e-7
+    assert all(w.dtype == np.float32 for w in net.get_weights())  # put back as they were
