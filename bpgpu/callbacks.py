@@ -9,6 +9,13 @@ stops training at the end of the current batch. Callbacks run in the order given
 and ``lr`` when the rate changes during training). ``epoch`` is the 0-based epoch counter of the
 network (it continues across ``fit`` calls and checkpoints).
 
+Exact resume: a callback whose decisions depend on earlier epochs keeps that memory in
+:meth:`Callback.state_dict` (JSON values) and :meth:`Callback.weights_state` (a copy of the
+weights, or None). :meth:`Network.save <bpgpu.Network.save>` stores the state of the callbacks of
+the last ``fit``; after :func:`bpgpu.load`, the next ``fit`` hands each state back (through
+:meth:`Callback.load_state_dict`, after ``on_train_begin``) to the callback at the same position
+with the same class, so 5 epochs + save + load + 5 epochs equal 10 epochs in one go.
+
 ``logs`` in ``on_batch_end``: ``{"batch": i, "size": n, "loss": loss}`` where ``loss`` is a 0-d
 array still on the device: ``float(logs["loss"])`` works but waits for the device, so a
 callback that reads it every batch slows GPU training; callbacks that do not override
@@ -24,7 +31,7 @@ from typing import Any
 
 from .registry import get_registry
 from .schedules import Schedule
-from .validation import check_number
+from .validation import check_bool, check_number, check_whole, is_real_number
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
            "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"]
@@ -42,6 +49,27 @@ class Callback:
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _CALLBACKS.register(cls)  # found by name like every other component
+
+    # -- state for exact resume (see the module docstring) ----------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """What this callback remembers between epochs, as JSON values (numbers, strings, None,
+        lists, dicts). The base class remembers nothing."""
+        return {}
+
+    def weights_state(self) -> Any:
+        """A copy of the network's weights this callback holds (from
+        ``bpgpu._snapshot.copy_weights``), or None."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any], weights: Any = None) -> None:
+        """Take back a state from :meth:`state_dict` (and :meth:`weights_state`)."""
+
+    @classmethod
+    def check_state(cls, state: Any) -> None:
+        """ValueError unless ``state`` is one :meth:`state_dict` of this class could return;
+        run on every state read from a file."""
+        if not isinstance(state, dict):
+            raise ValueError(f"a callback state must be a dict, got {state!r}")
 
     def set_network(self, network: Any) -> None:
         self.network = network
@@ -74,10 +102,14 @@ class CallbackList:
     def __init__(self, callbacks, network):
         if callbacks is None:
             callbacks = []
-        if isinstance(callbacks, Callback) or not all(isinstance(c, Callback) for c in callbacks):
-            raise TypeError("callbacks must be a list of bpgpu.callbacks.Callback objects, got "
-                            f"{callbacks!r}")
-        self.callbacks = list(callbacks)
+        try:
+            items = None if isinstance(callbacks, (Callback, str, bytes)) else list(callbacks)
+        except TypeError:
+            items = None
+        if items is None or not all(isinstance(c, Callback) for c in items):
+            raise TypeError("callbacks must be a list of bpgpu.callbacks.Callback objects (or "
+                            f"another iterable of them), got {callbacks!r}")
+        self.callbacks = items
         for callback in self.callbacks:
             callback.set_network(network)
         self.batch_hooks = [c for c in self.callbacks
@@ -86,6 +118,25 @@ class CallbackList:
     def on_train_begin(self, logs=None):
         for c in self.callbacks:
             c.on_train_begin(logs)
+
+    def restore(self, saved):
+        """Hand the states ``saved`` (from a loaded checkpoint: dicts with ``class``, ``state``
+        and ``weights``) to the callbacks at the same positions with the same classes; warn
+        about the ones that do not match (they start fresh). A fit without callbacks drops the
+        states silently."""
+        if not self.callbacks:
+            return
+        mismatched = []
+        for i, item in enumerate(saved):
+            if i >= len(self.callbacks) or type(self.callbacks[i]).__name__ != item["class"]:
+                mismatched.append(f"{i}: {item['class']}")
+                continue
+            self.callbacks[i].load_state_dict(item["state"], item["weights"])
+        if mismatched:
+            warnings.warn("the checkpoint holds the state of callbacks this fit does not have at "
+                          f"the same position ({', '.join(mismatched)}); they start fresh. Pass "
+                          "the same callbacks, in the same order, to resume exactly.",
+                          RuntimeWarning, stacklevel=4)
 
     def on_train_end(self, logs=None):
         for c in self.callbacks:
@@ -118,6 +169,22 @@ def _mode(mode, monitor):
     return mode
 
 
+def _check_fields(state, fields):
+    """ValueError unless ``state`` is a dict with exactly the keys of ``fields``, each value of
+    its kind: ``"count"`` an integer >= 0, ``"epoch"`` an integer >= 0 or None, ``"value"`` a
+    float (infinite while nothing was seen)."""
+    if not isinstance(state, dict) or set(state) != set(fields):
+        raise ValueError(f"expected a dict with the keys {sorted(fields)}, got {state!r}")
+    for key, kind in fields.items():
+        value = state[key]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        whole = number and isinstance(value, int) and value >= 0
+        ok = {"count": whole, "epoch": whole or value is None, "value": number}[kind]
+        if not ok:
+            raise ValueError(f"{key} must be {'a number' if kind == 'value' else 'an integer >= 0'}"
+                             f"{' or None' if kind == 'epoch' else ''}, got {value!r}")
+
+
 def _monitored(logs, monitor, who):
     value = (logs or {}).get(monitor)
     if value is None:
@@ -140,13 +207,11 @@ class EarlyStopping(Callback):
 
     def __init__(self, monitor="val_loss", patience=0, min_delta=0.0, mode="auto",
                  restore_best_weights=False):
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience must be an integer >= 0, got {patience!r}")
         self.monitor = monitor
-        self.patience = patience
+        self.patience = check_whole(patience, "patience")
         self.min_delta = check_number(min_delta, "min_delta")
         self.mode = _mode(mode, monitor)
-        self.restore_best_weights = bool(restore_best_weights)
+        self.restore_best_weights = check_bool(restore_best_weights, "restore_best_weights")
 
     def on_train_begin(self, logs=None):
         self.wait = 0
@@ -154,6 +219,25 @@ class EarlyStopping(Callback):
         self.best_epoch = None
         self.best_weights = None
         self.stopped_epoch = None
+
+    _STATE = {"wait": "count", "best": "value", "best_epoch": "epoch", "stopped_epoch": "epoch"}
+
+    def state_dict(self):
+        return {"wait": self.wait, "best": self.best, "best_epoch": self.best_epoch,
+                "stopped_epoch": self.stopped_epoch}
+
+    def weights_state(self):
+        return self.best_weights
+
+    def load_state_dict(self, state, weights=None):
+        self.check_state(state)
+        self.wait, self.best = state["wait"], float(state["best"])
+        self.best_epoch, self.stopped_epoch = state["best_epoch"], state["stopped_epoch"]
+        self.best_weights = weights
+
+    @classmethod
+    def check_state(cls, state):
+        _check_fields(state, cls._STATE)
 
     def _improved(self, value):
         if self.mode == "min":
@@ -197,12 +281,23 @@ class ModelCheckpoint(Callback):
     def __init__(self, path, monitor="val_loss", save_best_only=False, mode="auto"):
         self.path = os.fspath(path)
         self.monitor = monitor
-        self.save_best_only = bool(save_best_only)
+        self.save_best_only = check_bool(save_best_only, "save_best_only")
         self.mode = _mode(mode, monitor)
         self.best = None
 
     def on_train_begin(self, logs=None):
         self.best = math.inf if self.mode == "min" else -math.inf
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state, weights=None):
+        self.check_state(state)
+        self.best = float(state["best"])
+
+    @classmethod
+    def check_state(cls, state):
+        _check_fields(state, {"best": "value"})
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -252,8 +347,7 @@ class LearningRateScheduler(Callback):
             lr = self.schedule(epoch, optimizer.lr)
         else:
             lr = self.schedule(epoch)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) \
-                or lr < 0:
+        if not is_real_number(lr) or not math.isfinite(lr) or lr < 0:
             raise ValueError(f"LearningRateScheduler: the schedule returned {lr!r} for epoch "
                              f"{epoch}; expected a finite number >= 0")
         optimizer.lr = float(lr)
@@ -275,12 +369,9 @@ class ReduceLROnPlateau(Callback):
 
     def __init__(self, factor=0.1, patience=10, monitor="val_loss", mode="auto", threshold=1e-4,
                  threshold_mode="rel", cooldown=0, min_lr=0.0, eps=1e-8):
-        if isinstance(factor, bool) or not isinstance(factor, (int, float)) \
-                or not 0.0 < factor < 1.0:
+        if not is_real_number(factor) or not 0.0 < factor < 1.0:
             raise ValueError(f"factor must be a number in (0, 1), got {factor!r}")
-        for value, name in ((patience, "patience"), (cooldown, "cooldown")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        patience, cooldown = check_whole(patience, "patience"), check_whole(cooldown, "cooldown")
         if threshold_mode not in ("rel", "abs"):
             raise ValueError(f"threshold_mode must be 'rel' or 'abs', got {threshold_mode!r}")
         self.factor, self.patience, self.monitor = float(factor), patience, monitor
@@ -296,6 +387,21 @@ class ReduceLROnPlateau(Callback):
         self.best = math.inf if self.mode == "min" else -math.inf
         self.num_bad_epochs = 0
         self.cooldown_counter = 0
+
+    _STATE = {"best": "value", "num_bad_epochs": "count", "cooldown_counter": "count"}
+
+    def state_dict(self):
+        return {"best": self.best, "num_bad_epochs": self.num_bad_epochs,
+                "cooldown_counter": self.cooldown_counter}
+
+    def load_state_dict(self, state, weights=None):
+        self.check_state(state)
+        self.best = float(state["best"])
+        self.num_bad_epochs, self.cooldown_counter = state["num_bad_epochs"], state["cooldown_counter"]
+
+    @classmethod
+    def check_state(cls, state):
+        _check_fields(state, cls._STATE)
 
     def on_train_begin(self, logs=None):
         if isinstance(self.network.optimizer.lr, Schedule):
@@ -358,7 +464,7 @@ class CSVLogger(Callback):
     def __init__(self, path, separator=",", append=False):
         self.path = os.fspath(path)
         self.separator = separator
-        self.append = bool(append)
+        self.append = check_bool(append, "append")
         self._file: Any = None  # the open CSV file and its writer, while training
         self._writer: Any = None
         self._keys = None

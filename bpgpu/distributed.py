@@ -33,8 +33,10 @@ global batch holds G = N * batch_size rows. What ``fit(distributed=comm)`` adds:
    job (``MPI_Abort``) with its message: the other ranks already wait in a collective, so
    raising it on that rank alone would leave them waiting forever.
 
-Refused with a clear error: BatchNorm (each rank would normalise with its own rows' statistics)
-and metrics that keep host state between batches (``r2``'s shift).
+BatchNorm normalises with statistics over the global batch (:class:`SyncedStatistics`: 3 small
+all-reduces per BatchNorm layer and step), so it too trains as in one process. Refused with a
+clear error: metrics that keep host state between batches (``r2``'s shift) and fewer samples
+than ranks.
 
 Transports (:func:`choose_transport`): MPI reduces NumPy buffers in place; a CuPy network uses
 NCCL (its unique id broadcast over MPI) when NCCL is available, else MPI with host staging (copy
@@ -47,6 +49,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import sys
 import time
 import traceback
@@ -59,6 +62,7 @@ from .errors import DistributedError, DistributedUnavailableError
 
 __all__ = [
     "RowWindow",
+    "SyncedStatistics",
     "GPU_TRANSPORTS",
     "Communicator",
     "GradientSync",
@@ -337,6 +341,65 @@ class RowWindow:
         del self.rng.uniform
 
 
+class SyncedStatistics:
+    """BatchNorm's batch statistics over the global batch (installed as the layers'
+    ``statistics`` while a distributed ``fit`` runs; see :class:`~bpgpu.layers.BatchNorm`).
+
+    With G the global batch's rows, n_r this rank's (0 for a one-row stand-in) and m values per
+    row and channel: ``count`` = G m; ``mean(v)`` = (sum over every rank's rows of v) / (G m), one
+    all-reduce; ``grad_means(a, b)`` = the two averages of BatchNorm's backward pass over the
+    global batch, in this rank's units (its loss is the mean over its n_r rows, i.e. G / n_r times
+    its share of the global loss): (G / n_r) sum_r' (n_r' / G) sum a / (G m), one all-reduce for
+    both. So BatchNorm normalises, keeps running statistics and backpropagates exactly as in one
+    process with the global batch, for 3 small all-reduces per BatchNorm layer and step.
+    """
+
+    def __init__(self, parallel: DataParallel) -> None:
+        self.parallel = parallel
+
+    def _window(self) -> tuple[int, int, Any]:
+        """``(G, n_r, transport)`` of the current step."""
+        window, sync = self.parallel.window, self.parallel.sync
+        if window is None or sync is None:
+            raise RuntimeError("SyncedStatistics serves a distributed fit only")
+        return window.total, round(sync.weight * window.total), sync.transport
+
+    def count(self, x: Any) -> int:
+        total, _, _ = self._window()
+        return total * math.prod(x.shape[2:])
+
+    def _global_sum(self, parts: list, scale: float) -> list:
+        """Each part summed over every rank (this rank's multiplied by ``scale``), in one
+        all-reduce."""
+        _, _, transport = self._window()
+        xp = self.parallel.net.backend.xp
+        shapes = [tuple(p.shape) for p in parts]
+        flat = xp.concat([xp.reshape(p, (-1,)) for p in parts])
+        flat = flat * scale if scale != 0.0 else xp.zeros_like(flat)
+        total = transport.allreduce(flat)
+        out, offset = [], 0
+        for shape in shapes:
+            size = math.prod(shape)
+            out.append(xp.reshape(total[offset:offset + size], shape))
+            offset += size
+        return out
+
+    def mean(self, v: Any, axes: tuple) -> Any:
+        total, rows, _ = self._window()
+        xp = self.parallel.net.backend.xp
+        (summed,) = self._global_sum([xp.sum(v, axis=axes, keepdims=True)],
+                                     1.0 if rows else 0.0)
+        return summed / float(total * math.prod(v.shape[2:]))
+
+    def grad_means(self, a: Any, b: Any, axes: tuple) -> tuple[Any, Any]:
+        total, rows, _ = self._window()
+        xp = self.parallel.net.backend.xp
+        summed = self._global_sum([xp.sum(a, axis=axes, keepdims=True),
+                                   xp.sum(b, axis=axes, keepdims=True)], rows / total)
+        unit = total / max(rows, 1) / float(total * math.prod(a.shape[2:]))
+        return summed[0] * unit, summed[1] * unit
+
+
 # -- what fit adds ----------------------------------------------------------------------------------------
 def row_share(start: int, stop: int, rank: int, size: int) -> tuple[int, int]:
     """``(a, b)``: rank ``rank``'s contiguous share of the rows [start, stop) cut among ``size``
@@ -368,14 +431,8 @@ class DataParallel:
     # -- before the first step ------------------------------------------------------------------
     def check(self, n_samples, metrics):
         """Refuse what data-parallel training cannot reproduce (ValueError)."""
-        from .layers.normalization import BatchNorm
         from .metrics import Metric
 
-        if any(isinstance(layer, BatchNorm) for layer in self.net.structure.all_layers):
-            raise ValueError("BatchNorm cannot train data-parallel: each rank would normalise with "
-                             "the statistics of its own rows, so the ranks together would not "
-                             "follow one process with the global batch. Use LayerNorm, or train "
-                             "in one process")
         for metric in metrics:
             if type(metric).begin is not Metric.begin:
                 raise ValueError(f"metric {metric.name!r} keeps state between batches that "
@@ -475,16 +532,25 @@ class DataParallel:
     # -- during training ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def attached(self):
-        """For the duration of the block: the gradient hook first in ``net.gradient_hooks``, and
-        the device generator's draws windowed to this rank's rows (:class:`RowWindow`)."""
+        """For the duration of the block: the gradient hook first in ``net.gradient_hooks``, the
+        device generator's draws windowed to this rank's rows (:class:`RowWindow`), and every
+        BatchNorm's statistics taken over the global batch (:class:`SyncedStatistics`)."""
+        from .layers.normalization import BatchNorm
+
         self.sync = GradientSync(self.comm.transport_for(self.net.backend))
         self.window = RowWindow(self.net.device_rng)
         self.net.gradient_hooks.insert(0, self.sync)
+        norms = [layer for layer in self.net.structure.all_layers
+                 if isinstance(layer, BatchNorm)] if self.size > 1 else []  # 1 rank: its own
+        for layer in norms:
+            layer.statistics = SyncedStatistics(self)
         try:
             yield self
         finally:
             self.net.gradient_hooks.remove(self.sync)
             self.window.remove()
+            for layer in norms:
+                del layer.statistics  # back to the class's None
 
     def select(self, start, stop):
         """Prepare the step on the global rows [start, stop); ``(a, b, rows)``: the rows this rank

@@ -19,7 +19,7 @@ from array_api_compat import array_namespace, device
 from .layers.activations import stable_sigmoid
 from .registry import get_registry
 from .typing import Array, ArrayLike, Namespace
-from .validation import as_numeric, check_finite
+from .validation import as_numeric, cast_finite, check_finite
 
 __all__ = ["Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "get_loss", "LOSSES",
            "serialize_loss", "deserialize_loss"]
@@ -76,7 +76,6 @@ class Loss:
         """Validate targets ``y`` for per-sample network outputs of ``output_shape`` and return
         them on ``backend``: the boundary check done once per fit/evaluate."""
         y = as_numeric(y, "y", backend)
-        check_finite(y, "y", backend)
         shape = tuple(y.shape)
         if shape[1:] == () and tuple(output_shape) == (1,):
             y = backend.xp.reshape(y, (-1, 1)) if backend.is_native(y) else np.reshape(y, (-1, 1))
@@ -84,8 +83,9 @@ class Loss:
             raise ValueError(
                 f"y has shape {shape}; expected (n_samples, {', '.join(map(str, output_shape))}) "
                 f"to match the network's output" + (" or (n_samples,)" if tuple(output_shape) == (1,) else ""))
+        y = cast_finite(y, "y", backend, dtype)
         self._check_values(y, backend)
-        return backend.asarray(y, dtype=dtype)
+        return y
 
     def _check_values(self, y, backend):
         """Hook: reject target values outside the loss's domain."""
@@ -249,6 +249,22 @@ class CrossEntropy(Loss):
             raise ValueError(f"class labels must lie in [0, {n_classes}) for a network with "
                              f"{n_classes} outputs")
         return backend.asarray(y_checked, dtype=backend.xp.int64)
+
+    #: How far a probability row's sum may stray from 1 (float32 rounding of a handful of
+    #: probabilities stays far below it).
+    ROW_SUM_TOLERANCE = 1e-3
+
+    def _check_values(self, y, backend):
+        """Probability rows: every entry >= 0 and every row summing to 1."""
+        xp = backend.xp
+        if not bool(xp.all(y >= 0)):
+            raise ValueError("cross-entropy probability targets must be >= 0; got negative "
+                             "entries (for class ids pass a 1-D array of integers)")
+        sums = xp.sum(y, axis=1)
+        if y.shape[0] and not bool(xp.all(xp.abs(sums - 1.0) <= self.ROW_SUM_TOLERANCE)):
+            worst = float(backend.to_numpy(xp.max(xp.abs(sums - 1.0))))
+            raise ValueError("cross-entropy probability targets must be rows summing to 1; a "
+                             f"row's sum is off by {worst:.3g}")
 
     def accuracy(self, pred, target):
         xp = self._ns(pred)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import functools
 import math
 import os
+import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Concatenate, ParamSpec, TypeVar
 
@@ -20,12 +22,12 @@ from ._structure import NetworkStructure
 from .architecture import check_input_shape, summary_table
 from .backend import get_backend
 from .history import History
-from .layers import Dense, Layer, Softmax, get_activation
-from .losses import CrossEntropy, get_loss
+from .layers import Dense, Layer, Sigmoid, Softmax, get_activation
+from .losses import BinaryCrossEntropy, CrossEntropy, get_loss
 from .optimizers import get_optimizer
 from .precision import get_precision
 from .typing import Array, ArrayLike
-from .validation import as_numeric, check_batch_size, check_finite, check_positive_int
+from .validation import as_numeric, cast_finite, check_batch_size, check_positive_int
 
 __all__ = ["Network", "dtype_name"]
 
@@ -58,6 +60,55 @@ def _on_device(method: Callable[Concatenate[Network, _P], _R]) -> Callable[Conca
         with self.backend.activate():
             return method(self, *args, **kwargs)
     return run
+
+
+def _locked(method: Callable[Concatenate[Network, _P], _R]) -> Callable[Concatenate[Network, _P], _R]:
+    """Run a Network method holding the network's lock: layers and the engine keep per-call
+    state (activations, reused buffers), so a predict from another thread must wait for a
+    training step to finish (fit takes the lock once per step, see bpgpu.training)."""
+    @functools.wraps(method)
+    def run(self: Network, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return run
+
+
+#: Which live Network each built layer object belongs to (weak on both sides).
+_OWNERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _check_layers_unshared(layers):
+    """ValueError when a layer object appears twice in ``layers`` (nested ones included) or
+    already belongs to another live Network: sharing would mix their gradients, and building
+    this network would re-draw the other's weights."""
+    seen = set()
+    for layer in (sub for top in layers for sub in top.walk()):
+        if id(layer) in seen:
+            raise ValueError(f"the layer object {layer!r} appears twice in this network; create "
+                             "a separate layer for each position")
+        seen.add(id(layer))
+        owner = _OWNERS.get(layer)
+        if owner is not None and owner() is not None:
+            raise ValueError(f"the layer object {layer!r} already belongs to another Network; "
+                             "building it here would replace that network's weights. Create a "
+                             "new layer with the same settings "
+                             "(type(layer).from_config(layer.get_config()))")
+
+
+def _warn_if_bce_mismatch(last, loss):
+    """Warn when binary cross-entropy cannot fit the last layer: probabilities expected after a
+    built-in layer that does not produce them, or logits expected after a Sigmoid."""
+    if not isinstance(loss, BinaryCrossEntropy):
+        return
+    if loss.from_logits and isinstance(last, Sigmoid):
+        warnings.warn("bce_with_logits (BinaryCrossEntropy(from_logits=True)) applies the sigmoid "
+                      "itself: after a final Sigmoid layer it is applied twice. Drop the Sigmoid "
+                      "layer, or use 'bce'.", stacklevel=3)
+    elif not loss.from_logits and not isinstance(last, (Sigmoid, Softmax)) \
+            and type(last).__module__.startswith("bpgpu."):
+        warnings.warn(f"'bce' expects probabilities in [0, 1], but the last layer is "
+                      f"{type(last).__name__}, whose outputs are not; end with a Sigmoid layer "
+                      "or use 'bce_with_logits' on the raw outputs.", stacklevel=3)
 
 
 class Network:
@@ -109,6 +160,7 @@ class Network:
             raise TypeError(f"layers must all be bpgpu Layer objects; got {', '.join(strangers)}")
         if not layers:
             raise ValueError("a Network needs at least one layer")
+        _check_layers_unshared(layers)
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
                                  or seed < 0):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
@@ -155,9 +207,15 @@ class Network:
         if isinstance(self.layers[-1], Softmax) and isinstance(self.loss, CrossEntropy):
             warnings.warn("CrossEntropy takes logits and applies softmax itself: a final Softmax "
                           "layer applies it twice. Drop the Softmax layer.", stacklevel=2)
+        _warn_if_bce_mismatch(self.layers[-1], self.loss)
         self.epoch = 0
         self.history = History()
         self.stop_training = False
+        self._lock = threading.RLock()  # see _locked
+        self._fit_callbacks = None  # the callbacks of the last fit (their state is saved)
+        self._restored_callbacks = None  # callback states from a checkpoint, for the next fit
+        for layer in self.structure.all_layers:
+            _OWNERS[layer] = weakref.ref(self)
 
     @classmethod
     def from_sizes(cls, layer_sizes, activation="relu", output_activation=None, init="he_normal",
@@ -233,12 +291,9 @@ class Network:
         if self.input_shape is not None and tuple(X.shape[1:]) != tuple(self.input_shape):
             raise ValueError(f"{name} has {tuple(X.shape[1:])} features per sample; the network "
                              f"expects {tuple(self.input_shape)}")
-        check_finite(X, name, self.backend)
         if self.input_shape is None:  # e.g. Conv2D first: the data's shape fixes the output's
             self._data_output_shape = self._output_shape(tuple(X.shape[1:]))
-        if borrow:
-            return self.backend.borrow(X, self.dtype)
-        return self.backend.asarray(X, dtype=self.dtype)
+        return cast_finite(X, name, self.backend, self.dtype, borrow=borrow)
 
     def _target(self, y, n_samples, name="y"):
         output_shape = self.output_shape or self._output_shape_from_data()
@@ -254,8 +309,13 @@ class Network:
         raise ValueError("the network's input shape is unknown (its first layer does not declare "
                          "one); start it with a Dense layer or another layer with input_shape()")
 
-    def _data(self, X, y, borrow=False):
+    def _data(self, X, y, borrow=False, what="X", needs="training"):
+        """Features and targets on the device; ValueError for zero samples (``what`` names the
+        data, ``needs`` the call, in the message)."""
         Xd = self._input(X, borrow=borrow)
+        if Xd.shape[0] == 0:
+            raise ValueError(f"{what} holds no samples; {needs} needs at least one (got shape "
+                             f"{tuple(Xd.shape)})")
         return Xd, self._target(y, Xd.shape[0])
 
     # -- the backprop chain (run by the engine, see bpgpu._engine) --------------------------------------
@@ -266,12 +326,14 @@ class Network:
 
     # -- public step-level API ---------------------------------------------------------------------------
     @_on_device
+    @_locked
     def forward(self, X: ArrayLike, training: bool = False) -> Array:
         """The network's output for ``X`` (n_samples, n_features), as a backend array.
         ``training=True`` runs training-mode layers (dropout, batch statistics)."""
         return run_forward(self.structure, self._input(X), training)
 
     @_on_device
+    @_locked
     def compute_loss(self, output: Array, y: ArrayLike) -> Array:
         """The loss (0-d backend array) of ``output`` (from :meth:`forward`) against targets ``y``,
         penalties included; prepares :meth:`backward`."""
@@ -279,12 +341,14 @@ class Network:
         return self.structure.penalized_loss(self.loss.forward(output, target))
 
     @_on_device
+    @_locked
     def backward(self) -> Array | None:
         """Backpropagate the gradient of the last :meth:`compute_loss` through every layer,
         filling each layer's ``grads``. Returns dL/dX, or None when the first layer skips it."""
         return run_backward(self.structure, self.loss)
 
     @_on_device
+    @_locked
     def apply_gradients(self) -> None:
         """Update the weights with the optimizer from the gradients of the last :meth:`backward`
         (under mixed precision, unless the loss scaler finds them non-finite: then it skips)."""
@@ -294,6 +358,7 @@ class Network:
         self.engine.apply_update()
 
     @_on_device
+    @_locked
     def train_step(self, X: ArrayLike, y: ArrayLike) -> float:
         """One forward, backward and update on the batch ``(X, y)``; returns the loss before the
         update as a float."""
@@ -301,18 +366,22 @@ class Network:
         return self.backend.to_float(self._train_batch(Xd, yd))
 
     @_on_device
+    @_locked
     def compute_gradients(self, X: ArrayLike, y: ArrayLike) -> tuple[float, list[np.ndarray]]:
         """``(loss, grads)`` for the batch ``(X, y)`` without changing any weight or buffer: grads
         is a list of host NumPy arrays in :meth:`get_weights` order."""
-        Xd, yd = self._data(X, y)
+        Xd, yd = self._data(X, y, needs="compute_gradients")
         structure = self.structure
         saved = [dict(layer.buffers) for layer in structure.all_layers]
+        rng_state = self.backend.rng_state(self.device_rng)  # dropout draws are put back too
         try:
             loss = structure.penalized_loss(self.loss.forward(run_forward(structure, Xd, True), yd))
             run_backward(structure, self.loss)
         finally:
             for layer, buffers in zip(structure.all_layers, saved):
                 layer.buffers = buffers
+            if self.backend.rng_state(self.device_rng) != rng_state:
+                self.backend.set_rng_state(self.device_rng, rng_state)
         return self.backend.to_float(loss), self.gradients()
 
     @_on_device
@@ -327,12 +396,14 @@ class Network:
 
     # -- weights ---------------------------------------------------------------------------------------
     @_on_device
+    @_locked
     def get_weights(self) -> list[np.ndarray]:
         """Learnable parameters as host NumPy arrays: layer order, nested layers depth first,
         and within a layer its parameters in order (Dense: W then b)."""
         return [self.backend.to_numpy(layer.params[key]) for layer, key in self.structure.slots]
 
     @_on_device
+    @_locked
     def set_weights(self, weights: list[ArrayLike]) -> None:
         """Replace every learnable parameter (same order and shapes as :meth:`get_weights`).
         All arrays are checked first: a rejected call changes nothing."""
@@ -347,10 +418,9 @@ class Network:
             expected = tuple(layer.params[key].shape)
             if tuple(w.shape) != expected:
                 raise ValueError(f"{name} has shape {tuple(w.shape)}; expected {expected}")
-            check_finite(w, name, self.backend)
-            checked.append(w)
+            checked.append(cast_finite(w, name, self.backend, self.dtype))
         for (layer, key), w in zip(self.structure.slots, checked):
-            layer.params[key] = self.backend.asarray(w, dtype=self.dtype)
+            layer.params[key] = w
 
     def state_dict(self, format="torch"):
         """``{name: host NumPy array}`` of every parameter and buffer, named and laid out as the
@@ -439,6 +509,7 @@ class Network:
 
     # -- inference ---------------------------------------------------------------------------------------
     @_on_device
+    @_locked
     def predict(self, X, batch_size=None):
         """Outputs for ``X`` as a host NumPy array (inference mode), computed ``batch_size`` rows
         at a time (None: all at once, in blocks of at most ``INFERENCE_CHUNK`` rows) by the
@@ -489,6 +560,7 @@ class Network:
         return labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
 
     @_on_device
+    @_locked
     def evaluate(self, X, y, metrics=None, batch_size=None, sample_weight=None):
         """``{"loss": float, metric: float, ...}`` on ``(X, y)`` in inference mode.
 
@@ -505,15 +577,14 @@ class Network:
         batch_size = check_batch_size(batch_size)
         bound = metric_list(metrics, self) if metrics is not None else \
             metric_list(["accuracy"], self) if self.loss.is_classification else []
-        Xd, yd = self._data(X, y, borrow=True)
+        Xd, yd = self._data(X, y, borrow=True, needs="evaluate")
         weights = sample_weights(self, sample_weight, None, yd)
         wd = None if weights is None else self.backend.asarray(weights, dtype=self.dtype)
-        if Xd.shape[0] == 0:
-            raise ValueError("X holds no samples; evaluate needs at least one")
         return evaluate_arrays(self, Xd, yd, bound, batch_size or INFERENCE_CHUNK, weights=wd)
 
     # -- persistence -----------------------------------------------------------------------------------------
     @_on_device
+    @_locked
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the network (architecture, weights, buffers, loss and optimizer settings) and
         its training state (optimizer moments and counters, schedule position, random generator

@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from .registry import get_registry
 from .schedules import Schedule, deserialize_schedule, serialize_schedule
 from .typing import Array, Namespace
-from .validation import check_number
+from .validation import check_bool, check_number
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "get_optimizer", "OPTIMIZERS",
            "serialize_optimizer", "deserialize_optimizer"]
@@ -46,6 +46,9 @@ class Optimizer:
     Subclasses implement ``_init_state(params)`` and ``_update(i, p, g, lr) -> new p``.
     """
 
+    #: Names of state arrays that can never be negative (second moments); a loaded file whose
+    #: values there are negative is refused.
+    nonnegative_state: tuple[str, ...] = ()
     xp: Namespace
 
     def __init_subclass__(cls, **kwargs):
@@ -169,7 +172,7 @@ class SGD(Optimizer):
         self.momentum = check_number(momentum, "momentum", 0.0)
         self.dampening = check_number(dampening, "dampening", 0.0)
         self.weight_decay = check_number(weight_decay, "weight_decay", 0.0)
-        self.nesterov = bool(nesterov)
+        self.nesterov = check_bool(nesterov, "nesterov")
         _check(not nesterov or (self.momentum > 0 and self.dampening == 0),
                "nesterov momentum requires momentum > 0 and dampening = 0")
 
@@ -204,6 +207,8 @@ class RMSprop(Optimizer):
     Defaults: lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0, momentum=0, centered=False.
     """
 
+    nonnegative_state = ("square_avg",)
+
     def __init__(self, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0,
                  centered=False, **clipping):
         super().__init__(lr, **clipping)
@@ -211,7 +216,7 @@ class RMSprop(Optimizer):
         self.eps = check_number(eps, "eps", 0.0)
         self.weight_decay = check_number(weight_decay, "weight_decay", 0.0)
         self.momentum = check_number(momentum, "momentum", 0.0)
-        self.centered = bool(centered)
+        self.centered = check_bool(centered, "centered")
 
     def _init_state(self, params):
         state = {"square_avg": self._zeros(params)}
@@ -256,6 +261,7 @@ class Adam(Optimizer):
     """
 
     decoupled = False
+    nonnegative_state = ("exp_avg_sq",)
 
     def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, **clipping):
         super().__init__(lr, **clipping)

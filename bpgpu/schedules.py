@@ -30,8 +30,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from .registry import get_registry
-from .validation import check_number
+from .validation import check_number, check_positive_int, is_real_number
 
 __all__ = ["Schedule", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
            "ReduceLROnPlateau", "serialize_schedule", "deserialize_schedule"]  # noqa: F822 (module __getattr__)
@@ -44,9 +46,7 @@ def _positive(value, name, integer=False):
     """``value`` as a float > 0, or with ``integer`` as an int >= 1 (a Python int)."""
     if not integer:
         return check_number(value, name, 0, low_open=True)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
+    return check_positive_int(value, name)
 
 
 class Schedule:
@@ -67,9 +67,9 @@ class Schedule:
         self.per = per
 
     def __call__(self, t: int) -> float:
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or t < 0:
             raise ValueError(f"a schedule is evaluated at integer steps t >= 0, got {t!r}")
-        return float(self.rate(t))
+        return float(self.rate(int(t)))
 
     def rate(self, t: int) -> float:
         """The learning rate at step ``t`` (an int >= 0)."""
@@ -133,8 +133,7 @@ class CosineAnnealingLR(Schedule):
         super().__init__(per)
         self.lr = _positive(lr, "lr")
         self.T_max = _positive(T_max, "T_max", integer=True)
-        if isinstance(eta_min, bool) or not isinstance(eta_min, (int, float)) \
-                or not 0.0 <= eta_min <= self.lr:
+        if not is_real_number(eta_min) or not 0.0 <= eta_min <= self.lr:
             raise ValueError(f"eta_min must be a number in [0, lr={self.lr}], got {eta_min!r}")
         self.eta_min = float(eta_min)
 
@@ -163,8 +162,7 @@ class LinearWarmup(Schedule):
         super().__init__(self.then.per if per is None else per)
         if start_factor is None:
             start_factor = 1.0 / (self.warmup_steps + 1)
-        if isinstance(start_factor, bool) or not isinstance(start_factor, (int, float)) \
-                or not 0.0 < start_factor <= 1.0:
+        if not is_real_number(start_factor) or not 0.0 < start_factor <= 1.0:
             raise ValueError(f"start_factor must be a number in (0, 1], got {start_factor!r}")
         self.start_factor = float(start_factor)
 

@@ -23,6 +23,7 @@ from .backend import available_backends as _usable_backends
 from .backend import get_backend
 from .gradcheck import gradient_errors
 from .layers.base import Layer
+from .validation import is_real_number
 
 __all__ = ["available_backends", "check_layer"]
 
@@ -61,7 +62,7 @@ def check_layer(layer, input_shape, backends=None, tol=1e-6, training=True, seed
                             for n in shape):
         raise ValueError(f"input_shape must be a non-empty tuple of positive ints (batch axis "
                          f"included), got {input_shape!r}")
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
+    if not is_real_number(tol) or not tol > 0:
         raise ValueError(f"tol must be a number > 0, got {tol!r}")
     names = available_backends() if backends is None else list(backends)
     x = np.random.default_rng(seed).standard_normal(shape)

@@ -35,7 +35,8 @@ from .errors import TrainingDivergedError
 from .history import History
 from .metrics import Accuracy, get_metric, metric_logs
 from .schedules import Schedule
-from .validation import as_numeric, check_batch_size, check_finite, check_positive_int
+from .validation import (as_numeric, check_batch_size, check_bool, check_finite, check_positive_int,
+                         is_real_number)
 
 __all__ = ["fit", "evaluate_arrays", "metric_list", "sample_weights", "validation_rows"]
 
@@ -89,13 +90,13 @@ def _prepare(net, X, y, epochs, batch_size, shuffle, validation_data, verbose, v
     """Check every argument of :func:`fit`; ``(loop, (start, end, shown_from), fingerprint)``."""
     epochs = check_positive_int(epochs, "epochs")
     batch_size = check_batch_size(batch_size)
+    shuffle = check_bool(shuffle, "shuffle")
     if verbose not in (0, 1, 2, False, True):
         raise ValueError(f"verbose must be 0, 1 or 2, got {verbose!r}")
     if validation_split is not None:
         if validation_data is not None:
             raise ValueError("give validation_data or validation_split, not both")
-        if isinstance(validation_split, bool) or not isinstance(validation_split, (int, float)) \
-                or not 0.0 < validation_split < 1.0:
+        if not is_real_number(validation_split) or not 0.0 < validation_split < 1.0:
             raise ValueError(f"validation_split must be a fraction in (0, 1), e.g. 0.2, got "
                              f"{validation_split!r}")
     if validation_strategy not in VALIDATION_STRATEGIES:
@@ -119,10 +120,7 @@ def _prepare(net, X, y, epochs, batch_size, shuffle, validation_data, verbose, v
                    else [Accuracy().bind(net.backend, net.loss)] if net.loss.is_classification
                    else [])
     callback_list = CallbackList(callbacks, net)
-    Xd, yd = net._data(X, y, borrow=True)  # read in place where the backend can (never written)
-    n = Xd.shape[0]
-    if n == 0:
-        raise ValueError("X holds no samples; fit needs at least one")
+    Xd, yd = net._data(X, y, borrow=True, needs="fit")  # read in place (never written)
     weights = sample_weights(net, sample_weight, class_weight, yd)
     validation = None
     if validation_split is not None:
@@ -136,9 +134,8 @@ def _prepare(net, X, y, epochs, batch_size, shuffle, validation_data, verbose, v
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) not in (2, 3):
             raise ValueError("validation_data must be a pair (X_val, y_val) or a triple "
                              "(X_val, y_val, sample_weight_val)")
-        validation = net._data(*validation_data[:2], borrow=True)
-        if validation[0].shape[0] == 0:
-            raise ValueError("validation_data holds no samples")
+        validation = net._data(*validation_data[:2], borrow=True, what="validation_data",
+                               needs="validation")
         if len(validation_data) == 3 and validation_data[2] is not None:
             val_weights = sample_weights(net, validation_data[2], None, validation[1])
             validation += (net.backend.asarray(val_weights, dtype=net.dtype),)
@@ -147,6 +144,8 @@ def _prepare(net, X, y, epochs, batch_size, shuffle, validation_data, verbose, v
         span = (net.epoch, net.epoch + epochs, net.epoch)
     else:
         span = (int(initial_epoch), epochs, 0)
+    if parallel is None:  # a data-parallel fit synchronises BatchNorm over the global batch
+        _check_last_batch(net, Xd, batch_size)
     fingerprint = None
     if parallel is not None:
         parallel.check(Xd.shape[0], train_metrics + val_metrics)
@@ -165,6 +164,45 @@ def _prepare(net, X, y, epochs, batch_size, shuffle, validation_data, verbose, v
     loop = _Loop(net, Xd, yd, batch_size, shuffle, train_metrics, val_metrics, validation,
                  callback_list, verbose, parallel, weights)
     return loop, span, fingerprint
+
+
+def _check_last_batch(net, Xd, batch_size):
+    """ValueError, before any step, when a batch of an epoch would hold a single sample and a
+    BatchNorm would then see one value per channel (its batch statistics need two)."""
+    n = Xd.shape[0]
+    size = n if batch_size is None else min(batch_size, n)
+    last = n - (-(-n // size) - 1) * size
+    if last != 1:
+        return
+    if not _single_sample_values(net.layers, tuple(Xd.shape[1:])):
+        return
+    where = "the only batch" if size == 1 or n == 1 else "the last batch of every epoch"
+    hint = (f"use a batch_size that leaves at least 2 samples in the last batch (e.g. "
+            f"{size + 1} or {size - 1})" if n > 2 else "train on at least 2 samples")
+    raise ValueError(f"{where} would hold 1 sample ({n} samples, batch_size={batch_size}); "
+                     "BatchNorm needs at least 2 values per channel in training: " + hint)
+
+
+def _single_sample_values(layers, shape):
+    """True when some BatchNorm in ``layers`` (fed per-sample ``shape``) would see one value per
+    channel from a one-sample batch, i.e. gets (N, C) inputs. Unknown shapes count as (N, C)."""
+    from .layers import BatchNorm, Layer
+
+    for layer in layers:
+        if isinstance(layer, BatchNorm):
+            if len(shape) != 3 or shape[1] * shape[2] < 2:
+                return True
+        elif any(isinstance(sub, BatchNorm) for sub in layer.walk()):
+            inner = getattr(layer, "layers", None)  # Sequential; Residual/Checkpoint hold a block
+            if inner is None and isinstance(getattr(layer, "block", None), Layer):
+                inner = [layer.block]
+            if inner is None or _single_sample_values(inner, shape):
+                return True
+        try:
+            shape = tuple(layer.output_shape(shape)) if shape else ()
+        except ValueError:
+            shape = ()
+    return False
 
 
 #: How ``validation_split`` picks the held-out samples (see Network.fit).
@@ -370,16 +408,17 @@ class _Loop:
     def _step(self, xb, yb, metric_sums=None, wb=None):
         """One update by the network's engine; the loss (0-d, on the device) before it. With
         metrics, the engine also hands back the batch's output to feed them; ``wb``: the
-        batch's sample weights (None without)."""
+        batch's sample weights (None without). Holds the network's lock."""
         engine = self.net.engine
         weighted = {} if wb is None else {"weight": wb}
-        if not self.train_metrics or metric_sums is None:
-            return engine.train_step(xb, yb, **weighted)
-        loss, out = engine.train_step(xb, yb, output=True, **weighted)
-        for i, metric in enumerate(self.train_metrics):
-            s = metric.update(out, yb) if wb is None else metric.update(out, yb, wb)
-            metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
-        return loss
+        with self.net._lock:  # a predict() from another thread waits for the step to finish
+            if not self.train_metrics or metric_sums is None:
+                return engine.train_step(xb, yb, **weighted)
+            loss, out = engine.train_step(xb, yb, output=True, **weighted)
+            for i, metric in enumerate(self.train_metrics):
+                s = metric.update(out, yb) if wb is None else metric.update(out, yb, wb)
+                metric_sums[i] = s if metric_sums[i] is None else metric_sums[i] + s
+            return loss
 
     def _run_epoch(self, host_order, progress):
         net = self.net
@@ -468,6 +507,10 @@ class _Loop:
         logs = {}
         prev = None
         callbacks.on_train_begin()
+        if net._restored_callbacks:
+            callbacks.restore(net._restored_callbacks)
+        net._restored_callbacks = None
+        net._fit_callbacks = callbacks.callbacks
         try:
             while net.epoch < end and not net.stop_training:
                 epoch = net.epoch
@@ -551,13 +594,14 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None, parallel=None, weights=Non
         stop = min(start + chunk, n)
         xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
         wb = None if weights is None else weights[start:stop]
-        out = engine.forward(xb, False)
-        share = float(stop - start) if wb is None else xp.sum(wb)
-        loss = engine.loss(out, yb, wb) * share
-        total = loss if total is None else total + loss
-        for i, metric in enumerate(metrics):
-            s = metric.update(out, yb) if wb is None else metric.update(out, yb, wb)
-            sums[i] = s if sums[i] is None else sums[i] + s
+        with net._lock:  # the engine may reuse its output buffer for another thread's call
+            out = engine.forward(xb, False)
+            share = float(stop - start) if wb is None else xp.sum(wb)
+            loss = engine.loss(out, yb, wb) * share
+            total = loss if total is None else total + loss
+            for i, metric in enumerate(metrics):
+                s = metric.update(out, yb) if wb is None else metric.update(out, yb, wb)
+                sums[i] = s if sums[i] is None else sums[i] + s
     parts = [xp.reshape(xp.astype(xp.asarray(total), net.dtype), (1,))]
     if weights is not None:
         parts.append(xp.reshape(xp.sum(weights), (1,)))

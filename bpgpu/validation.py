@@ -5,17 +5,25 @@ on the backend are checked with the backend's own reductions (one device read ea
 """
 
 import math
+import numbers
 
 import numpy as np
 
-__all__ = ["as_numeric", "check_finite", "check_batch_size", "check_positive_int", "check_number"]
+__all__ = ["as_numeric", "check_finite", "cast_finite", "check_batch_size", "check_positive_int", "check_number",
+           "check_whole", "check_bool", "is_real_number"]
 
 _NUMERIC_KINDS = ("bool", "integral", "real floating")
 
 
 def as_numeric(data, name, backend):
     """``data`` as a NumPy array or a native array of ``backend``; TypeError/ValueError if it does
-    not hold real numbers. The result may share memory with ``data``: do not mutate it."""
+    not hold real numbers. The result may share memory with ``data``: do not mutate it. A masked
+    array is refused if any entry is masked (its hidden values would be used)."""
+    if isinstance(data, np.ma.MaskedArray):
+        if np.ma.getmaskarray(data).any():
+            raise ValueError(f"{name} is a masked array with masked entries; bpgpu does not "
+                             "handle missing values: fill them first (e.g. X.filled(0.0))")
+        data = np.ma.getdata(data)
     if backend.is_native(data):
         if not backend.xp.isdtype(data.dtype, _NUMERIC_KINDS):
             if isinstance(data, np.ndarray):
@@ -74,23 +82,47 @@ def _from_pandas(data, name):
     return np.asarray(data)
 
 
-def check_finite(x, name, backend):
-    """ValueError when ``x`` (host or native) holds NaN or +-inf."""
+def check_finite(x, name, backend, after=""):
+    """ValueError when ``x`` (host or native) holds NaN or +-inf; ``after`` ends the message."""
     if isinstance(x, np.ndarray):
         if x.dtype.kind == "f" and not np.isfinite(x).all():
             bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
-            raise ValueError(f"{name} contains {bad} NaN or infinite value(s); expected finite numbers")
+            raise ValueError(f"{name} contains {bad} NaN or infinite value(s); expected finite "
+                             f"numbers{after}")
         return
     xp = backend.xp
     if xp.isdtype(x.dtype, "real floating") and not bool(xp.all(xp.isfinite(x))):
-        raise ValueError(f"{name} contains NaN or infinite values; expected finite numbers")
+        raise ValueError(f"{name} contains NaN or infinite values; expected finite numbers{after}")
+
+
+def cast_finite(x, name, backend, dtype, borrow=False):
+    """``x`` copied onto ``backend`` as ``dtype`` (with ``borrow``, ``x`` itself where
+    ``backend.borrow`` can read it in place); ValueError when a value is NaN or infinite after
+    that cast (1e39 is finite in float64 but overflows float32), so nothing non-finite ever
+    reaches the network."""
+    dtype_name = backend.dtype_name(dtype)
+    after = f" (as {dtype_name}, magnitudes above {float(np.finfo(dtype_name).max):.3g} overflow)"
+    with np.errstate(over="ignore", invalid="ignore"):
+        if isinstance(x, np.ndarray) and not backend.is_native(x):
+            x = x.astype(dtype_name, copy=False)  # checked on the host: counts come for free
+            check_finite(x, name, backend, after)
+            return backend.asarray(x, dtype=dtype)
+        out = backend.borrow(x, dtype) if borrow else backend.asarray(x, dtype=dtype)
+    check_finite(out, name, backend, after)
+    return out
+
+
+def is_real_number(value):
+    """True for Python and NumPy ints and floats (and 0-d real arrays' items), not for bools."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 def check_number(value, name, low=0, high=None, low_open=False, high_open=False):
-    """``value`` as a float; ValueError unless it is a finite real number (not a bool) from
-    ``low`` up to ``high`` (None: no upper bound), each end open or closed as asked. The message
-    states the bound as given: ``"lr must be a finite number >= 0.0, got -1"``."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """``value`` as a float; ValueError unless it is a finite real number (Python or NumPy, not
+    a bool) from ``low`` up to ``high`` (None: no upper bound), each end open or closed as
+    asked. The message states the bound as given: ``"lr must be a finite number >= 0.0, got
+    -1"``."""
+    ok = is_real_number(value) and math.isfinite(value)
     ok = ok and (value > low if low_open else value >= low)
     ok = ok and (high is None or (value < high if high_open else value <= high))
     if not ok:
@@ -103,10 +135,25 @@ def check_number(value, name, low=0, high=None, low_open=False, high_open=False)
 
 
 def check_positive_int(value, name):
-    """``value`` as an int; ValueError unless it is an integer >= 1."""
+    """``value`` as an int; ValueError unless it is an integer (Python or NumPy) >= 1."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+def check_whole(value, name):
+    """``value`` as an int; ValueError unless it is an integer (Python or NumPy) >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def check_bool(value, name):
+    """``value`` as a bool; TypeError unless it is True or False (Python or NumPy): ``"no"``,
+    1 or None are refused rather than read by truthiness."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def check_batch_size(batch_size):

@@ -4,8 +4,9 @@ Stages, each with its own time limit so the whole fits in 8 minutes on one H200:
 
 1. install the missing pure-Python dependencies from .whl/ (ci/gpu_wheels.txt; no registry);
 2. the CuPy half of the test suite with the CuPy backend REQUIRED (``--backend cupy
-   --require-backend cupy``: a cupy test that cannot run fails instead of skipping), including
-   the GPU-only tests (CUDA graphs on a GPU, two devices when present, the asynchronous step);
+   --require-backend cupy -k "cupy or cuda or gpu"``: a cupy test that cannot run fails instead
+   of skipping), including the GPU-only tests (CUDA graphs on a GPU, two devices when present,
+   the asynchronous step);
 3. benchmarks/bench_step.py --backend cupy --quick: bpgpu vs PyTorch CUDA eager per step, bpgpu
    with CUDA graphs, fit throughput and GPU memory.
 
@@ -76,8 +77,10 @@ def wheel_for(module):
 
 
 def pytest_command(junit=None):
+    """The CuPy half of the suite: the cupy parametrizations of backend tests and the tests
+    about CuPy, CUDA or the GPU (by name); with ``junit``, CuPy required."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--backend", "cupy",
-           "tests"]
+           "-k", "cupy or cuda or gpu", "tests"]
     cmd += [f"--ignore={path}" for path in CPU_ONLY_TESTS]
     if junit:
         cmd += ["--require-backend", "cupy", f"--junitxml={junit}"]

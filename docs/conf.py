@@ -40,3 +40,15 @@ napoleon_numpy_docstring = False
 
 html_theme = "furo"
 html_title = f"bpgpu {release}"
+
+
+def _skip_generated_request_methods(app, what, name, obj, skip, options):
+    """scikit-learn adds ``set_*_request`` methods (metadata routing) to every estimator class;
+    they are scikit-learn's API, documented there, and their docstrings cite its glossary."""
+    if name.startswith("set_") and name.endswith("_request"):
+        return True
+    return None
+
+
+def setup(app):
+    app.connect("autodoc-skip-member", _skip_generated_request_methods)

@@ -6,6 +6,8 @@
 * ``--require-backend NAME`` or ``BPGPU_REQUIRE_BACKENDS=cupy`` turns "unusable" into a failure:
   the GPU CI (``ci/gpu_tests.sh``) uses it so that a missing GPU cannot pass as skips.
 * ``torch``: the PyTorch module, used as the independent oracle; skipped when not installed.
+* A test module that sets ``OWN_BACKEND_FIXTURE = True`` defines ``backend`` itself (the
+  emulated CuPy kernel set of tests/cuda_emu) and is not parametrized over the real backends.
 """
 
 import os

@@ -8,6 +8,7 @@ rows than ranks, a divergence, early stopping, a stop from one rank and Dropout;
 its weights, histories and per-step all-reduce counts to OUT_DIR/train-rank{r}.json.
 ``errors``: bad calls that every rank must reject before the first step; each rank records what
 it raised, then trains one good call to show the job is still usable.
+``three`` (on 3 ranks): an empty share in the last batch, with BatchNorm and Dropout.
 ``crash``: a callback raises on rank 1 alone mid-training; the whole job must end.
 ``single`` (run WITHOUT mpiexec): the cases on one rank, for comparison with a plain ``fit``.
 ``resume``: continue CHECKPOINT (written by one process) data-parallel, and write a checkpoint
@@ -26,7 +27,7 @@ import numpy as np
 
 import bpgpu
 from bpgpu.callbacks import Callback, EarlyStopping, ModelCheckpoint
-from bpgpu.layers import BatchNorm, Dense, Dropout, ReLU, Tanh
+from bpgpu.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, ReLU, Tanh
 from bpgpu.optimizers import SGD, Adam
 
 RANKS = 2
@@ -46,6 +47,14 @@ CASES = {
     # batch_size=None: the whole set is the global batch, cut in two
     "full_batch": {"n": 25, "batch": None, "shuffle": True, "fast": None, "loss": "mse",
                    "opt": "adam", "l2": 0.0, "metrics": ["rmse"], "n_val": 5, "epochs": 3},
+    # BatchNorm after Dense (statistics over the global batch), shuffled, validation
+    "batchnorm": {"n": 47, "batch": 5, "shuffle": True, "fast": None, "loss": "cross_entropy",
+                  "opt": "adam", "l2": 1e-3, "metrics": ["accuracy"], "n_val": 6, "epochs": 3,
+                  "norm": "dense"},
+    # BatchNorm after Conv2D (per channel over rows and pixels), in order, SGD
+    "conv_batchnorm": {"n": 22, "batch": 4, "shuffle": False, "fast": None, "loss": "mse",
+                       "opt": "sgd", "l2": 0.0, "metrics": None, "n_val": None, "epochs": 2,
+                       "norm": "conv"},
     # array_api_strict: reference path with host staging
     "strict": {"n": 30, "batch": 4, "shuffle": True, "fast": None, "loss": "mse", "opt": "adam",
                "l2": 1e-2, "metrics": None, "n_val": None, "epochs": 2,
@@ -64,6 +73,10 @@ def data(case, seed=7):
     rng = np.random.default_rng(seed)
     n, n_val = case["n"], case["n_val"] or 0
     X = rng.normal(size=(n + n_val, 6))
+    if case.get("norm") == "conv":  # 1 x 2 x 3 "images" of the same numbers
+        X = X.reshape(-1, 1, 2, 3)
+        y = np.stack([np.sin(X[:, 0, 0, 0]), X[:, 0, 1, 1] * X[:, 0, 1, 2]], axis=1)
+        return X[:n], y[:n], (X[n:], y[n:]) if n_val else None
     if case["loss"] == "cross_entropy":
         y = (X[:, 0] + X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 0.5)
     else:
@@ -75,12 +88,16 @@ def data(case, seed=7):
 def build(case, seed=3, dropout=None, batchnorm=False):
     """A float64 network for ``case``."""
     out = 3 if case["loss"] == "cross_entropy" else 2
-    layers = [Dense(6, 8, l2=case["l2"]), Tanh() if case["loss"] == "mse" else ReLU()]
-    if batchnorm:
+    if case.get("norm") == "conv":
+        layers = [Conv2D(1, 3, 2, padding=1), BatchNorm(3), Tanh(), Flatten(), Dense(36, out)]
+    else:
+        layers = [Dense(6, 8, l2=case["l2"]), Tanh() if case["loss"] == "mse" else ReLU()]
+    if batchnorm or case.get("norm") == "dense":
         layers.append(BatchNorm(8))
     if dropout:
         layers.append(Dropout(dropout))
-    layers.append(Dense(8, out, l2=case["l2"]))
+    if case.get("norm") != "conv":
+        layers.append(Dense(8, out, l2=case["l2"]))
     opt = Adam(lr=case.get("lr", 0.01)) if case["opt"] == "adam" \
         else SGD(lr=case.get("lr", 0.05), momentum=0.9, clip_norm=case.get("clip_norm", 0.5))
     return bpgpu.Network(layers, loss=case["loss"], optimizer=opt, dtype="float64", seed=seed,
@@ -232,7 +249,6 @@ def errors(comm, out):
         loss="cross_entropy", dtype="float64", seed=3))
     attempt("batch size differs", batch_size=6 if other else 5)
     attempt("one rank rejects its arguments", epochs=0 if other else 2)
-    attempt("batchnorm", net=build(case, batchnorm=True))
     attempt("r2 metric", net=build(CASES["reference_mse"]), y=np.stack([y, y], axis=1) * 1.0,
             metrics=["r2"])
     attempt("fewer samples than ranks", x=X[:1], y=y[:1])
@@ -275,6 +291,19 @@ def crash(comm, out):
     _write(out, "crash", comm.rank, {"finished": True})  # never reached
 
 
+#: Run on 3 ranks: global batches of 12 rows, the last of 2 rows, so rank 0's share of it is
+#: empty (it steps on one row weighted zero) while the others' BatchNorm statistics and Dropout
+#: masks still come out as one process's.
+THREE_RANKS = {**CASES["fast_ce"], "n": 26, "batch": 4, "n_val": 4, "norm": "dense"}
+
+
+def three(comm, out):
+    net = build(THREE_RANKS, dropout=0.2)
+    kwargs = fit_kwargs(THREE_RANKS, 1)
+    history = net.fit(kwargs.pop("x"), kwargs.pop("y"), distributed=comm, **kwargs)
+    _write(out, "three", comm.rank, _result(net, history))
+
+
 def single(out):
     """Without mpiexec: one rank, every case; must match a plain fit bit for bit."""
     comm = bpgpu.distributed.init()
@@ -300,10 +329,11 @@ def main(scenario, out, *rest):
         single(out)
         return
     comm = bpgpu.distributed.init()
-    if comm.size != RANKS:
-        raise SystemExit(f"run under mpiexec -n {RANKS}; this job has {comm.size} ranks")
-    {"train": train, "errors": errors, "resume": resume, "crash": crash}[scenario](comm, out,
-                                                                                  *rest)
+    expected = 3 if scenario == "three" else RANKS
+    if comm.size != expected:
+        raise SystemExit(f"run under mpiexec -n {expected}; this job has {comm.size} ranks")
+    {"train": train, "errors": errors, "resume": resume, "crash": crash,
+     "three": three}[scenario](comm, out, *rest)
 
 
 if __name__ == "__main__":

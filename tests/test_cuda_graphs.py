@@ -5,6 +5,8 @@ per-step scalars (learning-rate schedule, Adam's bias corrections, SGD's first s
 every replay, the partial last batch uncaptured, refusals with reasons. The real-GPU versions
 at the end run in ci/gpu_check.sh."""
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -82,22 +84,13 @@ def test_a_replay_launches_the_graph_and_only_copies_outside_it(backend):
 def test_the_check_catches_scalars_baked_into_the_graph(backend, emulated, monkeypatch):
     """Without the device scalar buffer, a replay would reuse the captured step's learning rate
     and bias corrections: the comparison above would fail."""
-    monkeypatch.setattr(emulated.fused, "_ACTIVE_SCALARS", [])  # every launch passes values
-    monkeypatch.setattr(emulated.fused.CuPyKernels, "scalars_from",
-                        staticmethod(lambda *a, **k: _Nothing()))
+    monkeypatch.setattr(emulated.fused.CuPyKernels, "scalars_from",  # every launch passes
+                        staticmethod(lambda *a, **k: contextlib.nullcontext()))  # values
     plain, graphed = _net(backend, False), _net(backend, True)
     plain.fit(X, Y, epochs=2, batch_size=16, verbose=0)
     graphed.fit(X, Y, epochs=2, batch_size=16, verbose=0)
     assert graphed.engine.graphs.replays > 0
     assert any(not np.allclose(a, b) for a, b in zip(plain.get_weights(), graphed.get_weights()))
-
-
-class _Nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_a_new_optimizer_drops_the_graph(backend):

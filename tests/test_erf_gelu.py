@@ -49,6 +49,8 @@ def test_reference_erf_special_values():
     y = erf(xp, x)
     assert y[0] == 1.0 and y[1] == -1.0 and np.isnan(y[2])
     assert y[3] == 0.0 and y[4] == 0.0 and y[5] == 1.0 and y[6] == -1.0
+    assert erf(xp, np.zeros((0, 3))).shape == (0, 3)
+    assert erf(xp, np.asarray(0.5)).shape == () and float(erf(xp, np.asarray(0.5))) == math.erf(0.5)
 
 
 def test_reference_erf_in_float32():

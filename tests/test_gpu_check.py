@@ -49,4 +49,5 @@ def test_the_gpu_run_requires_cupy_and_skips_cpu_only_tests():
     cmd = gpu_check.pytest_command("junit.xml")
     assert cmd[cmd.index("--require-backend") + 1] == "cupy"
     assert cmd[cmd.index("--backend") + 1] == "cupy"
+    assert cmd[cmd.index("-k") + 1] == "cupy or cuda or gpu"
     assert "--ignore=tests/test_cuda_emulated.py" in cmd

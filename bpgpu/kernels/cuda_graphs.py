@@ -29,6 +29,8 @@ kernel. Steps whose output feeds metrics and steps with gradient hooks run uncap
 Numbers are those of the uncaptured step: the same kernels in the same order.
 """
 
+from typing import Any
+
 from ..layers.dropout import Dropout
 
 __all__ = ["GraphedSteps"]
@@ -61,9 +63,9 @@ class GraphedSteps:
         self.cupy = plan.kernels.cupy
         self.captured = None
         self.seen = set()        # shapes that ran their uncaptured first step
-        self.scalars = None      # the kernel set's DeviceScalars
+        self.scalars: Any = None  # the kernel set's DeviceScalars
         self.replays = 0
-        self._ring = None
+        self._ring: Any = None   # UPLOAD_RING (pinned host buffer, event) pairs
         self._turn = 0
         self.refusal = self._refusal()
 

@@ -27,8 +27,10 @@ Matrix products go to cuBLAS through ``cupy.matmul(..., out=)``; TensorFloat-32 
 enabled (exact float32, see ``CuPyBackend.set_tf32``).
 """
 
+import contextlib
 import functools
 import math
+import threading
 
 import cupy
 import numpy as np
@@ -425,37 +427,32 @@ class DeviceScalars:
         return self.views[k]
 
 
-_ACTIVE_SCALARS = []  # the DeviceScalars in use (at most one), else launches pass values
+_ACTIVE = threading.local()  # .scalars: the DeviceScalars in use by this thread, or None
 
 
-class _scalars_from:  # noqa: N801  (used as a with-statement)
-    """``with _scalars_from(slots, launch=..., upload=...):`` routes update-kernel scalars."""
-
-    def __init__(self, slots, launch=True, upload=False):
-        self.slots, self.launch_flag, self.upload_flag = slots, launch, upload
-
-    def __enter__(self):
-        self.slots.used, self.slots.launch, self.slots.upload = 0, self.launch_flag, \
-            self.upload_flag
-        _ACTIVE_SCALARS.append(self.slots)
-        return self.slots
-
-    def __exit__(self, *exc):
-        _ACTIVE_SCALARS.pop()
+@contextlib.contextmanager
+def _scalars_from(slots, launch=True, upload=False):
+    """Within the block, update kernels take their scalars from ``slots`` (DeviceScalars)."""
+    slots.used, slots.launch, slots.upload = 0, launch, upload
+    _ACTIVE.scalars = slots
+    try:
+        yield slots
+    finally:
+        _ACTIVE.scalars = None
 
 
 def _launch(kernel, *args):
     """Run an update-path kernel (see :class:`DeviceScalars`); its result, or None when only
     recording."""
-    if not _ACTIVE_SCALARS:
+    slots = getattr(_ACTIVE, "scalars", None)
+    if slots is None:
         return kernel(*args)
-    slots = _ACTIVE_SCALARS[-1]
-    args = [slots.view(a) if isinstance(a, (int, float, np.generic)) else a for a in args]
+    routed = [slots.view(a) if isinstance(a, (int, float, np.generic)) else a for a in args]
     if not slots.launch:
         return None
     if slots.upload:
         slots.device.set(slots.host)
-    return kernel(*args)
+    return kernel(*routed)
 
 
 def _clip_args(opt, g):

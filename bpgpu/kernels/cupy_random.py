@@ -67,7 +67,8 @@ class PhiloxRNG:
             raise TypeError(f"uniform numbers come as float32 or float64, got {name}")
         kernel = _uniform_kernel(name)
         out = cupy.empty(shape, dtype)
-        kernel(self.key[0], self.key[1], self.draws, out)
+        # NumPy uint64 scalars: a Python int above 2^63 would not pass as a C long
+        kernel(np.uint64(self.key[0]), np.uint64(self.key[1]), np.uint64(self.draws), out)
         self.draws += 1
         return out
 

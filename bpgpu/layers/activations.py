@@ -8,6 +8,7 @@ import math
 
 from ..registry import get_registry
 from ..special import erf_for, normal_cdf
+from ..validation import is_real_number
 from .base import Layer
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Swish", "GELU", "Softmax", "Identity",
@@ -47,8 +48,7 @@ class LeakyReLU(Layer):
 
     def __init__(self, negative_slope=0.01):
         super().__init__()
-        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)) \
-                or not math.isfinite(negative_slope):
+        if not is_real_number(negative_slope) or not math.isfinite(negative_slope):
             raise ValueError(f"LeakyReLU negative_slope must be a finite number, got {negative_slope!r}")
         self.negative_slope = float(negative_slope)
 

@@ -66,6 +66,9 @@ class Layer:
     #: When False, ``backward`` may skip dL/dx and return None. The Network clears it on its
     #: first layer, whose input gradient nobody needs (for Dense that saves a whole matmul).
     input_grad = True
+    #: Names of buffers that can never be negative (variances); a loaded file whose values
+    #: there are negative is refused.
+    nonnegative_buffers: tuple = ()
 
     params: dict[str, Array]
     grads: dict[str, Array]

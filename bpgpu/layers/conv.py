@@ -4,7 +4,7 @@ import numpy as np
 
 from ..initializers import get_initializer
 from ..precision import wide_dtype
-from ..validation import check_positive_int
+from ..validation import check_bool, check_positive_int
 from .base import Layer
 from .im2col import Windows, output_size, pair
 
@@ -54,7 +54,7 @@ class Conv2D(Layer):
                              "after padding; bpgpu's sixth argument is init)")
         get_initializer(init)
         self.init = init
-        self.bias = bool(bias)
+        self.bias = check_bool(bias, "Conv2D bias")
 
     def init_params(self, rng):
         kh, kw = self.kernel_size

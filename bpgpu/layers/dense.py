@@ -6,7 +6,7 @@ import numpy as np
 
 from ..initializers import get_initializer
 from ..precision import wide_dtype
-from ..validation import check_positive_int
+from ..validation import check_bool, check_positive_int, is_real_number
 from .base import Layer
 
 __all__ = ["Dense"]
@@ -33,8 +33,8 @@ class Dense(Layer):
         self.out_features = check_positive_int(out_features, "Dense out_features")
         get_initializer(init)
         self.init = init
-        self.bias = bool(bias)
-        if not isinstance(l2, (int, float)) or isinstance(l2, bool) or not l2 >= 0.0:
+        self.bias = check_bool(bias, "Dense bias")
+        if not is_real_number(l2) or not l2 >= 0.0:
             raise ValueError(f"Dense l2 must be a number >= 0, got {l2!r}")
         self.l2 = float(l2)
 

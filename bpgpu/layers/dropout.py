@@ -3,6 +3,7 @@
 import math
 
 from ..precision import wide_dtype
+from ..validation import is_real_number
 from .base import Layer
 
 __all__ = ["Dropout"]
@@ -22,8 +23,7 @@ class Dropout(Layer):
 
     def __init__(self, p=0.5):
         super().__init__()
-        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0 \
-                or not math.isfinite(p):
+        if not is_real_number(p) or not 0.0 <= p < 1.0 or not math.isfinite(p):
             raise ValueError(f"Dropout p (the drop probability) must be a number in [0, 1), got {p!r}")
         self.p = float(p)
 

@@ -14,6 +14,7 @@ normalised with float32 statistics.
 """
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -28,19 +29,26 @@ def _as(xp, x, dtype):
     return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
-def _normalize(xp, x, axes, eps):
-    """``(xhat, 1/sqrt(var + eps), mean, var)`` with statistics over ``axes`` (kept as size 1)."""
-    mean = xp.mean(x, axis=axes, keepdims=True)
+def _normalize(xp, x, axes, eps, average=None):
+    """``(xhat, 1/sqrt(var + eps), mean, var)`` with statistics over ``axes`` (kept as size 1).
+    ``average(v, axes)``: how an average is taken (default: over this array)."""
+    average = average or (lambda v, axes: xp.mean(v, axis=axes, keepdims=True))
+    mean = average(x, axes)
     centred = x - mean
-    var = xp.mean(centred * centred, axis=axes, keepdims=True)
+    var = average(centred * centred, axes)
     inv_std = 1.0 / xp.sqrt(var + eps)
     return centred * inv_std, inv_std, mean, var
 
 
-def _normalize_backward(xp, g, xhat, inv_std, axes):
-    """dL/dx of ``xhat`` (statistics over ``axes``) given ``g = dL/dxhat``."""
-    return inv_std * (g - xp.mean(g, axis=axes, keepdims=True)
-                      - xhat * xp.mean(g * xhat, axis=axes, keepdims=True))
+def _normalize_backward(xp, g, xhat, inv_std, axes, averages=None):
+    """dL/dx of ``xhat`` (statistics over ``axes``) given ``g = dL/dxhat``. ``averages(a, b,
+    axes) -> (<a>, <b>)``: how the two averages are taken (default: over these arrays)."""
+    if averages is None:
+        mean_g = xp.mean(g, axis=axes, keepdims=True)
+        mean_gx = xp.mean(g * xhat, axis=axes, keepdims=True)
+    else:
+        mean_g, mean_gx = averages(g, g * xhat, axes)
+    return inv_std * (g - mean_g - xhat * mean_gx)
 
 
 class BatchNorm(Layer):
@@ -59,15 +67,19 @@ class BatchNorm(Layer):
 
     (n values per channel: the running variance is the unbiased estimate). Inference: the running
     statistics normalise x, and dx = dy * weight / sqrt(running_var + eps).
+
+    ``statistics``: None (the batch's own statistics), or an object that takes them over a larger
+    batch split across processes (``count(x)``, ``mean(v, axes)``, ``grad_means(a, b, axes)``);
+    a data-parallel ``fit`` installs :class:`bpgpu.distributed.SyncedStatistics` while it runs.
     """
+
+    nonnegative_buffers = ("running_var",)
+    statistics: Any = None
 
     def __init__(self, num_features, momentum=0.1, eps=1e-5):
         super().__init__()
         self.num_features = check_positive_int(num_features, "BatchNorm num_features")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) \
-                or not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"BatchNorm momentum must be a number in [0, 1], got {momentum!r}")
-        self.momentum = float(momentum)
+        self.momentum = check_number(momentum, "BatchNorm momentum", 0.0, 1.0)
         self.eps = check_number(eps, "BatchNorm eps", 0, low_open=True)
 
     def init_params(self, rng):
@@ -94,11 +106,13 @@ class BatchNorm(Layer):
         axes, bshape = self._layout(tuple(x.shape))
         x_dtype, x = x.dtype, _as(xp, x, self.params["weight"].dtype)
         if training:
-            n = math.prod(x.shape) // self.num_features
+            stats = self.statistics
+            n = math.prod(x.shape) // self.num_features if stats is None else stats.count(x)
             if n < 2:
                 raise ValueError("BatchNorm in training needs more than one value per channel "
                                  f"(got input of shape {tuple(x.shape)}); use a larger batch")
-            xhat, inv_std, mean, var = _normalize(xp, x, axes, self.eps)
+            xhat, inv_std, mean, var = _normalize(xp, x, axes, self.eps,
+                                                  None if stats is None else stats.mean)
             m, c = self.momentum, (self.num_features,)
             self.buffers["running_mean"] = ((1.0 - m) * self.buffers["running_mean"]
                                             + m * xp.reshape(mean, c))
@@ -122,7 +136,10 @@ class BatchNorm(Layer):
             return None
         g = dy * xp.reshape(self.params["weight"], bshape)
         if self._batch_stats:
-            return _as(xp, _normalize_backward(xp, g, xhat, self._inv_std, axes), dy_dtype)
+            stats = self.statistics
+            dx = _normalize_backward(xp, g, xhat, self._inv_std, axes,
+                                     None if stats is None else stats.grad_means)
+            return _as(xp, dx, dy_dtype)
         return _as(xp, g * self._inv_std, dy_dtype)
 
     def output_shape(self, input_shape):

@@ -108,6 +108,8 @@ class _Kernel:
         return arrays, scalars, shape
 
     def _launch(self, arrays, scalars, shape):
+        """Run (or, during stream capture, record) the compiled loop over ``shape``; scalars
+        and arrays broadcast to it get stride 0."""
         count = len(self.inputs) + len(self.outputs)
         ndim = max(len(shape), 1)
         full = shape if shape else (1,)
@@ -268,32 +270,8 @@ class ReductionKernel(_Kernel):
         if result.shape != () or result.dtype != self.outputs[0][0]:
             raise EmulationError(f"kernel {self.name}: out must be a 0-d "
                                  f"{self.outputs[0][0]} array")
-        arrays[len(self.inputs)] = result
-        in_shape = shape
-        count = len(self.inputs) + 1
-        ndim = max(len(in_shape), 1)
-        full = in_shape if in_shape else (1,)
-        ptrs = (ctypes.c_void_p * count)()
-        strides = (ctypes.c_longlong * (count * ndim))()
-        for k in range(count):
-            if k in scalars:
-                ptrs[k] = scalars[k].ctypes.data
-                continue
-            a = arrays[k]
-            ptrs[k] = a.ctypes.data
-            if k < len(self.inputs):
-                view = np.broadcast_to(a, in_shape).reshape(full) if in_shape else a.reshape(1)
-                for d in range(ndim):
-                    strides[k * ndim + d] = view.strides[d]
-        size = int(np.prod(in_shape, dtype=np.int64)) if in_shape else 1
-        function, shape_c = self._function(), (ctypes.c_longlong * ndim)(*full)
-        keep = (arrays, scalars)
-
-        def launch():
-            status = function(ctypes.c_longlong(size), ctypes.c_int(ndim), shape_c, ptrs, strides)
-            if status:
-                raise EmulationError(f"kernel {self.name} failed with status {status} {keep!r:.0}")
-        cuda.run(self.name, launch)
+        arrays[len(self.inputs)] = result  # broadcast over the loop: stride 0
+        self._launch(arrays, scalars, shape)
         return result
 
 
