@@ -92,7 +92,7 @@ class Backend:
         raise ValueError(f"{dtype!r} is not a floating dtype bpgpu supports ({_DTYPE_NAMES})")
 
     # -- math the layers ask the backend for --------------------------------------------------------
-    def matmul(self, a, b):
+    def matmul(self, a: Any, b: Any) -> Any:
         """``a @ b``. Layers multiply matrices through this hook so that a backend can replace a
         product its library does slowly for some dtype (NumPy's float16, see NumPyBackend)."""
         return a @ b
@@ -199,7 +199,7 @@ class NumPyBackend(Backend):
     def is_native(self, x):
         return isinstance(x, np.ndarray)
 
-    def matmul(self, a, b):
+    def matmul(self, a: Any, b: Any) -> Any:
         """``a @ b``; for float16 operands, the float32 product rounded to float16: NumPy's own
         float16 product has no BLAS behind it and is about ten times slower. Each float16 product
         of two entries is exact in float32, so this is float16 inputs with float32 accumulation,
