@@ -63,7 +63,10 @@ def reference_forced() -> bool:
 
 
 def run_forward(structure: NetworkStructure, x: Any, training: bool) -> Any:
-    """The reference forward pass through every top-level layer."""
+    """The reference forward pass through every top-level layer (in 16 bits under a mixed
+    precision policy, which returns float32)."""
+    if structure.precision is not None:
+        return structure.precision.forward(structure, x, training)
     for layer in structure.layers:
         x = layer.forward(x, training=training)
     return x
@@ -72,11 +75,14 @@ def run_forward(structure: NetworkStructure, x: Any, training: bool) -> Any:
 def run_backward(structure: NetworkStructure, loss: Any) -> Any:
     """The reference backward pass from the loss's gradient, filling each layer's ``grads``;
     returns dL/dX (None when the first layer skips it). With a fused Sigmoid + BCE the chain
-    starts below the Sigmoid."""
+    starts below the Sigmoid. A mixed precision policy runs the chain with the loss scaled and
+    leaves unscaled float32 gradients."""
     if structure.fused_sigmoid_bce:
         dy, layers = loss.backward_through_sigmoid(), structure.layers[:-1]
     else:
         dy, layers = loss.backward(), structure.layers
+    if structure.precision is not None:
+        return structure.precision.backward(structure, dy, layers)
     for layer in reversed(layers):
         dy = layer.backward(dy)
     return dy

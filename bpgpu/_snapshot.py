@@ -32,7 +32,8 @@ def restore_weights(net, weights):
 
 class Snapshot:
     """Everything a training step changes: weights, buffers, optimizer state, step counters and
-    learning rate, and the device RNG; plus the epoch's batch order and how many steps it ran."""
+    learning rate, the device RNG and the loss scaler (mixed precision); plus the epoch's batch
+    order and how many steps it ran."""
 
     def __init__(self, net, order=None):
         xp = net.backend.xp
@@ -43,6 +44,7 @@ class Snapshot:
                           "state": {k: [_copy(xp, a) for a in v] for k, v in state["state"].items()}}
         self.lr = net.optimizer.lr
         self.rng = net.backend.rng_state(net.device_rng)
+        self.precision = None if net.precision is None else net.precision.state_dict()
         self.order = order
         self.steps = 0
 
@@ -55,3 +57,5 @@ class Snapshot:
             "state": {k: [_copy(xp, a) for a in v] for k, v in self.optimizer["state"].items()}})
         net.optimizer.lr = self.lr
         net.backend.set_rng_state(net.device_rng, copy.deepcopy(self.rng))
+        if self.precision is not None:
+            net.precision.load_state_dict(self.precision)

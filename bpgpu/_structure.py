@@ -31,10 +31,14 @@ class NetworkStructure:
         fused_sigmoid_bce: True when the last layer is ``Sigmoid`` and the loss is
             ``BinaryCrossEntropy`` on probabilities: the backward pass then starts from
             ``loss.backward_through_sigmoid()`` below the Sigmoid, which is more accurate.
+        precision: the network's :class:`~bpgpu.precision.MixedPrecision` policy, or None; when
+            set, :func:`~bpgpu._engine.run_forward` and :func:`~bpgpu._engine.run_backward`
+            hand the passes to it.
     """
 
-    def __init__(self, layers: Sequence[Layer], loss: Loss) -> None:
+    def __init__(self, layers: Sequence[Layer], loss: Loss, precision: Any = None) -> None:
         self.layers = list(layers)
+        self.precision = precision
         self.all_layers = [sub for layer in self.layers for sub in layer.walk()]
         self.slots = [(layer, key) for layer in self.all_layers for key in layer.params]
         self.penalized = [layer for layer in self.all_layers

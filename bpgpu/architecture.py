@@ -115,7 +115,9 @@ def summary_table(net: Network) -> Summary:
     rule = "-" * len(lines[0])
     lines[1:1] = [rule]
     lines.append(rule)
-    lines.append(f"input {_shape_text(shape)}, {net.n_params:,} parameters, dtype {net.dtype_name}")
+    precision = getattr(net, "precision", None)
+    lines.append(f"input {_shape_text(shape)}, {net.n_params:,} parameters, dtype {net.dtype_name}"
+                 + (f", precision {precision.name}" if precision is not None else ""))
     lines.append(f"loss {net.loss.name}, optimizer {net.optimizer!r}")
     lines.append(f"engine: {net.engine.reason}")
     lines.append(f"backend {net.backend.name} ({net.backend.reason})")

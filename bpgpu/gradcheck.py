@@ -17,7 +17,9 @@ What L is:
   * a layer: L = sum(layer(x) * R) + its penalties (``penalty()`` of it and nested layers),
     R a fixed random array, so dL/dy = R;
   * a loss: the loss itself, differentiated with respect to the prediction;
-  * a network: its training loss on ``(X, y)``, penalties included.
+  * a network: its training loss on ``(X, y)``, penalties included; for a mixed-precision
+    network, the float64 chain without its 16-bit casts and loss scaling (the formulas, which
+    finite differences can measure).
 
 Random layers (dropout) see the same random numbers in every evaluation: the device generator is
 rewound before each forward pass. Buffers (running statistics) are restored afterwards.
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ._engine import run_backward, run_forward
+from ._structure import NetworkStructure
 from .backend import get_backend
 from .layers.base import Layer
 from .losses import Loss
@@ -257,6 +260,8 @@ class _network_check(_Check):
             y = backend.xp.astype(y, f64)
 
         structure = net.structure
+        if structure.precision is not None:  # the float64 formulas, not the 16-bit policy
+            structure = NetworkStructure(net.layers, net.loss)
 
         def evaluate():
             self._rewind()

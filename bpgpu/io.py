@@ -13,6 +13,10 @@ counter and the history; and, under ``meta["callbacks"]``, the state of the call
 ``fit`` (``callback:<c>:weights:<k>`` for a callback holding a copy of the weights). Version 1
 files still load (with a fresh training state).
 
+A mixed-precision network also records its policy (``meta["precision"]``; absent or None for
+none) and its loss scaler's state (scale, growth count, skipped steps) under
+``meta["training"]["precision"]``.
+
 Loading treats the file as hostile (see :mod:`bpgpu.safe_npz`): the layer list is first built as
 a shape-only probe that allocates nothing, every member's declared shape is compared with it and
 the total with ``max_bytes`` before any array is read, members the format does not name are
@@ -39,6 +43,7 @@ from .errors import ModelFileError
 from .layers import Layer, deserialize_layer, layer_class, serialize_layer
 from .losses import deserialize_loss, serialize_loss
 from .optimizers import deserialize_optimizer, serialize_optimizer
+from .precision import deserialize_precision, serialize_precision
 from .registry import get_registry
 from .safe_npz import NpzError, SafeNpz
 
@@ -88,6 +93,7 @@ def save(net: Network, path: str | os.PathLike[str]) -> None:
         "seed": net.seed,
         "epoch": net.epoch,
         "input_shape": None if net.input_shape is None else list(net.input_shape),
+        "precision": serialize_precision(net.precision),
     }
     meta["training"], arrays = _training_state(net)
     meta["callbacks"], callback_arrays = _callback_state(net)
@@ -546,7 +552,8 @@ class _Loader:
             layers = [deserialize_layer(spec) for spec in meta["layers"]]
             net = Network(layers, loss=deserialize_loss(meta["loss"]),
                           optimizer=deserialize_optimizer(meta["optimizer"]), backend=backend,
-                          dtype=dtype, seed=meta["seed"], input_shape=meta.get("input_shape"))
+                          dtype=dtype, seed=meta["seed"], input_shape=meta.get("input_shape"),
+                          precision=deserialize_precision(meta.get("precision")))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError,
                 RecursionError) as exc:
             raise self.refuse(f"{rebuild}: {exc}") from None
@@ -609,6 +616,8 @@ def _training_state(net):
         "device_rng": net.backend.rng_state(net.device_rng),
         "history": net.history.to_dict(),
     }
+    if net.precision is not None:
+        meta["precision"] = net.precision.state_dict()
     return meta, arrays
 
 
@@ -678,6 +687,8 @@ def _restore_training_state(net, training, arrays) -> None:
             net.backend.set_rng_state(net.device_rng, device_state)
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise ValueError(f"the device generator's state is invalid ({exc})") from None
+    if net.precision is not None and "precision" in training:
+        net.precision.load_state_dict(training["precision"])
     net.optimizer.load_state_dict({**counts, "state": state})
     net.history = history
 

@@ -25,6 +25,7 @@ from .history import History
 from .layers import Dense, Layer, Sigmoid, Softmax, get_activation
 from .losses import BinaryCrossEntropy, CrossEntropy, get_loss
 from .optimizers import get_optimizer
+from .precision import get_precision
 from .typing import Array, ArrayLike
 from .validation import as_numeric, cast_finite, check_batch_size, check_positive_int
 
@@ -133,10 +134,16 @@ class Network:
         cuda_graphs: capture the fast training step as a CUDA graph and replay it (CuPy only;
             :mod:`bpgpu.kernels.cuda_graphs`): far fewer kernel launches per step for small
             networks; off by default until measured faster on your GPU.
+        precision: None (default: everything in ``dtype``), ``"mixed_float16"`` or
+            ``"mixed_bfloat16"`` (torch only), or a :class:`~bpgpu.precision.MixedPrecision`:
+            float32 master weights and optimizer state, forward and backward passes in 16 bits,
+            dynamic loss scaling for float16 (see :mod:`bpgpu.precision`). Needs
+            ``dtype="float32"``; runs on the reference engine.
 
     Attributes: ``backend`` (its ``name``, ``device`` and the ``reason`` it was chosen),
     ``engine`` (what runs the steps: ``engine.fast`` and the ``engine.reason`` it was chosen, see
-    :mod:`bpgpu._engine`), ``layers``, ``loss``, ``optimizer``, ``input_shape`` and
+    :mod:`bpgpu._engine`), ``layers``, ``loss``, ``optimizer``, ``precision`` (the mixed
+    precision policy, or None), ``input_shape`` and
     ``output_shape`` (per sample). Hooks for features built on the step (see
     :mod:`bpgpu._engine`): ``gradient_hooks``, a list of ``hook(flat_grads, rows)`` run between
     the backward pass and the update, and ``engine_requirements``, a set of feature names the
@@ -144,7 +151,7 @@ class Network:
     """
 
     def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
-                 seed=None, fast=None, input_shape=None, cuda_graphs=False):
+                 seed=None, fast=None, input_shape=None, cuda_graphs=False, precision=None):
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
                             f"{type(layers).__name__}")
@@ -176,6 +183,9 @@ class Network:
         self.cuda_graphs = cuda_graphs
         self.dtype = self.backend.dtype(dtype)
         self.dtype_name = dtype
+        self.precision = get_precision(precision)
+        if self.precision is not None:
+            self.precision.bind(self.backend, dtype)
         self.seed = int(np.random.SeedSequence(seed).entropy) if seed is None else int(seed)  # type: ignore[arg-type]
         self.loss.bind(self.backend)
         self.optimizer.bind(self.backend)
@@ -191,6 +201,9 @@ class Network:
         self._data_output_shape = None  # set by _input when the input shape comes from the data
         self.gradient_hooks = []
         self.engine_requirements = set()
+        if self.precision is not None:
+            self.engine_requirements.add("mixed precision")
+            self.gradient_hooks.append(self.precision.gradient_hook)
         if isinstance(self.layers[-1], Softmax) and isinstance(self.loss, CrossEntropy):
             warnings.warn("CrossEntropy takes logits and applies softmax itself: a final Softmax "
                           "layer applies it twice. Drop the Softmax layer.", stacklevel=2)
@@ -229,7 +242,7 @@ class Network:
     # -- structure ---------------------------------------------------------------------------------
     def _refresh_structure(self):
         """Describe the built layers for the engines (:class:`~bpgpu._structure.NetworkStructure`)."""
-        self.structure = NetworkStructure(self.layers, self.loss)
+        self.structure = NetworkStructure(self.layers, self.loss, self.precision)
 
     @property
     def engine(self):
@@ -264,7 +277,8 @@ class Network:
 
     def __repr__(self):
         return (f"Network({len(self.layers)} layers, {self.n_params} params, "
-                f"backend={self.backend.name!r}, dtype={self.dtype_name!r})")
+                f"backend={self.backend.name!r}, dtype={self.dtype_name!r}"
+                + (f", precision={self.precision.name!r})" if self.precision else ")"))
 
     # -- boundary: data in ---------------------------------------------------------------------------
     def _input(self, X, name="X", borrow=False):
@@ -336,7 +350,11 @@ class Network:
     @_on_device
     @_locked
     def apply_gradients(self) -> None:
-        """Update the weights with the optimizer from the gradients of the last :meth:`backward`."""
+        """Update the weights with the optimizer from the gradients of the last :meth:`backward`
+        (under mixed precision, unless the loss scaler finds them non-finite: then it skips)."""
+        if self.precision is not None and \
+                not self.precision.allow_update(self.structure.gradients()):
+            return
         self.engine.apply_update()
 
     @_on_device

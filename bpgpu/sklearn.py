@@ -265,6 +265,8 @@ class _BaseMLP(BaseEstimator):
         native = _native_backend_name(X)
         if native == "torch":
             return f"torch:{X.device.type}"  # the tensor's kind of device
+        if native == "cupy":
+            return f"cupy:{X.device.id}"  # the array's GPU
         return native or "auto"
 
     def _dtype_name(self, X):
@@ -324,10 +326,20 @@ class _BaseMLP(BaseEstimator):
         """True when ``X`` is a native array of the network's backend, on the same device."""
         net = self.network_
         return _native_backend_name(X) is not None and net.backend.is_native(X) \
-            and _device_text(X) == str(net.backend.device)
+            and _device_text(X) == _device_text_of(net.backend.device)
 
     # -- training ---------------------------------------------------------------------------------
     def _fit(self, X, y, sample_weight, incremental):
+        """Train; a call that raises leaves the estimator's attributes as they were."""
+        saved = {k: list(v) if isinstance(v, list) else v for k, v in self.__dict__.items()}
+        try:
+            return self._train(X, y, sample_weight, incremental)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(saved)
+            raise
+
+    def _train(self, X, y, sample_weight, incremental):
         fitted = hasattr(self, "network_")
         keep = fitted and (incremental or self.warm_start)
         X, y = self._check_X(X, reset=not keep, y=y)
@@ -680,7 +692,14 @@ def _device_text(X):
     """The device of a native array, as text (devices of some libraries are not comparable)."""
     from array_api_compat import device
 
-    return str(device(X))
+    return _device_text_of(device(X))
+
+
+def _device_text_of(device):
+    """A device as text; torch's ``"cuda"`` (the current GPU, a backend's default) reads as
+    ``"cuda:0"``, the device its tensors report."""
+    text = str(device)
+    return "cuda:0" if text == "cuda" else text
 
 
 def _on_device_of(X, out):

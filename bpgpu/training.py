@@ -554,6 +554,8 @@ class _Loop:
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 if self.log_lr:
                     logs["lr"] = lr
+                if net.precision is not None:
+                    logs.update(net.precision.epoch_logs(snap.precision.get("skipped_steps", 0)))
                 history.append(epoch, logs)
                 net.history.append(epoch, logs)
                 net.epoch += 1

@@ -8,7 +8,9 @@ Stages, each with its own time limit so the whole fits in 8 minutes on one H200:
    of skipping), including the GPU-only tests (CUDA graphs on a GPU, two devices when present,
    the asynchronous step);
 3. benchmarks/bench_step.py --backend cupy --quick: bpgpu vs PyTorch CUDA eager per step, bpgpu
-   with CUDA graphs, fit throughput and GPU memory.
+   with CUDA graphs, fit throughput and GPU memory;
+4. benchmarks/bench_mixed.py --backend cupy on the large cases: the mixed-precision step against
+   the float32 one (issue 15's target: mixed / float32 <= 0.5), its table kept as text.
 
 Writes ONE JSON file: ``$OUT/gpu_check.json`` when ``$OUT`` is set, else
 benchmarks/results/gpu-check-<date>.json. Targets are reported, not asserted: a step at most
@@ -37,9 +39,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WHEELS = ROOT / ".whl"
 REQUIREMENTS = ROOT / "ci" / "gpu_wheels.txt"
 BENCH = ROOT / "benchmarks" / "bench_step.py"
+BENCH_MIXED = ROOT / "benchmarks" / "bench_mixed.py"
 #: Tests that only exercise the CPU emulation: not worth GPU time.
 CPU_ONLY_TESTS = ("tests/test_cuda_emulated.py", "tests/test_cuda_compile_check.py")
-LIMITS_S = {"tests": 270, "bench": 170}
+LIMITS_S = {"tests": 250, "bench": 150, "mixed": 50}
 SMALL_CASES = ("2-4-2", "1-64-32-2")
 GRAPH_TARGET = 0.3
 
@@ -92,7 +95,8 @@ def dry_run(requirements_path, collect=True):
     """[(check, ok, detail)] for everything the GPU run needs (``collect``: also let pytest
     collect the test selection, the slowest check)."""
     checks = []
-    for path in (BENCH, REQUIREMENTS, ROOT / "tests" / "conftest.py", ROOT / "ci" / "gpu_check.sh"):
+    for path in (BENCH, BENCH_MIXED, REQUIREMENTS, ROOT / "tests" / "conftest.py",
+                 ROOT / "ci" / "gpu_check.sh"):
         checks.append((f"file {path.relative_to(ROOT)}", path.exists(), "present"
                        if path.exists() else "missing"))
     for requirement, module in requirements(requirements_path):
@@ -114,6 +118,12 @@ def dry_run(requirements_path, collect=True):
     missing = [flag for flag in needed if flag not in result.stdout]
     checks.append(("benchmark options", result.returncode == 0 and not missing,
                    "ok" if not missing else f"bench_step.py lacks {missing}"))
+    result = subprocess.run([sys.executable, str(BENCH_MIXED), "--help"], capture_output=True,
+                            text=True, cwd=ROOT)
+    needed = ("--backend", "--cases", "--rounds", "784-1024-1024-10", "4096x4")
+    missing = [flag for flag in needed if flag not in result.stdout]
+    checks.append(("mixed-precision benchmark options", result.returncode == 0 and not missing,
+                   "ok" if not missing else f"bench_mixed.py lacks {missing}"))
     if collect:
         result = subprocess.run(pytest_command() + ["--collect-only"], capture_output=True,
                                 text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
@@ -196,6 +206,22 @@ def run_bench(work):
     return summary
 
 
+def run_mixed():
+    """The mixed-precision table on the GPU (bench_mixed.py prints it; no JSON of its own)."""
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, str(BENCH_MIXED), "--backend", "cupy", "--cases",
+                                 "784-1024-1024-10", "4096x4", "--rounds", "3"],
+                                capture_output=True, text=True, cwd=ROOT,
+                                timeout=LIMITS_S["mixed"],
+                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+        status, tail = result.returncode, result.stdout[-3000:] + result.stderr[-1000:]
+    except subprocess.TimeoutExpired as exc:
+        status, tail = "timeout", (exc.stdout or b"")[-3000:].decode(errors="replace")
+    return {"exit_status": status, "seconds": round(time.perf_counter() - start, 1),
+            "output_tail": tail}
+
+
 def targets(results):
     """Each case's ratio against its target, and the CUDA-graph step's for small networks."""
     report = {}
@@ -244,6 +270,8 @@ def main(argv=None):
     report["tests"] = run_tests(work)
     print("tests:", {k: v for k, v in report["tests"].items() if k != "output_tail"}, flush=True)
     report["benchmark"] = run_bench(work)
+    report["mixed_precision"] = run_mixed()
+    print(report["mixed_precision"]["output_tail"], flush=True)
     report["seconds"] = round(time.perf_counter() - start, 1)
     path = results_path()
     path.parent.mkdir(parents=True, exist_ok=True)

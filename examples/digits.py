@@ -6,17 +6,14 @@ Prints the progress, the test accuracy, and saves the loss curves.
 
     python examples/digits.py                   # backend "auto": the GPU if CuPy sees one
     python examples/digits.py --backend numpy
+    python examples/digits.py --precision mixed_float16   # float16 compute, float32 weights
 """
 
 import os
-import time
 
 import numpy as np
 
-import bpgpu
-from bpgpu.optimizers import Adam
-
-from _common import parse_args, save_loss_curve
+from _common import fit_and_report, mlp_classifier, parse_args
 
 
 def load_digits_split(seed):
@@ -30,23 +27,16 @@ def load_digits_split(seed):
                             random_state=seed)
 
 
+def mlp(backend, seed, precision=None):
+    """The demo's 64-128-64-10 ReLU network with Adam (lr 1e-3) on softmax cross-entropy."""
+    return mlp_classifier([64, 128, 64, 10], backend, seed, precision)
+
+
 def main():
-    args = parse_args(__doc__.splitlines()[0], epochs=30)
-    X_train, X_test, y_train, y_test = load_digits_split(args.seed)
-    net = bpgpu.Network.from_sizes([64, 128, 64, 10], activation="relu", loss="cross_entropy",
-                                   optimizer=Adam(lr=1e-3), backend=args.backend, seed=args.seed)
-    print(f"backend: {net.backend.name} ({net.backend.reason})")
-    print(net.summary())
-    start = time.perf_counter()
-    history = net.fit(X_train, y_train, epochs=args.epochs, batch_size=32,
-                      validation_data=(X_test, y_test), verbose=1)
-    seconds = time.perf_counter() - start
-    result = net.evaluate(X_test, y_test)
-    print(f"trained {args.epochs} epochs in {seconds:.1f} s")
-    print(f"test accuracy: {result['accuracy']:.4f}  (test loss {result['loss']:.4f})")
-    save_loss_curve(history.history["loss"], os.path.join(args.out, "digits_loss.png"),
-                    "64-128-64-10 MLP on the 8x8 digits", ylabel="cross-entropy",
-                    extra={"test": history.history["val_loss"]})
+    args = parse_args(__doc__.splitlines()[0], precision=True, epochs=30)
+    net = mlp(args.backend, args.seed, args.precision)
+    fit_and_report(net, load_digits_split(args.seed), args.epochs, 32,
+                   os.path.join(args.out, "digits_loss.png"), "64-128-64-10 MLP on the 8x8 digits")
 
 
 if __name__ == "__main__":

@@ -137,7 +137,7 @@ def test_metric_arguments_are_checked(backend):
         multi.evaluate(X, Y_MULTI, metrics=["roc_auc"])
     with pytest.raises(ValueError, match="average='binary' needs a binary output"):
         multi.evaluate(X, Y_MULTI, metrics=[Precision("binary")])
-    binary = _net(backend, outputs=1, loss="bce_with_logits")  # raw outputs: logits
+    binary = _net(backend, outputs=1, loss="bce_with_logits")
     with pytest.raises(ValueError, match="'top_5_accuracy' ranks class scores"):
         binary.evaluate(X, Y_BIN, metrics=["top_k_accuracy"])
 

@@ -259,6 +259,19 @@ def test_bad_parameters_are_reported_at_fit():
         MLPRegressor().fit(scipy.sparse.csr_matrix(REG_X), REG_Y)
 
 
+def test_a_rejected_fit_leaves_the_fitted_estimator_as_it_was():
+    clf = _quiet(MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, random_state=0), IRIS_X,
+                 IRIS_NAMES)
+    before = clf.predict_proba(IRIS_X)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        clf.fit(IRIS_X, np.full(150, "setosa"))
+    with pytest.raises(ValueError, match="test_size|too few for early stopping"):
+        clf.set_params(early_stopping=True, validation_fraction=0.01).fit(IRIS_X[::8],
+                                                                           IRIS_NAMES[::8])
+    assert list(clf.classes_) == ["setosa", "versicolor", "virginica"]
+    np.testing.assert_array_equal(clf.predict_proba(IRIS_X), before)
+
+
 def test_clone_is_unfitted():
     fitted = _quiet(MLPRegressor(hidden_layer_sizes=(3,), max_iter=2), REG_X, REG_Y)
     assert not hasattr(clone(fitted), "network_")

@@ -77,6 +77,16 @@ class Layer:
     xp: Namespace
     dtype: Any
 
+    #: Mixed precision (:mod:`bpgpu.precision`): True keeps this layer's parameters in float32
+    #: while the rest of the network computes in 16 bits; the layer then computes in the dtype
+    #: of its parameters and returns results in the dtype of its inputs (normalisation layers).
+    keep_float32 = False
+
+    #: The factor the ``dy`` reaching :meth:`backward` carries (mixed precision's loss scale, set
+    #: during the backward pass). A layer that adds the gradient of its :meth:`penalty` in
+    #: ``backward`` multiplies that term by it.
+    loss_scale = 1.0
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _LAYERS.register(cls)  # every layer class can be rebuilt from a file by its name

@@ -3,6 +3,7 @@
 import numpy as np
 
 from ..initializers import get_initializer
+from ..precision import wide_dtype
 from ..validation import check_bool, check_positive_int
 from .base import Layer
 from .im2col import Windows, output_size, pair
@@ -87,7 +88,7 @@ class Conv2D(Layer):
         rows = n * win.n_windows
         cols = xp.reshape(win.im2col(x), (rows, g, win.window_size // g))
         cols = xp.permute_dims(cols, (1, 0, 2))                       # (g, rows, C/g*kh*kw)
-        y = xp.matmul(cols, xp.matrix_transpose(self._grouped_weights()))  # (g, rows, O/g)
+        y = self.backend.matmul(cols, xp.matrix_transpose(self._grouped_weights()))  # (g, rows, O/g)
         y = xp.reshape(xp.permute_dims(y, (1, 0, 2)), (rows, self.out_channels))
         if self.bias:
             y = y + self.params["b"]
@@ -100,13 +101,13 @@ class Conv2D(Layer):
         rows = n * win.n_windows
         dy2 = xp.reshape(xp.permute_dims(dy, (0, 2, 3, 1)), (rows, self.out_channels))
         dyg = xp.permute_dims(xp.reshape(dy2, (rows, g, self.out_channels // g)), (1, 0, 2))
-        self.grads["W"] = xp.reshape(xp.matmul(xp.matrix_transpose(dyg), self._cols),
+        self.grads["W"] = xp.reshape(self.backend.matmul(xp.matrix_transpose(dyg), self._cols),
                                      tuple(W.shape))
         if self.bias:
-            self.grads["b"] = xp.sum(dy2, axis=0)
+            self.grads["b"] = xp.sum(dy2, axis=0, dtype=wide_dtype(xp, dy2.dtype))
         if not self.input_grad:
             return None
-        dcols = xp.permute_dims(xp.matmul(dyg, self._grouped_weights()), (1, 0, 2))
+        dcols = xp.permute_dims(self.backend.matmul(dyg, self._grouped_weights()), (1, 0, 2))
         return win.col2im(xp.reshape(dcols, (n, win.n_windows, win.window_size)))
 
     def output_shape(self, input_shape):

@@ -5,6 +5,7 @@ import math
 import numpy as np
 
 from ..initializers import get_initializer
+from ..precision import wide_dtype
 from ..validation import check_bool, check_positive_int, is_real_number
 from .base import Layer
 
@@ -47,18 +48,19 @@ class Dense(Layer):
         if x.ndim != 2:
             self.output_shape(tuple(x.shape[1:]))  # says what to do (add Flatten) and raises
         self._x = x
-        y = x @ self.params["W"]
+        y = self.backend.matmul(x, self.params["W"])
         return y + self.params["b"] if self.bias else y
 
     def backward(self, dy):
         W = self.params["W"]
-        dW = self._x.T @ dy
+        matmul = self.backend.matmul
+        dW = matmul(self._x.T, dy)
         if self.l2:
-            dW = dW + (2.0 * self.l2) * W
+            dW = dW + (2.0 * self.l2 * self.loss_scale) * W
         self.grads["W"] = dW
         if self.bias:
-            self.grads["b"] = self.xp.sum(dy, axis=0)
-        return dy @ W.T if self.input_grad else None
+            self.grads["b"] = self.xp.sum(dy, axis=0, dtype=wide_dtype(self.xp, dy.dtype))
+        return matmul(dy, W.T) if self.input_grad else None
 
     def penalty(self):
         if not self.l2:

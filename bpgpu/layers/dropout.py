@@ -2,6 +2,7 @@
 
 import math
 
+from ..precision import wide_dtype
 from ..validation import is_real_number
 from .base import Layer
 
@@ -16,7 +17,8 @@ class Dropout(Layer):
     Backward: ``dx = dy * m / (1 - p)`` (the mask of the last forward pass). Shapes: any, kept.
 
     The draws come from the layer's device generator (``device_rng``, seeded by the Network's
-    seed), so one seed gives the same masks on one backend.
+    seed), so one seed gives the same masks on one backend. 16-bit inputs (mixed precision) draw
+    in float32, so they get the masks a float32 run would.
     """
 
     def __init__(self, p=0.5):
@@ -33,7 +35,7 @@ class Dropout(Layer):
             raise RuntimeError("Dropout needs a device random generator: build it with "
                                "build(backend, dtype, rng, device_rng=backend.make_rng(seed)) "
                                "or use it inside a Network")
-        keep = self.device_rng.uniform(tuple(x.shape), x.dtype) >= self.p
+        keep = self.device_rng.uniform(tuple(x.shape), wide_dtype(self.xp, x.dtype)) >= self.p
         self._scale = self.xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.p))
         return x * self._scale
 

@@ -7,6 +7,10 @@ the statistics were computed on, the input gradient of both is
     dx = (g - <g> - xhat <g xhat>) / sqrt(var + eps),
 
 and ``dweight = sum(dy * xhat)``, ``dbias = sum(dy)`` over every axis but the parameters' own.
+
+Both compute in the dtype of their parameters and return results in the dtype of their inputs:
+under mixed precision (``keep_float32``) the parameters stay float32, so 16-bit inputs are
+normalised with float32 statistics.
 """
 
 import math
@@ -18,6 +22,11 @@ from ..validation import check_number, check_positive_int
 from .base import Layer
 
 __all__ = ["BatchNorm", "LayerNorm"]
+
+
+def _as(xp, x, dtype):
+    """``x`` in ``dtype`` (no copy when it already is)."""
+    return x if x.dtype == dtype else xp.astype(x, dtype)
 
 
 def _normalize(xp, x, axes, eps, average=None):
@@ -90,9 +99,12 @@ class BatchNorm(Layer):
             return (0,), (1, self.num_features)
         return (0, 2, 3), (1, self.num_features, 1, 1)
 
+    keep_float32 = True
+
     def forward(self, x, training=False):
         xp = self.xp
         axes, bshape = self._layout(tuple(x.shape))
+        x_dtype, x = x.dtype, _as(xp, x, self.params["weight"].dtype)
         if training:
             stats = self.statistics
             n = math.prod(x.shape) // self.num_features if stats is None else stats.count(x)
@@ -111,12 +123,13 @@ class BatchNorm(Layer):
             inv_std = 1.0 / xp.sqrt(xp.reshape(self.buffers["running_var"], bshape) + self.eps)
             xhat = (x - mean) * inv_std
         self._xhat, self._inv_std, self._batch_stats = xhat, inv_std, training
-        return xp.reshape(self.params["weight"], bshape) * xhat \
-            + xp.reshape(self.params["bias"], bshape)
+        y = xp.reshape(self.params["weight"], bshape) * xhat + xp.reshape(self.params["bias"], bshape)
+        return _as(xp, y, x_dtype)
 
     def backward(self, dy):
         xp, xhat = self.xp, self._xhat
         axes, bshape = self._layout(tuple(dy.shape))
+        dy_dtype, dy = dy.dtype, _as(xp, dy, xhat.dtype)
         self.grads["weight"] = xp.sum(dy * xhat, axis=axes)
         self.grads["bias"] = xp.sum(dy, axis=axes)
         if not self.input_grad:
@@ -124,9 +137,10 @@ class BatchNorm(Layer):
         g = dy * xp.reshape(self.params["weight"], bshape)
         if self._batch_stats:
             stats = self.statistics
-            return _normalize_backward(xp, g, xhat, self._inv_std, axes,
-                                       None if stats is None else stats.grad_means)
-        return g * self._inv_std
+            dx = _normalize_backward(xp, g, xhat, self._inv_std, axes,
+                                     None if stats is None else stats.grad_means)
+            return _as(xp, dx, dy_dtype)
+        return _as(xp, g * self._inv_std, dy_dtype)
 
     def output_shape(self, input_shape):
         self._layout((1,) + tuple(input_shape))
@@ -167,20 +181,25 @@ class LayerNorm(Layer):
                              f"{self.normalized_shape}, got {tuple(shape)}")
         return tuple(range(len(shape) - k, len(shape)))
 
+    keep_float32 = True
+
     def forward(self, x, training=False):
         axes = self._axes(tuple(x.shape))
+        x_dtype, x = x.dtype, _as(self.xp, x, self.params["weight"].dtype)
         self._xhat, self._inv_std, _, _ = _normalize(self.xp, x, axes, self.eps)
-        return self.params["weight"] * self._xhat + self.params["bias"]
+        return _as(self.xp, self.params["weight"] * self._xhat + self.params["bias"], x_dtype)
 
     def backward(self, dy):
         xp, xhat = self.xp, self._xhat
         axes = self._axes(tuple(dy.shape))
+        dy_dtype, dy = dy.dtype, _as(xp, dy, xhat.dtype)
         leading = tuple(range(dy.ndim - len(axes)))
         self.grads["weight"] = xp.sum(dy * xhat, axis=leading)
         self.grads["bias"] = xp.sum(dy, axis=leading)
         if not self.input_grad:
             return None
-        return _normalize_backward(xp, dy * self.params["weight"], xhat, self._inv_std, axes)
+        dx = _normalize_backward(xp, dy * self.params["weight"], xhat, self._inv_std, axes)
+        return _as(xp, dx, dy_dtype)
 
     def output_shape(self, input_shape):
         self._axes(tuple(input_shape))
