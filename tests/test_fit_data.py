@@ -59,7 +59,7 @@ def test_other_data_is_copied(make):
 
 def test_fit_peak_memory_stays_below_the_data_size():
     """A copy of X alone would take X.nbytes; fit's peak of new allocations stays well under it
-    (batch buffers, the permutation, the finite check's mask)."""
+    (batch buffers, the permutation, the finite check's block mask)."""
     rng = np.random.default_rng(1)
     X = rng.standard_normal((20000, 20)).astype(np.float32)
     y = rng.integers(0, 3, 20000)
@@ -72,3 +72,21 @@ def test_fit_peak_memory_stays_below_the_data_size():
     finally:
         tracemalloc.stop()
     assert peak < 0.5 * X.nbytes, f"fit allocated {peak} bytes at peak for {X.nbytes} of data"
+
+
+@pytest.mark.parametrize("where", [0, 7, -1], ids=["first_row", "middle", "last_row"])
+def test_finite_check_in_blocks_finds_every_bad_value(monkeypatch, where):
+    """The finite check reads a large array block of rows by block of rows (bounded scratch
+    memory) and still finds a NaN wherever it is, counting every bad value in the message."""
+    from bpgpu import validation
+
+    monkeypatch.setattr(validation, "FINITE_BLOCK", 40)  # blocks of 2 rows of 20
+    X, y = _data(15)
+    assert validation._host_finite(X)
+    X[where, 3] = np.nan
+    X[where, 5] = np.inf
+    assert not validation._host_finite(X)
+    net = _net()
+    with pytest.raises(ValueError, match=r"X contains 2 NaN or infinite value\(s\)"):
+        net.fit(X, y, verbose=0)
+    assert net.optimizer.step_count == 0
