@@ -12,6 +12,7 @@ import pytest
 
 import bpgpu
 from bpgpu.kernels import train_step_for
+from bpgpu.kernels.update_rules import flat_rule_name
 from bpgpu.layers import (GELU, BatchNorm, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid,
                           Tanh)
 from bpgpu.losses import MSE, BinaryCrossEntropy, CrossEntropy
@@ -140,12 +141,80 @@ def test_update_in_blocks_matches_reference(monkeypatch, optimizer):
     small network takes that path, with a ragged last block."""
     from bpgpu.kernels import numpy_fast
 
-    monkeypatch.setattr(numpy_fast, "BLOCK", 48)
+    monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 48 * 8)  # 48 float64 elements
+    monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)
     fast, ref = _pair(_mlp(), "numpy", optimizer=optimizer)
-    assert train_step_for(fast).size > 2 * numpy_fast.BLOCK
+    assert train_step_for(fast).size % 48 and train_step_for(fast).size >= 2 * 48
     X, y = _data(5, 3, 24, "cross_entropy", seed=14)
     losses = _train((fast, ref), X, y, steps=4, batch=8)
     _assert_same(fast, ref, "float64", losses)
+
+
+def _flat_updates(optimizer, blocked, dtype, steps=3, size=1000):
+    """``steps`` NumPy flat updates of one flat buffer of ``size`` parameters (clip first, then the
+    rule: whole buffers, or block by block); the parameters and the state buffers after them."""
+    from bpgpu import backend as backends
+    from bpgpu.kernels import numpy_fast
+
+    kernels, rng = numpy_fast.NumPyKernels, np.random.default_rng(21)
+    optimizer = OPTIMIZERS[optimizer]().bind(backends.get_backend("numpy"))
+    params = kernels.zeros(size, dtype)
+    params[:] = rng.standard_normal(size)
+    optimizer.state = optimizer._init_state([params])
+    buffers = {}
+
+    def work(name, n=None):
+        n = size if n is None else n
+        return buffers.setdefault((name, n), kernels.zeros(n, dtype))
+    rule = numpy_fast._RULES[flat_rule_name(optimizer)]
+    for _ in range(steps):
+        grads = kernels.zeros(size, dtype)
+        grads[:] = rng.standard_normal(size)
+        optimizer.step_count += 1
+        state = {key: values[0] for key, values in optimizer.state.items()}
+        clipped = kernels.clip(optimizer, grads, work)
+        if blocked:
+            numpy_fast._in_blocks(rule, optimizer, optimizer.learning_rate(), params, clipped,
+                                  state, work)
+        else:
+            rule(optimizer, optimizer.learning_rate(), params, clipped, state, work)
+    return [params] + [values[0] for _, values in sorted(optimizer.state.items())]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("optimizer", [name for name in OPTIMIZERS if "cosine" not in name])
+def test_blocked_update_is_bit_identical_to_whole_buffer(monkeypatch, optimizer, dtype):
+    """The block-by-block update (96-element blocks, a ragged last one of 40) computes exactly
+    what the rule computes over the whole buffers: parameters and every state buffer equal bit for
+    bit, with weight decay (L2 and decoupled), momentum, dampening, Nesterov, centering, clip by
+    value and clip by norm."""
+    from bpgpu.kernels import numpy_fast
+
+    monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 96 * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)
+    whole = _flat_updates(optimizer, False, dtype)
+    blocked = _flat_updates(optimizer, True, dtype)
+    assert len(whole) == len(blocked) > 0
+    for a, b in zip(whole, blocked):
+        assert a.dtype == b.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_small_buffers_update_in_one_piece(monkeypatch):
+    """Under MIN_BLOCKS blocks the rule runs once over the whole buffers (no block scratch)."""
+    from bpgpu.kernels import numpy_fast
+
+    calls = []
+
+    def rule(optimizer, lr, params, grads, state, work):
+        calls.append(params.shape[0])
+    block, count = numpy_fast.BLOCK_BYTES // 4, numpy_fast.MIN_BLOCKS  # float32 elements
+    for size in (count * block - 1, count * block + 5):
+        calls.clear()
+        params = np.zeros(size, np.float32)
+        numpy_fast._in_blocks(rule, SGD(0.1), 0.1, params, params, {},
+                              lambda name, n=None, size=size: np.zeros(n or size, np.float32))
+        assert calls == ([size] if size < count * block else [block] * count + [5])
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "cross_entropy_rows"])
