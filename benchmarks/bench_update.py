@@ -24,10 +24,11 @@ from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop  # noqa: E402
 OPTIMIZERS = {
     "adam": lambda: Adam(1e-3),
     "adamw": lambda: AdamW(1e-3, weight_decay=0.01),
+    "sgd": lambda: SGD(1e-2),
     "sgd_momentum": lambda: SGD(1e-2, momentum=0.9),
     "rmsprop": lambda: RMSprop(1e-3),
 }
-RULE_OF = {"adam": "adam", "adamw": "adam", "sgd_momentum": "sgd", "rmsprop": "rmsprop"}
+RULE_OF = {"adam": "adam", "adamw": "adam", "sgd": "sgd", "sgd_momentum": "sgd", "rmsprop": "rmsprop"}
 STATE = ("exp_avg", "exp_avg_sq", "momentum_buffer", "square_avg")
 
 

@@ -200,21 +200,32 @@ def test_blocked_update_is_bit_identical_to_whole_buffer(monkeypatch, optimizer,
         np.testing.assert_array_equal(a, b)
 
 
-def test_small_buffers_update_in_one_piece(monkeypatch):
-    """Under MIN_BLOCKS blocks the rule runs once over the whole buffers (no block scratch)."""
+def test_small_buffers_and_plain_sgd_update_in_one_piece(monkeypatch):
+    """Under MIN_BLOCKS blocks the rule runs once over the whole buffers, and so does plain SGD at
+    any size; SGD with momentum runs block by block from MIN_BLOCKS blocks, a ragged one last."""
     from bpgpu.kernels import numpy_fast
 
     calls = []
 
-    def rule(optimizer, lr, params, grads, state, work):
-        calls.append(params.shape[0])
-    block, count = numpy_fast.BLOCK_BYTES // 4, numpy_fast.MIN_BLOCKS  # float32 elements
-    for size in (count * block - 1, count * block + 5):
+    def run(optimizer, size):
         calls.clear()
         params = np.zeros(size, np.float32)
-        numpy_fast._in_blocks(rule, SGD(0.1), 0.1, params, params, {},
+        state = {"momentum_buffer": np.zeros(size, np.float32)} if optimizer.momentum else {}
+        numpy_fast._in_blocks(numpy_fast._sgd, optimizer, 0.1, params, params, state,
                               lambda name, n=None, size=size: np.zeros(n or size, np.float32))
-        assert calls == ([size] if size < count * block else [block] * count + [5])
+        return calls
+    block, count = numpy_fast.BLOCK_BYTES // 4, numpy_fast.MIN_BLOCKS  # float32 elements
+    original = numpy_fast._sgd
+
+    def counting(optimizer, lr, params, grads, state, work):
+        calls.append(params.shape[0])
+        original(optimizer, lr, params, grads, state, work)
+    monkeypatch.setattr(numpy_fast, "_sgd", counting)  # _in_blocks knows plain SGD by its rule
+    momentum = SGD(0.1, momentum=0.9)
+    momentum.step_count = 2
+    assert run(momentum, count * block - 1) == [count * block - 1]
+    assert run(momentum, count * block + 5) == [block] * count + [5]
+    assert run(SGD(0.1), count * block + 5) == [count * block + 5]
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "cross_entropy_rows"])
