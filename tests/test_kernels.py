@@ -150,14 +150,24 @@ def test_update_in_blocks_matches_reference(monkeypatch, optimizer):
     _assert_same(fast, ref, "float64", losses)
 
 
+#: More clip cases for the blocked update: plain SGD runs in one piece (its deferred clip
+#: written out first), both clips together are applied before the update (the norm is the
+#: clipped gradient's).
+BLOCKED_OPTIMIZERS = {**{name: make for name, make in OPTIMIZERS.items() if "cosine" not in name},
+                      "sgd_clipnorm": lambda: SGD(0.1, clip_norm=0.5),
+                      "sgd_momentum_clipvalue": lambda: SGD(0.05, momentum=0.9, clip_value=0.3),
+                      "adam_clip_both": lambda: Adam(1e-2, clip_value=0.02, clip_norm=0.5)}
+
+
 def _flat_updates(optimizer, blocked, dtype, steps=3, size=1000):
-    """``steps`` NumPy flat updates of one flat buffer of ``size`` parameters (clip first, then the
-    rule: whole buffers, or block by block); the parameters and the state buffers after them."""
+    """``steps`` NumPy flat updates of one flat buffer of ``size`` parameters (whole buffers: the
+    clip, then the rule; blocked: the clip by value or by norm deferred into the blocks, both
+    clips first); the parameters and the state buffers after them."""
     from bpgpu import backend as backends
     from bpgpu.kernels import numpy_fast
 
     kernels, rng = numpy_fast.NumPyKernels, np.random.default_rng(21)
-    optimizer = OPTIMIZERS[optimizer]().bind(backends.get_backend("numpy"))
+    optimizer = BLOCKED_OPTIMIZERS[optimizer]().bind(backends.get_backend("numpy"))
     params = kernels.zeros(size, dtype)
     params[:] = rng.standard_normal(size)
     optimizer.state = optimizer._init_state([params])
@@ -165,29 +175,35 @@ def _flat_updates(optimizer, blocked, dtype, steps=3, size=1000):
 
     def work(name, n=None):
         n = size if n is None else n
-        return buffers.setdefault((name, n), kernels.zeros(n, dtype))
+        if (name, n) not in buffers:
+            buffers[name, n] = kernels.zeros(n, dtype)
+        return buffers[name, n]
     rule = numpy_fast._RULES[flat_rule_name(optimizer)]
     for _ in range(steps):
         grads = kernels.zeros(size, dtype)
         grads[:] = rng.standard_normal(size)
         optimizer.step_count += 1
         state = {key: values[0] for key, values in optimizer.state.items()}
-        clipped = kernels.clip(optimizer, grads, work)
-        if blocked:
+        if blocked:  # a single clip is deferred into the blocks
+            clipped = kernels.clip(optimizer, grads, work)
+            one_clip = (optimizer.clip_value is None) != (optimizer.clip_norm is None)
+            assert isinstance(clipped, numpy_fast._DeferredClip) == one_clip
             numpy_fast._in_blocks(rule, optimizer, optimizer.learning_rate(), params, clipped,
                                   state, work)
         else:
+            clipped = kernels.clip(optimizer, grads, work, defer=False)
+            assert isinstance(clipped, np.ndarray)
             rule(optimizer, optimizer.learning_rate(), params, clipped, state, work)
     return [params] + [values[0] for _, values in sorted(optimizer.state.items())]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("optimizer", [name for name in OPTIMIZERS if "cosine" not in name])
+@pytest.mark.parametrize("optimizer", list(BLOCKED_OPTIMIZERS))
 def test_blocked_update_is_bit_identical_to_whole_buffer(monkeypatch, optimizer, dtype):
     """The block-by-block update (96-element blocks, a ragged last one of 40) computes exactly
     what the rule computes over the whole buffers: parameters and every state buffer equal bit for
     bit, with weight decay (L2 and decoupled), momentum, dampening, Nesterov, centering, clip by
-    value and clip by norm."""
+    value and clip by norm (block by block) and both clips."""
     from bpgpu.kernels import numpy_fast
 
     monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 96 * np.dtype(dtype).itemsize)
