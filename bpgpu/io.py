@@ -313,18 +313,24 @@ class _Architecture:
 
 
 def _check_config_sizes(value: Any, budget: _Budget) -> None:
-    """ValueError when a layer description holds an integer above the number of float64 values
-    the budget allows: layers allocate vectors of such sizes on the host while being built
-    (BatchNorm(n) holds np.ones(n)), before any shape can be compared."""
+    """ValueError when a layer description holds an integer, or a list of integers whose product
+    is, above the number of float64 values the budget allows: layers allocate arrays of such
+    sizes and shapes on the host while being built (BatchNorm(n) holds np.ones(n), LayerNorm(s)
+    np.ones(s)), before any shape can be compared."""
     limit = budget.limit // 8
     stack = [value]
     while stack:
         item = stack.pop()
+        size = None
         if isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
-        elif isinstance(item, int) and not isinstance(item, bool) and abs(item) > limit:
+            if item and all(isinstance(v, int) and not isinstance(v, bool) for v in item):
+                size = math.prod(abs(v) for v in item)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            size = abs(item)
+        if size is not None and size > limit:
             raise _TooBig(f"a layer declares the size {item}: that many values need more than "
                           f"{budget.limit} bytes, {budget.why}")
 

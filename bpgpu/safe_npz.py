@@ -156,10 +156,6 @@ class SafeNpz:
     def names(self) -> list[str]:
         return list(self._infos)
 
-    def declared_size(self, name: str) -> int:
-        """Uncompressed size of member ``name`` as the zip directory declares it."""
-        return self._infos[name].file_size
-
     def header(self, name: str) -> NpyHeader:
         """The ``.npy`` header of member ``name``, checked against the member's declared size;
         decompresses at most the header's bytes."""

@@ -320,3 +320,22 @@ def test_networks_training_at_once_in_two_threads(shards):
     for net in pair:
         for a, b in zip(net.get_weights(), alone.get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("optimizer", ["adam_l2_clipnorm", "adamw_clipvalue", "sgd_nesterov_wd",
+                                       "rmsprop_centered"])
+def test_sharded_blocked_update_matches_reference(shards, monkeypatch, optimizer):
+    """The range jobs of a sharded update run the blocked update (NumPy): blocks shrunk to 48
+    float64 elements, so each range job updates its range block by block (a ragged block last),
+    with the scratch blocks of its own range."""
+    from bpgpu.kernels import numpy_fast
+
+    monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 48 * 8)
+    monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)
+    shards(2)
+    nets = _nets(OPTIMIZERS[optimizer], l2=0.05)
+    X, y = _data(40, seed=5)
+    losses = _train_both(nets, X, y, steps=4)
+    assert len(train_step_for(nets[0])._shards) == 2 and train_step_for(nets[0]).size % 48
+    assert any(name.startswith("block t [range") for name in train_step_for(nets[0])._work)
+    _assert_same(nets, losses)

@@ -12,6 +12,7 @@ import pytest
 
 import bpgpu
 from bpgpu.kernels import train_step_for
+from bpgpu.kernels.update_rules import flat_rule_name
 from bpgpu.layers import (GELU, BatchNorm, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid,
                           Tanh)
 from bpgpu.losses import MSE, BinaryCrossEntropy, CrossEntropy
@@ -140,12 +141,107 @@ def test_update_in_blocks_matches_reference(monkeypatch, optimizer):
     small network takes that path, with a ragged last block."""
     from bpgpu.kernels import numpy_fast
 
-    monkeypatch.setattr(numpy_fast, "BLOCK", 48)
+    monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 48 * 8)  # 48 float64 elements
+    monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)
     fast, ref = _pair(_mlp(), "numpy", optimizer=optimizer)
-    assert train_step_for(fast).size > 2 * numpy_fast.BLOCK
+    assert train_step_for(fast).size % 48 and train_step_for(fast).size >= 2 * 48
     X, y = _data(5, 3, 24, "cross_entropy", seed=14)
     losses = _train((fast, ref), X, y, steps=4, batch=8)
     _assert_same(fast, ref, "float64", losses)
+
+
+#: More clip cases for the blocked update: plain SGD runs in one piece (its deferred clip
+#: written out first), both clips together are applied before the update (the norm is the
+#: clipped gradient's).
+BLOCKED_OPTIMIZERS = {**{name: make for name, make in OPTIMIZERS.items() if "cosine" not in name},
+                      "sgd_clipnorm": lambda: SGD(0.1, clip_norm=0.5),
+                      "sgd_momentum_clipvalue": lambda: SGD(0.05, momentum=0.9, clip_value=0.3),
+                      "adam_clip_both": lambda: Adam(1e-2, clip_value=0.02, clip_norm=0.5)}
+
+
+def _flat_updates(optimizer, blocked, dtype, steps=3, size=1000):
+    """``steps`` NumPy flat updates of one flat buffer of ``size`` parameters (whole buffers: the
+    clip, then the rule; blocked: the clip by value or by norm deferred into the blocks, both
+    clips first); the parameters and the state buffers after them."""
+    from bpgpu import backend as backends
+    from bpgpu.kernels import numpy_fast
+
+    kernels, rng = numpy_fast.NumPyKernels, np.random.default_rng(21)
+    optimizer = BLOCKED_OPTIMIZERS[optimizer]().bind(backends.get_backend("numpy"))
+    params = kernels.zeros(size, dtype)
+    params[:] = rng.standard_normal(size)
+    optimizer.state = optimizer._init_state([params])
+    buffers = {}
+
+    def work(name, n=None):
+        n = size if n is None else n
+        if (name, n) not in buffers:
+            buffers[name, n] = kernels.zeros(n, dtype)
+        return buffers[name, n]
+    rule = numpy_fast._RULES[flat_rule_name(optimizer)]
+    for _ in range(steps):
+        grads = kernels.zeros(size, dtype)
+        grads[:] = rng.standard_normal(size)
+        optimizer.step_count += 1
+        state = {key: values[0] for key, values in optimizer.state.items()}
+        if blocked:  # a single clip is deferred into the blocks
+            clipped = kernels.clip(optimizer, grads, work)
+            one_clip = (optimizer.clip_value is None) != (optimizer.clip_norm is None)
+            assert isinstance(clipped, numpy_fast._DeferredClip) == one_clip
+            numpy_fast._in_blocks(rule, optimizer, optimizer.learning_rate(), params, clipped,
+                                  state, work)
+        else:
+            clipped = kernels.clip(optimizer, grads, work, defer=False)
+            assert isinstance(clipped, np.ndarray)
+            rule(optimizer, optimizer.learning_rate(), params, clipped, state, work)
+    return [params] + [values[0] for _, values in sorted(optimizer.state.items())]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("optimizer", list(BLOCKED_OPTIMIZERS))
+def test_blocked_update_is_bit_identical_to_whole_buffer(monkeypatch, optimizer, dtype):
+    """The block-by-block update (96-element blocks, a ragged last one of 40) computes exactly
+    what the rule computes over the whole buffers: parameters and every state buffer equal bit for
+    bit, with weight decay (L2 and decoupled), momentum, dampening, Nesterov, centering, clip by
+    value and clip by norm (block by block) and both clips."""
+    from bpgpu.kernels import numpy_fast
+
+    monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 96 * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)
+    whole = _flat_updates(optimizer, False, dtype)
+    blocked = _flat_updates(optimizer, True, dtype)
+    assert len(whole) == len(blocked) > 0
+    for a, b in zip(whole, blocked):
+        assert a.dtype == b.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_small_buffers_and_plain_sgd_update_in_one_piece(monkeypatch):
+    """Under MIN_BLOCKS blocks the rule runs once over the whole buffers, and so does plain SGD at
+    any size; SGD with momentum runs block by block from MIN_BLOCKS blocks, a ragged one last."""
+    from bpgpu.kernels import numpy_fast
+
+    calls = []
+
+    def run(optimizer, size):
+        calls.clear()
+        params = np.zeros(size, np.float32)
+        state = {"momentum_buffer": np.zeros(size, np.float32)} if optimizer.momentum else {}
+        numpy_fast._in_blocks(numpy_fast._sgd, optimizer, 0.1, params, params, state,
+                              lambda name, n=None, size=size: np.zeros(n or size, np.float32))
+        return calls
+    block, count = numpy_fast.BLOCK_BYTES // 4, numpy_fast.MIN_BLOCKS  # float32 elements
+    original = numpy_fast._sgd
+
+    def counting(optimizer, lr, params, grads, state, work):
+        calls.append(params.shape[0])
+        original(optimizer, lr, params, grads, state, work)
+    monkeypatch.setattr(numpy_fast, "_sgd", counting)  # _in_blocks knows plain SGD by its rule
+    momentum = SGD(0.1, momentum=0.9)
+    momentum.step_count = 2
+    assert run(momentum, count * block - 1) == [count * block - 1]
+    assert run(momentum, count * block + 5) == [block] * count + [5]
+    assert run(SGD(0.1), count * block + 5) == [count * block + 5]
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "cross_entropy_rows"])

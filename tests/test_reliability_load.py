@@ -434,3 +434,18 @@ def test_every_built_in_layer_round_trips(tmp_path):
     net.save(tmp_path / "all.npz")
     np.testing.assert_array_equal(bpgpu.load(tmp_path / "all.npz", backend="numpy").predict(x),
                                   net.predict(x))
+
+
+def test_a_huge_shape_in_a_layer_config_is_refused_before_building(tmp_path):
+    """LayerNorm([50000, 50000]) would build np.ones of 20 GB: each number is small, their
+    product is not."""
+    from bpgpu.layers import LayerNorm
+
+    bpgpu.Network([Dense(3, 4), LayerNorm(4)], backend="numpy", seed=0).save(tmp_path / "n.npz")
+    with np.load(tmp_path / "n.npz") as data:
+        contents = {key: data[key] for key in data.files}
+    contents["meta"] = json.loads(str(contents["meta"]))
+    contents["meta"]["layers"][1]["config"]["normalized_shape"] = [50_000, 50_000]
+    path = _write(tmp_path / "huge-shape.npz", contents)
+    peak = _peak_bytes(lambda: _refused(path, "declares the size [50000, 50000]"))
+    assert peak < 2 * 2**20
