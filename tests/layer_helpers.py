@@ -16,6 +16,23 @@ def rel_error(a, b):
     return float(np.max(np.abs(np.asarray(a) - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
+def forward_backward_with_torch(backend, torch, layer, module, x, seed):
+    """Run a built ``layer`` and the torch ``module`` forward on the float64 host array ``x`` and
+    backward from the same random ``dy`` (drawn with ``seed``). Returns ``(y, dx, yt, xt)``:
+    our output and input gradient as host arrays, torch's output and input tensor (its
+    ``.grad`` filled). Checks that both outputs, and ``layer.output_shape``, have one shape."""
+    f64 = backend.dtype("float64")
+    y = layer.forward(backend.asarray(x, f64), training=True)
+    dy = np.random.default_rng(seed).standard_normal(tuple(y.shape))
+    dx = layer.backward(backend.asarray(dy, f64))
+    xt = torch.tensor(x, requires_grad=True)
+    yt = module(xt)
+    yt.backward(torch.tensor(dy))
+    assert tuple(y.shape) == tuple(yt.shape)
+    assert layer.output_shape(x.shape[1:]) == tuple(yt.shape[1:])
+    return backend.to_numpy(y), backend.to_numpy(dx), yt, xt
+
+
 class CallCounter:
     """Wraps ``fn`` and counts its calls (``.calls``)."""
 

@@ -7,7 +7,7 @@ import pytest
 import bpgpu
 from bpgpu.layers import Conv2D, Dense, Flatten, ReLU
 from bpgpu.layers.im2col import Windows
-from layer_helpers import build_layer as _build, rel_error as _rel
+from layer_helpers import build_layer as _build, forward_backward_with_torch, rel_error as _rel
 
 # (in_channels, out_channels, kernel_size, stride, padding, input H x W)
 GEOMETRIES = [
@@ -181,17 +181,9 @@ def _conv_pair(backend, torch, geometry, seed=1):
 @pytest.mark.parametrize("geometry", GROUPED, ids=str)
 def test_dilation_and_groups_match_torch(backend, torch, geometry):
     layer, conv, x = _conv_pair(backend, torch, geometry)
-    f64 = backend.dtype("float64")
-    y = layer.forward(backend.asarray(x, f64), training=True)
-    dy = np.random.default_rng(2).standard_normal(tuple(y.shape))
-    dx = layer.backward(backend.asarray(dy, f64))
-    xt = torch.tensor(x, requires_grad=True)
-    yt = conv(xt)
-    yt.backward(torch.tensor(dy))
-    assert tuple(y.shape) == tuple(yt.shape)
-    assert layer.output_shape(x.shape[1:]) == tuple(yt.shape[1:])
-    assert _rel(backend.to_numpy(y), yt.detach().numpy()) < 1e-12
-    assert _rel(backend.to_numpy(dx), xt.grad.numpy()) < 1e-12
+    y, dx, yt, xt = forward_backward_with_torch(backend, torch, layer, conv, x, seed=2)
+    assert _rel(y, yt.detach().numpy()) < 1e-12
+    assert _rel(dx, xt.grad.numpy()) < 1e-12
     assert _rel(backend.to_numpy(layer.grads["W"]), conv.weight.grad.numpy()) < 1e-12
     assert _rel(backend.to_numpy(layer.grads["b"]), conv.bias.grad.numpy()) < 1e-12
 

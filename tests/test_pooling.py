@@ -6,7 +6,7 @@ import pytest
 
 import bpgpu
 from bpgpu.layers import AvgPool2D, MaxPool2D
-from layer_helpers import build_layer as _build
+from layer_helpers import build_layer as _build, forward_backward_with_torch
 
 # (kernel_size, stride, input H x W)
 GEOMETRIES = [
@@ -125,17 +125,10 @@ PADDED = [
 
 
 def _run_padded(backend, torch, layer, torch_pool, x):
-    layer = _build(layer, backend)
-    f64 = backend.dtype("float64")
-    y = layer.forward(backend.asarray(x, f64), training=True)
-    dy = np.random.default_rng(1).standard_normal(tuple(y.shape))
-    dx = layer.backward(backend.asarray(dy, f64))
-    xt = torch.tensor(x, requires_grad=True)
-    yt = torch_pool(xt)
-    yt.backward(torch.tensor(dy))
-    assert layer.output_shape(x.shape[1:]) == tuple(yt.shape[1:])
-    np.testing.assert_allclose(backend.to_numpy(y), yt.detach().numpy(), rtol=1e-12, atol=1e-15)
-    np.testing.assert_allclose(backend.to_numpy(dx), xt.grad.numpy(), rtol=1e-12, atol=1e-15)
+    y, dx, yt, xt = forward_backward_with_torch(backend, torch, _build(layer, backend), torch_pool,
+                                                x, seed=1)
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-12, atol=1e-15)
 
 
 @pytest.mark.parametrize("geometry", PADDED, ids=str)
