@@ -37,7 +37,6 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from array_api_compat import numpy as compat_numpy
 
 from .errors import ModelFileError
 from .layers import Layer, deserialize_layer, layer_class, serialize_layer
@@ -415,9 +414,13 @@ class _ProbeBackend:
     counts the bytes against the budget and returns a broadcast view (nothing allocated)."""
 
     name = "probe"
-    xp = compat_numpy
 
     def __init__(self, itemsize: int, budget: _Budget):
+        # imported here: array_api_compat.numpy pulls in numpy.f2py and numpy.testing (~100 ms),
+        # which `import bpgpu` should not pay for
+        from array_api_compat import numpy as compat_numpy
+
+        self.xp = compat_numpy
         self._itemsize = itemsize
         self._budget = budget
         self._total = 0
