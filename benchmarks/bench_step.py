@@ -544,6 +544,10 @@ def metadata(backend, torch):
         "torch_threads": torch.get_num_threads(),
         "env_threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                        "MKL_NUM_THREADS") if os.environ.get(k)},
+        # OPENBLAS_CORETYPE forces an older kernel (e.g. Haswell on an AVX-512 CPU): recorded,
+        # because it changes NumPy's matrix products, and so bpgpu's times, several-fold
+        "env_openblas": {k: v for k, v in os.environ.items()
+                         if k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
     }
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
@@ -554,7 +558,8 @@ def metadata(backend, torch):
         from threadpoolctl import threadpool_info
 
         info["threadpools"] = [{"api": p["internal_api"], "threads": p["num_threads"],
-                                "lib": os.path.basename(p["filepath"])} for p in threadpool_info()]
+                                "lib": os.path.basename(p["filepath"]),
+                                "kernel": p.get("architecture")} for p in threadpool_info()]
     except ImportError:
         pass
     try:
@@ -590,7 +595,10 @@ def render(result):
              f"usable CPUs; Python {meta['python']}, numpy {meta['numpy']} ({meta['numpy_blas']}), "
              f"torch {meta['torch']} ({meta['torch_threads']} threads); bpgpu {meta['bpgpu']} "
              f"(commit {meta.get('git_commit')})" + (f"; GPU {meta['gpu']}" if "gpu" in meta else "")
-             + (f"; jax {meta['jax']}" if "jax" in meta else ""),
+             + (f"; jax {meta['jax']}" if "jax" in meta else "")
+             + "".join(f"; {p['lib']} kernel {p['kernel']}" for p in meta.get("threadpools", [])
+                       if p.get("kernel"))
+             + (f" (forced by {meta['env_openblas']})" if meta.get("env_openblas") else ""),
              ""]
     has_ref = any("bpgpu_reference" in c["times"] for c in result["cases"].values())
     has_jax = any("jax" in c["times"] for c in result["cases"].values())
