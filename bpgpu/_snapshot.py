@@ -1,5 +1,5 @@
 """Copies of what a training step changes, to rewind a network (divergence recovery in
-:mod:`bpgpu.training`, ``EarlyStopping(restore_best_weights=True)``).
+:mod:`bpgpu._training`, ``EarlyStopping(restore_best_weights=True)``).
 
 Copies stay on the device: one copy of every parameter, buffer and optimizer state array.
 """

@@ -31,7 +31,7 @@ from typing import Any
 
 from .registry import get_registry
 from .schedules import Schedule
-from .validation import check_bool, check_number, check_whole, is_real_number
+from ._validation import check_bool, check_number, check_whole, is_real_number
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
            "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"]

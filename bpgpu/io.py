@@ -17,7 +17,7 @@ A mixed-precision network also records its policy (``meta["precision"]``; absent
 none) and its loss scaler's state (scale, growth count, skipped steps) under
 ``meta["training"]["precision"]``.
 
-Loading treats the file as hostile (see :mod:`bpgpu.safe_npz`): the layer list is first built as
+Loading treats the file as hostile (see :mod:`bpgpu._safe_npz`): the layer list is first built as
 a shape-only probe that allocates nothing, every member's declared shape is compared with it and
 the total with ``max_bytes`` before any array is read, members the format does not name are
 refused unread, and everything restored is checked (finite, variances and second moments >= 0,
@@ -44,7 +44,7 @@ from .losses import deserialize_loss, serialize_loss
 from .optimizers import deserialize_optimizer, serialize_optimizer
 from .precision import deserialize_precision, serialize_precision
 from .registry import get_registry
-from .safe_npz import NpzError, SafeNpz
+from ._safe_npz import NpzError, SafeNpz
 
 if TYPE_CHECKING:  # only for the annotations: network.py imports this module
     from .backend import Backend

@@ -19,7 +19,7 @@ from array_api_compat import array_namespace, device
 from .layers.activations import stable_sigmoid
 from .registry import get_registry
 from .typing import Array, ArrayLike, Namespace
-from .validation import as_numeric, cast_finite, check_finite
+from ._validation import as_numeric, cast_finite, check_finite
 
 __all__ = ["Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "get_loss", "LOSSES",
            "serialize_loss", "deserialize_loss"]

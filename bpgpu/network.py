@@ -19,7 +19,7 @@ import numpy as np
 
 from ._engine import reference_forced, run_backward, run_forward, select_engine
 from ._structure import NetworkStructure
-from .architecture import check_input_shape, summary_table
+from ._architecture import check_input_shape, summary_table
 from .backend import get_backend
 from .history import History
 from .layers import Dense, Layer, Sigmoid, Softmax, get_activation
@@ -27,7 +27,7 @@ from .losses import BinaryCrossEntropy, CrossEntropy, get_loss
 from .optimizers import get_optimizer
 from .precision import get_precision
 from .typing import Array, ArrayLike
-from .validation import as_numeric, cast_finite, check_batch_size, check_positive_int
+from ._validation import as_numeric, cast_finite, check_batch_size, check_positive_int
 
 __all__ = ["Network", "dtype_name"]
 
@@ -65,7 +65,7 @@ def _on_device(method: Callable[Concatenate[Network, _P], _R]) -> Callable[Conca
 def _locked(method: Callable[Concatenate[Network, _P], _R]) -> Callable[Concatenate[Network, _P], _R]:
     """Run a Network method holding the network's lock: layers and the engine keep per-call
     state (activations, reused buffers), so a predict from another thread must wait for a
-    training step to finish (fit takes the lock once per step, see bpgpu.training)."""
+    training step to finish (fit takes the lock once per step, see bpgpu._training)."""
     @functools.wraps(method)
     def run(self: Network, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         with self._lock:
@@ -496,9 +496,9 @@ class Network:
         and ``lr`` when the learning rate is a schedule or set by a callback. The loss and
         metrics are read from the device once per epoch. A NaN or infinite loss raises
         :class:`~bpgpu.TrainingDivergedError` naming the epoch and step, with the network rewound
-        to the weights of the last finite step (see :mod:`bpgpu.training`).
+        to the weights of the last finite step (see :mod:`bpgpu._training`).
         """
-        from .training import fit
+        from ._training import fit
 
         return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                    validation_data=validation_data, verbose=verbose,
@@ -572,7 +572,7 @@ class Network:
             sample_weight: per-sample weights (n_samples,), >= 0: the loss and the built-in
                 metrics become weighted means, as scikit-learn's metrics with ``sample_weight``.
         """
-        from .training import evaluate_arrays, metric_list, sample_weights
+        from ._training import evaluate_arrays, metric_list, sample_weights
 
         batch_size = check_batch_size(batch_size)
         bound = metric_list(metrics, self) if metrics is not None else \

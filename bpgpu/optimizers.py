@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from .registry import get_registry
 from .schedules import Schedule, deserialize_schedule, serialize_schedule
 from .typing import Array, Namespace
-from .validation import check_bool, check_number
+from ._validation import check_bool, check_number
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "get_optimizer", "OPTIMIZERS",
            "serialize_optimizer", "deserialize_optimizer"]

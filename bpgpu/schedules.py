@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from .registry import get_registry
-from .validation import check_number, check_positive_int, is_real_number
+from ._validation import check_number, check_positive_int, is_real_number
 
 __all__ = ["Schedule", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
            "ReduceLROnPlateau", "serialize_schedule", "deserialize_schedule"]  # noqa: F822 (module __getattr__)

@@ -73,7 +73,7 @@ from .metrics import R2, Accuracy
 from .network import Network, dtype_name
 from .optimizers import SGD, Adam
 from ._snapshot import copy_weights, restore_weights
-from .training import evaluate_arrays
+from ._training import evaluate_arrays
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 

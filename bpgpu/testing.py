@@ -23,7 +23,7 @@ from .backend import available_backends as _usable_backends
 from .backend import get_backend
 from .gradcheck import gradient_errors
 from .layers.base import Layer
-from .validation import is_real_number
+from ._validation import is_real_number
 
 __all__ = ["available_backends", "check_layer"]
 

@@ -188,7 +188,7 @@ def test_tail_split_of_sorted_classes_warns(backend):
 
 
 def test_stratified_split_keeps_class_shares(backend):
-    from bpgpu.training import validation_rows
+    from bpgpu._training import validation_rows
 
     net = _net(backend)
     yd = net._target(SORTED_Y, 60)

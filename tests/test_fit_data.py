@@ -78,7 +78,7 @@ def test_fit_peak_memory_stays_below_the_data_size():
 def test_finite_check_in_blocks_finds_every_bad_value(monkeypatch, where):
     """The finite check reads a large array block of rows by block of rows (bounded scratch
     memory) and still finds a NaN wherever it is, counting every bad value in the message."""
-    from bpgpu import validation
+    from bpgpu import _validation as validation
 
     monkeypatch.setattr(validation, "FINITE_BLOCK", 40)  # blocks of 2 rows of 20
     X, y = _data(15)

@@ -131,7 +131,7 @@ def test_class_weight_equals_duplicating_a_class(backend):
 def test_balanced_class_weight_is_sklearns(backend):
     from sklearn.utils.class_weight import compute_class_weight
 
-    from bpgpu.training import sample_weights
+    from bpgpu._training import sample_weights
 
     net = _net(backend)
     yd = net._target(Y_CLS, len(Y_CLS))

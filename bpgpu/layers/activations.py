@@ -8,7 +8,7 @@ import math
 
 from ..registry import get_registry
 from ..special import erf_for, normal_cdf
-from ..validation import is_real_number
+from .._validation import is_real_number
 from .base import Layer
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Swish", "GELU", "Softmax", "Identity",

@@ -4,9 +4,9 @@ import numpy as np
 
 from ..initializers import get_initializer
 from ..precision import wide_dtype
-from ..validation import check_bool, check_positive_int
+from .._validation import check_bool, check_positive_int
 from .base import Layer
-from .im2col import Windows, output_size, pair
+from ._im2col import Windows, output_size, pair
 
 __all__ = ["Conv2D"]
 
@@ -25,7 +25,7 @@ class Conv2D(Layer):
     after group) split into the groups' blocks cols_k (n windows, C/g*kh*kw) and W_k the
     group's weights as (O/g, C/g*kh*kw): y_k = cols_k @ W_k^T + b_k, one batched matrix product.
     Backward: dW_k = dy_k^T cols_k, db = sum of dy over n, r, s, dx = col2im(dy_k @ W_k)
-    (see :mod:`bpgpu.layers.im2col`). ``groups=in_channels`` is a depthwise convolution.
+    (see :mod:`bpgpu.layers._im2col`). ``groups=in_channels`` is a depthwise convolution.
 
     Args:
         kernel_size, stride, padding, dilation: an int or an (h, w) pair; padding adds zeros on

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..initializers import get_initializer
 from ..precision import wide_dtype
-from ..validation import check_bool, check_positive_int, is_real_number
+from .._validation import check_bool, check_positive_int, is_real_number
 from .base import Layer
 
 __all__ = ["Dense"]

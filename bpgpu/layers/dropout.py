@@ -3,7 +3,7 @@
 import math
 
 from ..precision import wide_dtype
-from ..validation import is_real_number
+from .._validation import is_real_number
 from .base import Layer
 
 __all__ = ["Dropout"]

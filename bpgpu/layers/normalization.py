@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..validation import check_number, check_positive_int
+from .._validation import check_number, check_positive_int
 from .base import Layer
 
 __all__ = ["BatchNorm", "LayerNorm"]

@@ -3,7 +3,7 @@
 import math
 
 from .base import Layer
-from .im2col import Windows, output_size, pair
+from ._im2col import Windows, output_size, pair
 
 __all__ = ["MaxPool2D", "AvgPool2D"]
 

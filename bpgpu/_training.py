@@ -35,7 +35,7 @@ from .errors import TrainingDivergedError
 from .history import History
 from .metrics import Accuracy, get_metric, metric_logs
 from .schedules import Schedule
-from .validation import (as_numeric, check_batch_size, check_bool, check_finite, check_positive_int,
+from ._validation import (as_numeric, check_batch_size, check_bool, check_finite, check_positive_int,
                          is_real_number)
 
 __all__ = ["fit", "evaluate_arrays", "metric_list", "sample_weights", "validation_rows"]
