@@ -12,8 +12,8 @@ import os
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
-from typing import Concatenate, ParamSpec, TypeVar
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from .losses import BinaryCrossEntropy, CrossEntropy, get_loss
 from .optimizers import get_optimizer
 from .precision import get_precision
 from .typing import Array, ArrayLike
+
+if TYPE_CHECKING:
+    from ._engine import Engine
 from ._validation import as_numeric, cast_finite, check_batch_size, check_positive_int
 
 __all__ = ["Network", "dtype_name"]
@@ -150,8 +153,10 @@ class Network:
     chosen engine must serve.
     """
 
-    def __init__(self, layers, loss="mse", optimizer="adam", backend=None, dtype="float32",
-                 seed=None, fast=None, input_shape=None, cuda_graphs=False, precision=None):
+    def __init__(self, layers: Sequence[Layer], loss: Any = "mse", optimizer: Any = "adam",
+                 backend: Any = None, dtype: Any = "float32", seed: int | None = None,
+                 fast: bool | None = None, input_shape: Sequence[int] | None = None,
+                 cuda_graphs: bool = False, precision: Any = None) -> None:
         if not isinstance(layers, (list, tuple)):
             raise TypeError(f"layers must be a list of bpgpu Layer objects, got "
                             f"{type(layers).__name__}")
@@ -213,13 +218,14 @@ class Network:
         self.stop_training = False
         self._lock = threading.RLock()  # see _locked
         self._fit_callbacks = None  # the callbacks of the last fit (their state is saved)
-        self._restored_callbacks = None  # callback states from a checkpoint, for the next fit
+        self._restored_callbacks: list[dict] | None = None  # a checkpoint's callback states
         for layer in self.structure.all_layers:
             _OWNERS[layer] = weakref.ref(self)
 
     @classmethod
-    def from_sizes(cls, layer_sizes, activation="relu", output_activation=None, init="he_normal",
-                   **kwargs):
+    def from_sizes(cls, layer_sizes: Sequence[int], activation: str | None = "relu",
+                   output_activation: str | None = None, init: str = "he_normal",
+                   **kwargs: Any) -> Network:
         """Dense layers of ``layer_sizes`` (e.g. ``[1, 64, 32, 1]``) with ``activation`` between
         them and ``output_activation`` (None: linear) after the last. Other keyword arguments go to
         :class:`Network` (``loss``, ``optimizer``, ``backend``, ``dtype``, ``seed``)."""
@@ -245,7 +251,7 @@ class Network:
         self.structure = NetworkStructure(self.layers, self.loss, self.precision)
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         """The engine running this network's steps (:mod:`bpgpu._engine`): ``engine.fast`` and
         ``engine.reason`` say which one and why."""
         return select_engine(self)
@@ -422,7 +428,7 @@ class Network:
         for (layer, key), w in zip(self.structure.slots, checked):
             layer.params[key] = w
 
-    def state_dict(self, format="torch"):
+    def state_dict(self, format: str = "torch") -> dict[str, np.ndarray]:
         """``{name: host NumPy array}`` of every parameter and buffer, named and laid out as the
         equivalent ``torch.nn`` modules expect (``Dense`` -> ``nn.Linear`` weight (out, in), ...);
         see :mod:`bpgpu.export` for the names of nested layers."""
@@ -430,7 +436,7 @@ class Network:
 
         return state_dict(self, format=format)
 
-    def load_state_dict(self, state, format="torch"):
+    def load_state_dict(self, state: dict[str, Any], format: str = "torch") -> None:
         """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
         (e.g. ``torch_model.state_dict()`` of the equivalent torch model, on the CPU); everything
         is checked first, so a refused state changes nothing."""
@@ -438,7 +444,8 @@ class Network:
 
         load_state_dict(self, state, format=format)
 
-    def save_safetensors(self, path, metadata=None):
+    def save_safetensors(self, path: str | os.PathLike[str],
+                         metadata: dict[str, str] | None = None) -> None:
         """Write :meth:`state_dict` to a safetensors file (see :mod:`bpgpu.export`); read it back
         with :func:`bpgpu.export.load_safetensors` or ``safetensors.torch.load_file``."""
         from .export import save_safetensors
@@ -447,10 +454,14 @@ class Network:
 
     # -- training loop -----------------------------------------------------------------------------------
     @_on_device
-    def fit(self, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, verbose=1,
-            validation_split=None, metrics=None, callbacks=None, initial_epoch=None,
-            distributed=None, sample_weight=None, class_weight=None,
-            validation_strategy="tail"):
+    def fit(self, X: ArrayLike, y: ArrayLike, epochs: int = 1, batch_size: int | None = 32,
+            shuffle: bool = True, validation_data: tuple[ArrayLike, ...] | None = None,
+            verbose: int = 1, validation_split: float | None = None,
+            metrics: Sequence[Any] | None = None, callbacks: Iterable[Any] | None = None,
+            initial_epoch: int | None = None, distributed: Any = None,
+            sample_weight: ArrayLike | None = None,
+            class_weight: Mapping[Any, float] | str | None = None,
+            validation_strategy: str = "tail") -> History:
         """Train on ``(X, y)`` in mini-batches; returns a :class:`~bpgpu.History` of this call's
         epochs (``net.history`` keeps every epoch, across calls and checkpoints).
 
@@ -510,7 +521,7 @@ class Network:
     # -- inference ---------------------------------------------------------------------------------------
     @_on_device
     @_locked
-    def predict(self, X, batch_size=None):
+    def predict(self, X: ArrayLike, batch_size: int | None = None) -> np.ndarray:
         """Outputs for ``X`` as a host NumPy array (inference mode), computed ``batch_size`` rows
         at a time (None: all at once, in blocks of at most ``INFERENCE_CHUNK`` rows) by the
         engine's forward pass (the fast one reuses its buffers from call to call)."""
@@ -527,9 +538,10 @@ class Network:
             if result is None:
                 result = np.empty((n,) + out.shape[1:], out.dtype)
             result[s:s + out.shape[0], ...] = out
+        assert result is not None  # n > bs >= 1: the loop filled it
         return result
 
-    def predict_proba(self, X, batch_size=None):
+    def predict_proba(self, X: ArrayLike, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities for ``X`` as a host NumPy array: the loss's link applied to
         :meth:`predict`'s raw output. Cross-entropy: softmax of the logits, (N, C); BCE from
         logits: sigmoid; BCE on probabilities (a final Sigmoid): the output itself, (N, k).
@@ -546,7 +558,7 @@ class Network:
             return np.exp(-np.logaddexp(0.0, -out))  # sigmoid without overflow
         return out
 
-    def predict_classes(self, X, batch_size=None):
+    def predict_classes(self, X: ArrayLike, batch_size: int | None = None) -> np.ndarray:
         """Predicted classes for ``X``: cross-entropy, the argmax class ids (N,); BCE, 0/1 per
         output (threshold at probability 0.5), shape (N,) for one output, else (N, k)."""
         if not self.loss.is_classification:
@@ -561,7 +573,9 @@ class Network:
 
     @_on_device
     @_locked
-    def evaluate(self, X, y, metrics=None, batch_size=None, sample_weight=None):
+    def evaluate(self, X: ArrayLike, y: ArrayLike, metrics: Sequence[Any] | None = None,
+                 batch_size: int | None = None,
+                 sample_weight: ArrayLike | None = None) -> dict[str, float]:
         """``{"loss": float, metric: float, ...}`` on ``(X, y)`` in inference mode.
 
         Args:
