@@ -25,6 +25,7 @@ found may differ.
 import copy
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -122,7 +123,7 @@ def _prepare(net, X, y, epochs, batch_size, shuffle, validation_data, verbose, v
     callback_list = CallbackList(callbacks, net)
     Xd, yd = net._data(X, y, borrow=True, needs="fit")  # read in place (never written)
     weights = sample_weights(net, sample_weight, class_weight, yd)
-    validation = None
+    validation: tuple[Any, ...] | None = None
     if validation_split is not None:
         train_rows, val_rows = validation_rows(net, yd, validation_split, validation_strategy)
         validation = (_rows(net, Xd, val_rows), _rows(net, yd, val_rows))
@@ -493,7 +494,7 @@ class _Loop:
             losses.append(loss)
         if not all(bool(net.backend.xp.all(net.backend.xp.isfinite(layer.params[key])))
                    for layer, key in net.structure.slots):
-            before_previous.restore(net)
+            (snap if before_previous is None else before_previous).restore(net)
             return TrainingDivergedError(epoch, steps_run - 1, float("nan"), weights=True)
         return losses
 
@@ -554,7 +555,7 @@ class _Loop:
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 if self.log_lr:
                     logs["lr"] = lr
-                if net.precision is not None:
+                if net.precision is not None and snap.precision is not None:
                     logs.update(net.precision.epoch_logs(snap.precision.get("skipped_steps", 0)))
                 history.append(epoch, logs)
                 net.history.append(epoch, logs)
@@ -589,7 +590,8 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None, parallel=None, weights=Non
     chunk = n if chunk is None else chunk
     for metric in metrics:
         metric.begin()
-    total, sums = None, [None] * len(metrics)
+    total: Any = None
+    sums: list[Any] = [None] * len(metrics)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         xb, yb = Xd[start:stop, ...], yd[start:stop, ...]
