@@ -33,6 +33,11 @@ global batch holds G = N * batch_size rows. What ``fit(distributed=comm)`` adds:
    job (``MPI_Abort``) with its message: the other ranks already wait in a collective, so
    raising it on that rank alone would leave them waiting forever.
 
+Mixed precision: each rank scales dL/dout by S n_r / g rather than S
+(``MixedPrecision.batch_fraction``), so its 16-bit gradient rows are those of one process with the
+global batch and the loss scaler, which sees the summed gradient, skips the same steps on every rank
+and, apart from 16-bit partial sums near float16's limit, the steps one process skips.
+
 BatchNorm normalises with statistics over the global batch (:class:`SyncedStatistics`: 3 small
 all-reduces per BatchNorm layer and step), so it too trains as in one process. Refused with a
 clear error: metrics that keep host state between batches (``r2``'s shift) and fewer samples
@@ -548,6 +553,8 @@ class DataParallel:
             yield self
         finally:
             self.net.gradient_hooks.remove(self.sync)
+            if self.net.precision is not None:
+                self.net.precision.batch_fraction = 1.0
             self.window.remove()
             for layer in norms:
                 del layer.statistics  # back to the class's None
@@ -560,6 +567,8 @@ class DataParallel:
         a, b = self.share(start, stop)
         rows = b - a
         self.sync.weight = rows / (stop - start)
+        if self.net.precision is not None:  # 16-bit gradients in the global batch's units
+            self.net.precision.batch_fraction = max(rows, 1) / (stop - start)
         b = max(b, a + 1)
         self.window.select(a - start, b - a, stop - start)
         return a, b, rows

@@ -166,6 +166,9 @@ class MixedPrecision:
         self.xp: Any = None
         self.compute: Any = None  # the backend's 16-bit dtype, once bound
         self.master: Any = None   # its float32
+        #: n_r / G while a data-parallel fit steps on n_r of a global batch's G rows, else 1.0
+        #: (see :meth:`backward_scale`); set by :mod:`bpgpu.distributed`.
+        self.batch_fraction = 1.0
         self._copies: dict[tuple[int, str], tuple[Any, Any]] = {}  # (id(layer), key) -> (master array, its 16-bit copy)
 
     @property
@@ -225,11 +228,22 @@ class MixedPrecision:
                 x = layer.forward(x, training=training)
         return self._cast(x, self.master)
 
+    def backward_scale(self) -> float:
+        """The factor dL/dout is multiplied by before the 16-bit backward pass (and the gradients
+        divided by after it): the loss scale S times :attr:`batch_fraction`, 1.0 without a scaler.
+
+        A process of a data-parallel fit averages its loss over its n_r rows, where one process
+        with the whole global batch averages over G: its dL/dout rows are G / n_r times larger.
+        Scaling them by S n_r / G makes every row's 16-bit gradient the one the single process
+        computes, so overflow, and with it the skipped steps and the scale sequence, come out
+        the same."""
+        return 1.0 if self.scaler is None else self.scaler.scale * self.batch_fraction
+
     def backward(self, structure: Any, dy: Any, layers: Sequence[Any]) -> Any:
         """Backpropagate dL/dout ``dy`` (float32) through ``layers`` in the compute dtype, scaled
-        by the loss scale; leaves unscaled float32 gradients in the layers. Returns the unscaled
-        float32 dL/dX, or None."""
-        scale = 1.0 if self.scaler is None else self.scaler.scale
+        by :meth:`backward_scale`; leaves unscaled float32 gradients in the layers. Returns the
+        unscaled float32 dL/dX, or None."""
+        scale = self.backward_scale()
         for layer in structure.penalized:
             layer.loss_scale = scale
         try:  # overflow is expected here (the scaler handles it): no NumPy warnings for it

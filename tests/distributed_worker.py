@@ -8,6 +8,7 @@ rows than ranks, a divergence, early stopping, a stop from one rank and Dropout;
 its weights, histories and per-step all-reduce counts to OUT_DIR/train-rank{r}.json.
 ``errors``: bad calls that every rank must reject before the first step; each rank records what
 it raised, then trains one good call to show the job is still usable.
+``mixed``: :data:`MIXED`, float16 compute with a forced-overflow loss scale.
 ``three`` (on 3 ranks): an empty share in the last batch, with BatchNorm and Dropout.
 ``crash``: a callback raises on rank 1 alone mid-training; the whole job must end.
 ``single`` (run WITHOUT mpiexec): the cases on one rank, for comparison with a plain ``fit``.
@@ -29,6 +30,7 @@ import bpgpu
 from bpgpu.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from bpgpu.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, ReLU, Tanh
 from bpgpu.optimizers import SGD, Adam
+from bpgpu.precision import LossScaler, MixedPrecision
 
 RANKS = 2
 
@@ -100,7 +102,10 @@ def build(case, seed=3, dropout=None, batchnorm=False):
         layers.append(Dense(8, out, l2=case["l2"]))
     opt = Adam(lr=case.get("lr", 0.01)) if case["opt"] == "adam" \
         else SGD(lr=case.get("lr", 0.05), momentum=0.9, clip_norm=case.get("clip_norm", 0.5))
-    return bpgpu.Network(layers, loss=case["loss"], optimizer=opt, dtype="float64", seed=seed,
+    precision = None if "scaler" not in case else \
+        MixedPrecision("float16", LossScaler(**case["scaler"]))
+    return bpgpu.Network(layers, loss=case["loss"], optimizer=opt, seed=seed,
+                         dtype="float32" if precision else "float64", precision=precision,
                          backend=case.get("backend", "numpy"), fast=case["fast"])
 
 
@@ -291,6 +296,22 @@ def crash(comm, out):
     _write(out, "crash", comm.rank, {"finished": True})  # never reached
 
 
+#: Mixed float16 precision (float32 masters) with a loss scale far too large at first: the first
+#: steps overflow float16 and are skipped while the scale backs off; it then grows every 3 steps,
+#: so it keeps meeting overflow. Both ranks and one process must skip exactly the same steps.
+MIXED = {"n": 53, "batch": 5, "shuffle": True, "fast": None, "loss": "cross_entropy",
+         "opt": "adam", "l2": 1e-3, "metrics": ["accuracy"], "n_val": 7, "epochs": 4,
+         "scaler": {"init_scale": 2.0 ** 28, "growth_interval": 2000}}
+
+
+def mixed(comm, out):
+    net = build(MIXED, seed=3 + comm.rank)
+    kwargs = fit_kwargs(MIXED, 1)
+    history = net.fit(kwargs.pop("x"), kwargs.pop("y"), distributed=comm, **kwargs)
+    _write(out, "mixed", comm.rank, {**_result(net, history),
+                                     "scaler": net.precision.scaler.state_dict()})
+
+
 #: Run on 3 ranks: global batches of 12 rows, the last of 2 rows, so rank 0's share of it is
 #: empty (it steps on one row weighted zero) while the others' BatchNorm statistics and Dropout
 #: masks still come out as one process's.
@@ -333,7 +354,7 @@ def main(scenario, out, *rest):
     if comm.size != expected:
         raise SystemExit(f"run under mpiexec -n {expected}; this job has {comm.size} ranks")
     {"train": train, "errors": errors, "resume": resume, "crash": crash,
-     "three": three}[scenario](comm, out, *rest)
+     "three": three, "mixed": mixed}[scenario](comm, out, *rest)
 
 
 if __name__ == "__main__":

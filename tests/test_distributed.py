@@ -170,6 +170,24 @@ def test_three_ranks_with_an_empty_share_batchnorm_and_dropout(tmp_path):
 
 
 @needs_mpi
+def test_mixed_precision_skips_the_steps_one_process_skips(tmp_path):
+    """float16 compute, float32 masters, a loss scale that overflows at first and keeps growing
+    into overflow: every rank skips exactly the steps one process with the global batch skips
+    (the scale sequence is the same), and the weights agree to float16's rounding."""
+    ranks = _launch("mixed", tmp_path)
+    net, history = _one_process(worker.MIXED)
+    oracle = net.precision.scaler.state_dict()
+    assert oracle["skipped_steps"] >= 5  # the forced overflow did happen, and more than once
+    assert ranks[0]["scaler"] == oracle
+    assert ranks[0]["history"]["loss_scale"] == history.history["loss_scale"]
+    assert ranks[0]["history"]["skipped_steps"] == history.history["skipped_steps"]
+    for got, want in zip(ranks[0]["weights"], net.get_weights()):
+        np.testing.assert_allclose(np.array(got), want, rtol=0, atol=5e-4)
+    np.testing.assert_allclose(ranks[0]["history"]["loss"], history.history["loss"], rtol=1e-5)
+    assert ranks[1] == ranks[0]
+
+
+@needs_mpi
 def test_memory_mapped_training_data(trained):
     for rank in trained:
         assert rank["memmap"]["weights"] == rank["fast_ce"]["weights"]
