@@ -384,3 +384,34 @@ def test_mixed_fit_with_metrics_matches_reference(backend):
     assert histories[0]["loss_scale"] == histories[1]["loss_scale"]
     np.testing.assert_allclose(histories[0]["loss"], histories[1]["loss"], rtol=MIXED_LOSS_RTOL)
     np.testing.assert_allclose(histories[0]["accuracy"], histories[1]["accuracy"], atol=1 / 24)
+
+
+# -- the emulated float16 ---------------------------------------------------------------------------
+def test_emulated_half_conversions_match_numpy_float16(emulated):
+    """__float2half rounds to nearest even (ties, subnormals, overflow to inf at 65520, NaN)
+    exactly as NumPy's astype(float16); __half2float is exact. The cast kernels use them."""
+    rng = np.random.default_rng(7)
+    ties = (np.arange(1, 200, dtype=np.float32) + 0.5) * np.float32(2.0 ** -10)  # halfway cases
+    x = np.concatenate([rng.standard_normal(2000).astype(np.float32) * 10.0 ** rng.integers(
+        -9, 6, 2000), ties, np.array([65504, 65519.99, 65520, -70000, 6e-8, 3e-8, 2.98e-8,
+                                      np.inf, -np.inf, np.nan], np.float32)]).astype(np.float32)
+    to_half, to_float = (emulated.fused._cast_kernel(*pair) for pair in
+                         (("float32", "float16"), ("float16", "float32")))
+    h = np.empty(x.shape, np.float16)
+    to_half(x, h)
+    with np.errstate(over="ignore"):  # NumPy warns where it rounds to inf
+        expected = x.astype(np.float16)
+    np.testing.assert_array_equal(h.view(np.uint16), expected.view(np.uint16))
+    back = np.empty(x.shape, np.float32)
+    to_float(h, back)
+    np.testing.assert_array_equal(back, h.astype(np.float32))
+
+
+def test_emulated_float16_refuses_what_it_does_not_model(emulated):
+    """CuPy's float16 converts other types (double, int) through paths the emulation does not
+    model: such kernels fail to compile here instead of running with a guess."""
+    from cuda_emu.kernels import ElementwiseKernel
+
+    kernel = ElementwiseKernel("float16 x", "float16 y", "y = x * 2.0", "emu_test_half_double")
+    with pytest.raises(EmulationError, match="could not compile"):
+        kernel(np.ones(3, np.float16), np.empty(3, np.float16))
