@@ -1,6 +1,9 @@
 """CuPy fast path: one fused CUDA kernel per element-wise chain of the training step.
 
-Kernels, generated per dtype (float32/float64) and per variant, compiled on first use:
+Kernels, generated per dtype (float32/float64) and per variant, compiled on first use (the
+Dense element-wise kernels also for float16 storage with float32 arithmetic, and a few float16
+kernels of the mixed-precision step, :mod:`bpgpu.kernels.mixed_step`: casts, softmax
+cross-entropy and MSE on float16 output, the unscale-and-check kernel):
 
 * Dense forward: cuBLAS writes z = x @ W into a reused buffer, then ONE kernel adds the bias and
   applies the activation in place: y = act(z + b)  (ReLU, LeakyReLU, Tanh, Sigmoid);
