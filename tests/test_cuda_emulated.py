@@ -210,14 +210,16 @@ _MIXED_X = np.random.default_rng(5).standard_normal((24, 8)).astype(np.float32)
 _MIXED_IDS = np.arange(24) % 3
 
 
-def _mixed_pair(backend, act, loss="cross_entropy", scaler=None, l2=0.0, out=3, opt=None):
+def _mixed_pair(backend, act, loss="cross_entropy", scaler=None, l2=0.0, out=3, opt=None,
+                bias=True):
     """A fast and a reference mixed-precision network with the same seed."""
     from bpgpu.precision import LossScaler, MixedPrecision
 
     def layers():
         a = [act()] if act else []
         b = [act()] if act else []
-        return [Dense(8, 16, l2=l2), *a, Dense(16, 16), *b, Dense(16, out)]
+        return [Dense(8, 16, l2=l2, bias=bias), *a, Dense(16, 16, bias=bias), *b,
+                Dense(16, out)]
 
     nets = []
     for fast in (True, False):
@@ -255,6 +257,12 @@ def test_mixed_step_matches_reference_mixed_step(backend, act):
     """float16 Dense kernels (bias + activation, activation gradient), float16 softmax
     cross-entropy, float32 bias sums, the unscale-and-check kernel, the float32 update."""
     _assert_mixed_steps_agree(_mixed_pair(backend, act), _MIXED_X, _MIXED_IDS)
+
+
+@pytest.mark.parametrize("act", [None, Tanh, Sigmoid], ids=["linear", "tanh", "sigmoid"])
+def test_mixed_step_without_bias_matches_reference(backend, act):
+    """The activation kernels without a bias operand (and a plain GEMM for the linear case)."""
+    _assert_mixed_steps_agree(_mixed_pair(backend, act, bias=False), _MIXED_X, _MIXED_IDS)
 
 
 @pytest.mark.parametrize("target", ["probability_rows", "mse"])
@@ -415,3 +423,24 @@ def test_emulated_float16_refuses_what_it_does_not_model(emulated):
     kernel = ElementwiseKernel("float16 x", "float16 y", "y = x * 2.0", "emu_test_half_double")
     with pytest.raises(EmulationError, match="could not compile"):
         kernel(np.ones(3, np.float16), np.empty(3, np.float16))
+
+
+@pytest.mark.parametrize("rows", [False, True], ids=["class_ids", "probability_rows"])
+def test_half_cross_entropy_warp_kernel_on_wide_rows(emulated, rows):
+    """The float16 softmax cross-entropy with more classes than a warp has lanes and an idle
+    last warp: the loss is the float32 reference loss of the float16 logits read as float32;
+    the gradient is the reference gradient times S, rounded to float16 (at most one float16
+    unit in the last place apart: exp and log are the host's here, the GPU's on a GPU)."""
+    rng = np.random.default_rng(8)
+    n, c, scale = 7, 77, 2.0 ** 12
+    z = (rng.standard_normal((n, c)) * 8).astype(np.float16)
+    t = rng.dirichlet(np.ones(c), n).astype(np.float32) if rows else rng.integers(0, c, n)
+    op = emulated.fused._HalfSoftmaxCrossEntropy()
+    op.scale = scale
+    value = op.forward(z, t)
+    ref = CrossEntropy().bind(bpgpu.get_backend("numpy"))
+    expected = ref.forward(z.astype(np.float32), t)
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    assert op.grad.dtype == np.float16
+    want = (ref.backward() * np.float32(scale)).astype(np.float16).astype(np.float32)
+    np.testing.assert_allclose(op.grad.astype(np.float32), want, rtol=2.0 ** -10, atol=2.0 ** -24)
