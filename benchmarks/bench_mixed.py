@@ -10,8 +10,14 @@ the device (``Network._train_batch``, what ``fit`` runs per batch). Contenders, 
 process in alternating rounds whose order flips every round:
 
 * ``float32``: the default step (the backend's fast path where it has one);
-* ``float32 ref``: the float32 reference path (``fast=False``), what mixed precision runs on;
-* ``mixed_float16``: ``precision="mixed_float16"`` (reference path, loss scaling included).
+* ``float32 ref``: the float32 reference path (``fast=False``);
+* ``mixed_float16``: ``precision="mixed_float16"``, loss scaling included: on CuPy the fast
+  mixed step (float16 fused kernels and cuBLAS float16 GEMMs, bpgpu/kernels/mixed_step.py),
+  elsewhere the reference path;
+* ``mixed ref``: ``precision="mixed_float16", fast=False``, the reference mixed step.
+
+After the table, each contender's engine reason (``net.engine.reason``) is printed, so a run
+shows which path was timed (``ci/gpu_check.py`` checks that the mixed one was the fast step).
 
 Each round times a block of steps after a warm-up and waits for the device; a contender's time
 is the median over rounds, and the ratios are medians over rounds of the per-round ratio.
@@ -43,7 +49,8 @@ CPU_CASES = ["784-256-256-10", "784-1024-1024-10", "mlp-10x512"]
 GPU_TARGET = 0.5
 
 CONTENDERS = {"float32": dict(), "float32 ref": dict(fast=False),
-              "mixed_float16": dict(precision="mixed_float16")}
+              "mixed_float16": dict(precision="mixed_float16"),
+              "mixed ref": dict(precision="mixed_float16", fast=False)}
 
 
 def _network(sizes, backend, options):
@@ -79,7 +86,9 @@ def run_case(name, backend, rounds, steps):
     return {"case": name, "batch": batch, **{f"{k} ms": 1e3 * v for k, v in medians.items()},
             "mixed / float32": ratio("mixed_float16", "float32"),
             "mixed / float32 ref": ratio("mixed_float16", "float32 ref"),
-            "skipped steps": skipped}
+            "mixed / mixed ref": ratio("mixed_float16", "mixed ref"),
+            "skipped steps": skipped,
+            "engines": {label: net.engine.reason for label, net in nets.items()}}
 
 
 def main(argv=None):
@@ -97,15 +106,19 @@ def main(argv=None):
     steps = args.steps or (3 if args.quick else 20 if on_gpu else 5)
     print(f"backend {backend.name} on {backend.device}; {rounds} rounds of {steps} steps; "
           f"target on a GPU: mixed / float32 <= {GPU_TARGET} on the large cases")
-    header = ["case", "batch", "float32 ms", "float32 ref ms", "mixed_float16 ms",
-              "mixed / float32", "mixed / float32 ref", "skipped steps"]
+    header = ["case", "batch", "float32 ms", "float32 ref ms", "mixed_float16 ms", "mixed ref ms",
+              "mixed / float32", "mixed / float32 ref", "mixed / mixed ref", "skipped steps"]
     print("| " + " | ".join(header) + " | target |")
     print("|" + "---|" * (len(header) + 1))
+    engines = {}
     for name in cases:
         row = run_case(name, backend, rounds, steps)
         target = f"<= {GPU_TARGET}" if on_gpu and CASES[name][2] else "-"
         cells = [f"{row[h]:.3g}" if isinstance(row[h], float) else str(row[h]) for h in header]
         print("| " + " | ".join(cells) + f" | {target} |", flush=True)
+        engines.update(row["engines"])  # the same choice in every case (Dense + ReLU MLPs)
+    for label, reason in engines.items():
+        print(f"{label} engine: {reason}")
     return 0
 
 

@@ -40,6 +40,11 @@ Hooks for features built on top of the step:
   ``"sample weights"``) the network's steps need. A kernel set lists what it supports in
   ``features``; a requirement it lacks selects the reference engine with the reason
   ``"reference: <requirement> has no fast version"``.
+
+Mixed precision is fast on CuPy (:mod:`bpgpu.kernels.mixed_step`) when every layer is a
+``Dense`` (each optionally followed by an activation the kernels fuse) and the loss has a
+float16 kernel; otherwise the reason reads "reference: mixed precision runs fast only on
+float16 kernels, and <what is missing>". NumPy's kernel set has no mixed-precision step.
 """
 
 from __future__ import annotations
@@ -208,6 +213,7 @@ class FastEngine(Engine):
             return graphs.train_step(x, y)
         value, out = self.plan.compute(x, y, output)
         if self.net.gradient_hooks:
+            self._offer_kernel_check()
             allow = self._hooks_allow_update(self.plan.summed_gradients(), x.shape[0])
             self.plan.finish(update=allow)
         else:
@@ -216,6 +222,15 @@ class FastEngine(Engine):
 
     def apply_update(self) -> None:
         self.plan.apply_gradients()
+
+    def _offer_kernel_check(self) -> None:
+        """A mixed step's unscale kernel has already looked for inf/NaN (``plan.found_inf``):
+        the policy's hook may read that flag instead of scanning the gradient, unless another
+        hook runs before it (a distributed all-reduce changes the gradient first)."""
+        found = getattr(self.plan, "found_inf", None)
+        precision = self.net.precision
+        if found is not None and self.net.gradient_hooks[0] == precision.gradient_hook:
+            precision.use_kernel_check(found)
 
 
 def _reference_reason(net: Any, structure: NetworkStructure, kernels: Any) -> str | None:
@@ -231,6 +246,12 @@ def _reference_reason(net: Any, structure: NetworkStructure, kernels: Any) -> st
     if structure.fused_sigmoid_bce:
         return ("reference: a final Sigmoid with BinaryCrossEntropy (its fused backward has no "
                 "fast version; use from_logits=True without the Sigmoid)")
+    if structure.precision is not None:
+        from .kernels.mixed_step import unsupported
+
+        why = unsupported(structure, net.loss, kernels)
+        if why is not None:
+            return f"reference: mixed precision runs fast only on float16 kernels, and {why}"
     return None
 
 
@@ -248,9 +269,11 @@ def select_engine(net: Any) -> Engine:
     kernels = net.backend.kernels if net.fast else None
     reason = _reference_reason(net, structure, kernels)
     if reason is None:
+        from .kernels.mixed_step import MixedTrainStep
         from .kernels.plan import TrainStep
 
-        engine: Engine = FastEngine(net, structure, TrainStep(net, structure, kernels))
+        step = MixedTrainStep if structure.precision is not None else TrainStep
+        engine: Engine = FastEngine(net, structure, step(net, structure, kernels))
     else:
         engine = ReferenceEngine(net, structure, reason)
     net._engine_cache = (key, engine)

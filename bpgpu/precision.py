@@ -31,10 +31,11 @@ weights diverged) is one, as in float32: the scale acts on the backward pass onl
 cure it, so ``fit`` raises :class:`~bpgpu.TrainingDivergedError` (that step's update, with
 non-finite gradients, was skipped and the weights are those before it).
 
-Mixed precision runs on the reference engine: a network with a policy requires ``"mixed
-precision"`` (``net.engine_requirements``), which no fast kernel set offers yet (their fused
-kernels have no 16-bit variants), so ``net.engine.reason`` reads "reference: mixed precision has
-no fast version". The skip decision is the network's gradient hook (:mod:`bpgpu._engine`).
+A network with a policy requires ``"mixed precision"`` (``net.engine_requirements``). On CuPy,
+networks of ``Dense`` layers (with fused activations) and a softmax cross-entropy or MSE loss
+run the fast mixed step (:mod:`bpgpu.kernels.mixed_step`: the same policy in float16 fused
+kernels); everything else, and every other backend, runs the reference engine with the reason
+in ``net.engine.reason``. The skip decision is the network's gradient hook (:mod:`bpgpu._engine`).
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ class MixedPrecision:
         #: (see :meth:`backward_scale`); set by :mod:`bpgpu.distributed`.
         self.batch_fraction = 1.0
         self._copies: dict[tuple[int, str], tuple[Any, Any]] = {}  # (id(layer), key) -> (master array, its 16-bit copy)
+        self._found_inf: Any = None  # a fast step's inf/NaN flag for the next gradient_hook
 
     @property
     def name(self) -> str:
@@ -275,11 +277,22 @@ class MixedPrecision:
         self.scaler.update(not finite)
         return finite
 
+    def use_kernel_check(self, found_inf: Any) -> None:
+        """The fast mixed step's unscale kernel has checked this step's gradient: ``found_inf``
+        is its device flag (nonzero: an inf or NaN). The next :meth:`gradient_hook` reads it
+        (one device read) instead of scanning the gradient."""
+        self._found_inf = found_inf
+
     def gradient_hook(self, flat_grads: Any, rows: int) -> bool:
         """The network's gradient hook (:mod:`bpgpu._engine`): :meth:`allow_update` on the
         flat gradient, after any hook before it (a distributed fit's all-reduce comes first, so
-        every rank decides alike)."""
-        return self.allow_update([flat_grads])
+        every rank decides alike); or the kernel's flag (:meth:`use_kernel_check`)."""
+        found, self._found_inf = self._found_inf, None
+        if found is None or self.scaler is None:
+            return self.allow_update([flat_grads])
+        bad = bool(int(found[0]))
+        self.scaler.update(bad)
+        return not bad
 
     # -- state -------------------------------------------------------------------------------------
     def epoch_logs(self, skipped_before: int) -> dict[str, float]:

@@ -22,12 +22,20 @@ parameter without a domain, fails CI.
 import itertools
 
 DTYPES = ("float32", "float64")
+#: Element-wise kernels of Dense also come as float16 storage with float32 arithmetic (the
+#: fast mixed-precision step, bpgpu/kernels/mixed_step.py).
+WITH_HALF = DTYPES + ("float16",)
 BOOLS = (False, True)
 
 
 def _sgd_reachable(v):
     """SGD refuses nesterov without momentum (optimizers.SGD)."""
     return not v["nesterov"] or v["momentum"]
+
+
+def _cast_reachable(v):
+    """Casts run between float32 and float16 only (masters -> copies, batch, output)."""
+    return {v["src"], v["dst"]} == {"float32", "float16"}
 
 
 def builders(modules):
@@ -42,13 +50,20 @@ def builders(modules):
             "device_scalars": True}
     return {
         ("cupy_fused", "_bias_activation"): {
-            "domains": {"act": tuple(fused._FORWARD), "has_bias": BOOLS, "dtype": DTYPES},
+            "domains": {"act": tuple(fused._FORWARD), "has_bias": BOOLS, "dtype": WITH_HALF},
             "scalars": {"slope"}, "broadcast": {"b"}, "ndims": (1, 2)},
         ("cupy_fused", "_activation_grad"): {
-            "domains": {"act": tuple(fused._BACKWARD), "dtype": DTYPES},
+            "domains": {"act": tuple(fused._BACKWARD), "dtype": WITH_HALF},
             "scalars": {"slope"}, "ndims": (1, 2)},
         ("cupy_fused", "_add_scaled"): {
-            "domains": {"dtype": DTYPES}, "scalars": {"c"}, "ndims": (1, 2)},
+            "domains": {"dtype": WITH_HALF}, "scalars": {"c"}, "ndims": (1, 2)},
+        ("cupy_fused", "_cast_kernel"): {
+            "domains": {"src": ("float32", "float16"), "dst": ("float32", "float16")},
+            "reachable": _cast_reachable, "ndims": (1, 2)},
+        ("cupy_fused", "_unscale_kernel"): {"domains": {}},
+        ("cupy_fused", "_xent_half_kernel"): {"domains": {"ids": BOOLS}},
+        ("cupy_fused", "_mse_half_kernels"): {
+            "domains": {}, "scalars": {"scale", "loss_scale", "size"}, "ndims": (1,)},
         ("cupy_fused", "_xent_kernel"): {"domains": {"ids": BOOLS, "dtype": DTYPES}},
         ("cupy_fused", "_mean_kernel"): {
             "domains": {"dtype": DTYPES}, "scalars": {"n"}, "ndims": (1,)},

@@ -71,12 +71,42 @@ def test_environment_variable_forces_the_reference_engine(monkeypatch):
 
 
 def test_unserved_requirement_selects_the_reference_engine_until_dropped():
-    net = _net(None)
+    net = _net(None)  # NumPy's kernel set has no mixed-precision step
     net.engine_requirements.add("mixed precision")
     assert not net.engine.fast
     assert net.engine.reason == "reference: mixed precision has no fast version"
     net.engine_requirements.clear()
     assert net.engine.fast
+
+
+@pytest.fixture(scope="module")
+def emulated_cupy():
+    """bpgpu's CuPy kernels on the CPU (tests/cuda_emu): a kernel set serving mixed precision."""
+    from cuda_emu import cuda
+    from cuda_emu.backend import EmulatedCuPy, EmulatedCuPyBackend
+
+    cuda.reset()
+    return EmulatedCuPyBackend(EmulatedCuPy())
+
+
+@pytest.mark.parametrize("layers, loss, expected", [
+    (lambda: _layers(), CrossEntropy, "fast: mixed float16 compute, float32 masters; cupy kernels"),
+    (lambda: [Dense(5, 4), ReLU(), Dense(4, 1)], MSE, "fast: mixed float16 compute"),
+    (lambda: _layers(dropout=True), CrossEntropy,
+     "reference: mixed precision runs fast only on float16 kernels, and Dropout has no float16 "
+     "kernel"),
+    (lambda: [Dense(5, 1)], lambda: BinaryCrossEntropy(from_logits=True),
+     "reference: mixed precision runs fast only on float16 kernels, and BinaryCrossEntropy has "
+     "no float16 loss kernel"),
+])
+def test_mixed_precision_engine_choice_on_a_kernel_set_that_serves_it(emulated_cupy, layers, loss,
+                                                                      expected):
+    net = bpgpu.Network(layers(), loss=loss(), backend=emulated_cupy, seed=0,
+                        precision="mixed_float16")
+    assert net.engine.reason.startswith(expected)
+    assert net.engine.fast == expected.startswith("fast")
+    net.fast = False
+    assert net.engine.reason == "reference: fast=False"
 
 
 def test_the_engine_is_cached_and_rebuilt_when_fast_changes():

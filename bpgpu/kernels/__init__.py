@@ -14,7 +14,8 @@ library's own tools, where the standard has no way to say it:
   large steps split into row shards, one thread per core (:mod:`bpgpu.kernels.cpu_threads`);
 * CuPy (:mod:`bpgpu.kernels.cupy_fused`): one fused CUDA kernel per element-wise chain
   (bias + activation, activation gradient, softmax cross-entropy, the whole optimizer update over
-  the flat buffer) and no host synchronisation inside a step.
+  the flat buffer) and no host synchronisation inside a step; with ``precision="mixed_float16"``
+  the same kernels on float16 data (:mod:`bpgpu.kernels.mixed_step`).
 
 Layers, losses and optimizers without a fast version run their reference code inside the same
 step, so every network gets the flat optimizer update. Torch and array-api-strict always use the

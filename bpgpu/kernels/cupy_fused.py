@@ -1,6 +1,9 @@
 """CuPy fast path: one fused CUDA kernel per element-wise chain of the training step.
 
-Kernels, generated per dtype (float32/float64) and per variant, compiled on first use:
+Kernels, generated per dtype (float32/float64) and per variant, compiled on first use (the
+Dense element-wise kernels also for float16 storage with float32 arithmetic, and a few float16
+kernels of the mixed-precision step, :mod:`bpgpu.kernels.mixed_step`: casts, softmax
+cross-entropy and MSE on float16 output, the unscale-and-check kernel):
 
 * Dense forward: cuBLAS writes z = x @ W into a reused buffer, then ONE kernel adds the bias and
   applies the activation in place: y = act(z + b)  (ReLU, LeakyReLU, Tanh, Sigmoid);
@@ -51,6 +54,16 @@ def _names(dtype):
     raise TypeError(f"fused kernels take float32 or float64, got {dtype}")
 
 
+def _storage(dtype):
+    """(storage type name, compute type name, compute C type) of an element-wise kernel: float16
+    data is computed on in float32 registers (read once, rounded once when written back, to
+    nearest even); float32 and float64 compute in their own type."""
+    if np.dtype(dtype) == np.float16:
+        return "float16", "float32", "float"
+    d, t = _names(dtype)
+    return d, d, t
+
+
 # -- Dense + activation ------------------------------------------------------------------------------
 _FORWARD = {
     None: "",
@@ -71,27 +84,35 @@ _BACKWARD = {
 
 @functools.lru_cache(maxsize=None)
 def _bias_activation(act, has_bias, dtype):
-    """In place on y (holding x @ W): y = act(y + b)."""
-    d, t = _names(dtype)
-    params = f"{d} b, {d} slope" if has_bias else f"{d} slope"
-    body = (f"{t} z = y{' + b' if has_bias else ''};\n" + _FORWARD[act].format(t=t) + "y = z;")
+    """In place on y (holding x @ W): y = act(y + b). For float16 y and b, the sum and the
+    activation run in float and y is rounded once."""
+    d, c, t = _storage(dtype)
+    params = f"{d} b, {c} slope" if has_bias else f"{c} slope"
+    body = (f"{t} z = {t}(y){f' + {t}(b)' if has_bias else ''};\n" + _FORWARD[act].format(t=t)
+            + "y = z;")
     return cupy.ElementwiseKernel(params, f"{d} y", body,
                                   f"bpgpu_{'bias_' if has_bias else ''}{act or 'linear'}_{d}")
 
 
 @functools.lru_cache(maxsize=None)
 def _activation_grad(act, dtype):
-    """dz = dy * act'(y)."""
-    d, t = _names(dtype)
-    return cupy.ElementwiseKernel(f"{d} dy, {d} y, {d} slope", f"{d} dz",
-                                  _BACKWARD[act].format(t=t), f"bpgpu_{act}_grad_{d}")
+    """dz = dy * act'(y) (float16 data: read into float, computed there, rounded once)."""
+    d, c, t = _storage(dtype)
+    if d == c:
+        return cupy.ElementwiseKernel(f"{d} dy, {d} y, {d} slope", f"{d} dz",
+                                      _BACKWARD[act].format(t=t), f"bpgpu_{act}_grad_{d}")
+    body = (f"{t} dy = {t}(dy_s), y = {t}(y_s), dz;\n" + _BACKWARD[act].format(t=t)
+            + "\ndz_s = dz;")
+    return cupy.ElementwiseKernel(f"{d} dy_s, {d} y_s, {c} slope", f"{d} dz_s", body,
+                                  f"bpgpu_{act}_grad_{d}")
 
 
 @functools.lru_cache(maxsize=None)
 def _add_scaled(dtype):
-    """out = out + c * x  (Dense l2: dW + (2 l2) W)."""
-    d, _ = _names(dtype)
-    return cupy.ElementwiseKernel(f"{d} x, {d} c", f"{d} out", "out = out + c * x",
+    """out = out + c * x  (Dense l2: dW + (2 l2 S) W, S the loss scale; 1 outside mixed
+    precision)."""
+    d, c, t = _storage(dtype)
+    return cupy.ElementwiseKernel(f"{d} x, {c} c", f"{d} out", f"out = {t}(out) + c * {t}(x)",
                                   f"bpgpu_add_scaled_{d}")
 
 
@@ -284,6 +305,219 @@ class _MeanSquaredError:
         grad_kernel(pred, t, 2.0 / size, grad)
         self.grad = grad
         return loss_kernel(pred, t, float(size))
+
+
+# -- mixed precision (float16 data, float32 arithmetic; bpgpu.precision's policy) ------------------
+@functools.lru_cache(maxsize=None)
+def _cast_kernel(src, dst):
+    """dst = src between float32 and float16 (to float16: round to nearest even, as
+    ``astype``); the compute copies of the master weights, the batch, the output."""
+    return cupy.ElementwiseKernel(f"{src} x", f"{dst} y", "y = float(x)",
+                                  f"bpgpu_cast_{src}_to_{dst}")
+
+
+_UNSCALE_SOURCE = r"""
+#include <cuda_fp16.h>
+
+// The scaled gradient of each flat slot lives in ONE of two staging buffers (float16 where a
+// GEMM wrote it, float32 where a float32 sum did); the other holds zero there, so their sum is
+// the scaled gradient exactly. out = that * inv_scale (1/S, a power of two: exact unless it
+// underflows); *found = 1 when any result is inf or NaN (written only then: reset it before).
+extern "C" __global__ void bpgpu_unscale_check(const __half* g16, const float* g32, float* out,
+                                               const float inv_scale, int* found,
+                                               const long long n)
+{
+    bool bad = false;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        const float v = (__half2float(g16[i]) + g32[i]) * inv_scale;
+        out[i] = v;
+        if (!isfinite(v)) bad = true;
+    }
+    if (bad) *found = 1;
+}
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _unscale_kernel():
+    return cupy.RawKernel(_UNSCALE_SOURCE, "bpgpu_unscale_check")
+
+
+#: Threads per block and the most blocks of the unscale kernel (a grid-stride loop).
+_UNSCALE_THREADS, _UNSCALE_BLOCKS = 256, 1024
+
+
+def unscale_check(g16, g32, out, inv_scale, found):
+    """out = (g16 + g32) / S and found[0] = 1 if any is inf/NaN (module docstring)."""
+    cupy.copyto(found, 0)
+    n = out.shape[0]
+    blocks = max(1, min(_UNSCALE_BLOCKS, -(-n // _UNSCALE_THREADS)))
+    _unscale_kernel()((blocks,), (_UNSCALE_THREADS,),
+                      (g16, g32, out, np.float32(inv_scale), found, np.int64(n)))
+
+
+_XENT_HALF_SOURCE = r"""
+#include <cuda_fp16.h>
+
+__device__ __forceinline__ float warp_max(float v) {{
+    for (int offset = 16; offset > 0; offset >>= 1) {{
+        float other = __shfl_xor_sync(0xffffffffu, v, offset);
+        v = other > v ? other : v;
+    }}
+    return v;
+}}
+
+__device__ __forceinline__ float warp_sum(float v) {{
+    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}}
+
+// The float32 kernel's warp-per-row scheme on float16 logits: each logit is read into float
+// (exactly the reference's cast of the output to float32) and everything runs in float; the
+// exponentials are recomputed in the second pass rather than parked in the float16 gradient.
+// The gradient row leaves multiplied by the loss scale and rounded once to float16.
+extern "C" __global__ void bpgpu_xent_{variant}_float16(const __half* z, const {target_type}* y,
+                                                       __half* grad, float* row_loss,
+                                                       const float loss_scale, const int n,
+                                                       const int c)
+{{
+    const long long row = ((long long)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (row >= n) return;
+    const __half* zi = z + row * c;
+    __half* gi = grad + row * c;
+    float m = __half2float(zi[0]);
+    for (int j = lane; j < c; j += 32) {{ float v = __half2float(zi[j]); if (v > m) m = v; }}
+    m = warp_max(m);
+    float s = 0;
+    for (int j = lane; j < c; j += 32) s += exp(__half2float(zi[j]) - m);
+    s = warp_sum(s);
+{body}
+}}
+"""
+
+_XENT_HALF_IDS = r"""
+    const long long t = y[row];
+    if (lane == 0) row_loss[row] = log(s) - (__half2float(zi[t]) - m);
+    for (int j = lane; j < c; j += 32) {
+        float p = exp(__half2float(zi[j]) - m) / s;
+        gi[j] = __float2half((j == t ? p - 1.0f : p) / (float)n * loss_scale);
+    }
+"""
+
+_XENT_HALF_ROWS = r"""
+    const float* ti = y + row * c;
+    float t_sum = 0, dot = 0;
+    for (int j = lane; j < c; j += 32) { t_sum += ti[j]; dot += ti[j] * (__half2float(zi[j]) - m); }
+    t_sum = warp_sum(t_sum);
+    dot = warp_sum(dot);
+    if (lane == 0) row_loss[row] = t_sum * log(s) - dot;
+    for (int j = lane; j < c; j += 32) {
+        float p = exp(__half2float(zi[j]) - m) / s;
+        gi[j] = __float2half((p * t_sum - ti[j]) / (float)n * loss_scale);
+    }
+"""
+
+
+@functools.lru_cache(maxsize=None)
+def _xent_half_kernel(ids):
+    variant = "ids" if ids else "rows"
+    source = _XENT_HALF_SOURCE.format(variant=variant,
+                                      target_type="long long" if ids else "float",
+                                      body=_XENT_HALF_IDS if ids else _XENT_HALF_ROWS)
+    return cupy.RawKernel(source, f"bpgpu_xent_{variant}_float16")
+
+
+class _HalfSoftmaxCrossEntropy:
+    """Softmax cross-entropy on float16 logits: the loss (float32, 0-d) as the reference's
+    float32 loss of the float32 output, and in ``grad`` (float16) dL/dz times ``scale``."""
+
+    def __init__(self):
+        self.buffers = {}
+        self.grad = None
+        self.scale = 1.0
+
+    @staticmethod
+    def _make(key):
+        n, c = key
+        return cupy.empty((n, c), cupy.float16), cupy.empty(n, cupy.float32)
+
+    def forward(self, z, t):
+        n, c = z.shape
+        grad, rows = _cached(self.buffers, (n, c), self._make)
+        t = cupy.ascontiguousarray(t)
+        ids = t.ndim == 1
+        if ids and t.dtype != cupy.int64:
+            t = t.astype(cupy.int64)
+        elif not ids and t.dtype != cupy.float32:
+            t = t.astype(cupy.float32)
+        if n:
+            blocks = -(-n // _XENT_ROWS_PER_BLOCK)
+            _xent_half_kernel(ids)((blocks,), (32 * _XENT_ROWS_PER_BLOCK,),
+                                   (z, t, grad, rows, np.float32(self.scale), np.int32(n),
+                                    np.int32(c)))
+        self.grad = grad
+        return _mean_kernel("float32")(rows, float(n))
+
+
+@functools.lru_cache(maxsize=None)
+def _mse_half_kernels():
+    """MSE on float16 predictions p and float32 targets t, in float: the gradient
+    ((p - t) (2 / size)) S rounded to float16, the loss sum((p - t)^2) / size in float32."""
+    grad = cupy.ElementwiseKernel("float16 p, float32 t, float32 scale, float32 loss_scale",
+                                  "float16 g", "g = (float(p) - t) * scale * loss_scale",
+                                  "bpgpu_mse_grad_float16")
+    loss = cupy.ReductionKernel("float16 p, float32 t, float32 size", "float32 out",
+                                "(float(p) - t) * (float(p) - t)", "a + b", "out = a / size",
+                                "0", "bpgpu_mse_float16")
+    return grad, loss
+
+
+class _HalfMeanSquaredError:
+    """MSE on float16 predictions (see :func:`_mse_half_kernels`)."""
+
+    def __init__(self):
+        self.buffers = {}
+        self.grad = None
+        self.scale = 1.0
+
+    def forward(self, pred, t):
+        grad = _cached(self.buffers, pred.shape, lambda shape: cupy.empty(shape, cupy.float16))
+        if t.dtype != cupy.float32:
+            t = t.astype(cupy.float32)
+        size = grad.size
+        grad_kernel, loss_kernel = _mse_half_kernels()
+        grad_kernel(pred, t, 2.0 / size, self.scale, grad)
+        self.grad = grad
+        return loss_kernel(pred, t, float(size))
+
+
+class _HalfDense(_Dense):
+    """``Dense`` and its activation on float16 data: W and b are the float16 compute copies,
+    dW (float16) and db (float32, summed in float32) the scaled gradients; ``scale`` is the
+    loss scale S (the l2 term of dW is 2 l2 S W, as in the reference)."""
+
+    def __init__(self, layer, act, W, dW, b, db):
+        super().__init__(layer, act, W, dW, b, db)
+        self.scale = 1.0
+
+    def backward(self, dy):
+        buf = self.buf
+        dz = dy if self.grad_kernel is None else self.grad_kernel(dy, self.y, self.slope,
+                                                                  buf["dz"])
+        cupy.matmul(self.x.T, dz, out=self.dW)
+        if self.l2:
+            _add_scaled("float16")(self.W, 2.0 * self.l2 * self.scale, self.dW)
+        if self.b is not None:
+            cupy.sum(dz, axis=0, dtype=cupy.float32, out=self.db)
+        if not self.layer.input_grad:
+            return None
+        dx = buf["dx"]
+        if dx is None:
+            dx = buf["dx"] = cupy.empty((dz.shape[0], self.W.shape[0]), dz.dtype)
+        cupy.matmul(dz, self.W.T, out=dx)
+        return dx
 
 
 # -- update rules: one kernel over the flat buffer ------------------------------------------------------
@@ -512,7 +746,11 @@ class CuPyKernels(KernelSet):
 
     name = "cupy"
     activations = ("relu", "leaky_relu", "tanh", "sigmoid")
+    features = frozenset({"mixed precision"})
     loss_ops = {CrossEntropy: _SoftmaxCrossEntropy, MSE: _MeanSquaredError}
+    #: float16 versions for mixed precision (:mod:`bpgpu.kernels.mixed_step`).
+    half_loss_ops = {CrossEntropy: _HalfSoftmaxCrossEntropy, MSE: _HalfMeanSquaredError}
+    unscale_check = staticmethod(unscale_check)
 
     #: The module the kernels compute with (for :mod:`bpgpu.kernels.cuda_graphs`).
     cupy = cupy
@@ -544,6 +782,16 @@ class CuPyKernels(KernelSet):
     @staticmethod
     def dense_op(layer, act, W, dW, b, db, joint, primary):
         return _Dense(layer, act, W, dW, b, db)
+
+    @staticmethod
+    def half_dense_op(layer, act, W, dW, b, db):
+        """The float16 operation of ``Dense`` ``layer`` (+ ``act``) in a mixed-precision step."""
+        return _HalfDense(layer, act, W, dW, b, db)
+
+    @staticmethod
+    def cast(src, dst):
+        """dst = src, float32 <-> float16 (rounding to nearest even)."""
+        _cast_kernel(src.dtype.name, dst.dtype.name)(src, dst)
 
     @staticmethod
     def link(ops, loss_op):

@@ -16,7 +16,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 HEADER = HERE / "cuda_emu.h"
-FLAGS = ("-std=c++17", "-O1", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math",
+INCLUDE = HERE / "include"  # stand-ins for CUDA headers kernels include (cuda_fp16.h)
+FLAGS = ("-std=c++17", "-O1", f"-I{INCLUDE}", "-shared", "-fPIC", "-ffp-contract=off", "-fno-fast-math",
          "-Wno-unused-variable", "-Wno-unused-but-set-variable")
 
 
@@ -45,7 +46,8 @@ def build(units):
     for i, (name, source) in enumerate(units):
         parts.append(f"namespace emu_unit_{i} {{ // {name}\n{source}\n}}\n")
     text = "".join(parts)
-    digest = hashlib.sha256((text + HEADER.read_text() + " ".join(FLAGS)).encode()).hexdigest()[:24]
+    headers = HEADER.read_text() + "".join(h.read_text() for h in sorted(INCLUDE.glob("*.h")))
+    digest = hashlib.sha256((text + headers + " ".join(FLAGS)).encode()).hexdigest()[:24]
     target = os.path.join(cache_dir(), f"kernels-{digest}.so")
     if not os.path.exists(target):
         source = os.path.join(cache_dir(), f"kernels-{digest}.cpp")

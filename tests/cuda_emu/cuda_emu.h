@@ -15,8 +15,9 @@
 #include <string>
 #include <vector>
 #include <ucontext.h>
+#include <cuda_fp16.h>   // the emulated one (tests/cuda_emu/include)
 
-using std::exp; using std::log; using std::tanh; using std::fabs; using std::sqrt;
+using std::exp; using std::log; using std::tanh; using std::fabs; using std::sqrt; using std::isfinite;
 
 #define __global__
 #define __device__
@@ -177,6 +178,7 @@ inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b)
 template <class T> struct emu_name { static constexpr const char* value = "?"; };
 template <> struct emu_name<float> { static constexpr const char* value = "float32"; };
 template <> struct emu_name<double> { static constexpr const char* value = "float64"; };
+template <> struct emu_name<__half> { static constexpr const char* value = "float16"; };
 template <> struct emu_name<int> { static constexpr const char* value = "int32"; };
 template <> struct emu_name<long long> { static constexpr const char* value = "int64"; };
 template <> struct emu_name<unsigned long long> { static constexpr const char* value = "uint64"; };

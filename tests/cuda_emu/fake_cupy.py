@@ -32,6 +32,13 @@ class ndarray(np.ndarray):  # noqa: N801  (CuPy's name)
         return np.array(self, copy=True)
 
 
+def _quietly(operation, *args, **kwargs):
+    """A device computation: overflow to inf and NaN happen without warnings, as on a GPU
+    (the mixed-precision loss scaler provokes them on purpose)."""
+    with np.errstate(all="ignore"):
+        return operation(*args, **kwargs)
+
+
 def empty(shape, dtype=float):
     cuda.allocated()
     return np.empty(shape, dtype).view(ndarray)
@@ -47,14 +54,16 @@ def matmul(a, b, out=None):
     if out is None:
         out = empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]),
                     np.result_type(a, b))
-    cuda.run("matmul", lambda: np.matmul(a, b, out=out))
+    cuda.run("matmul", lambda: _quietly(np.matmul, a, b, out=out))
     return out
 
 
-def sum(a, axis=None, out=None):  # noqa: A001  (CuPy's name)
+def sum(a, axis=None, dtype=None, out=None):  # noqa: A001  (CuPy's name)
+    """``dtype``: the type to accumulate in and return (CuPy's and NumPy's meaning)."""
+    dtype = a.dtype if dtype is None else np.dtype(dtype)
     if out is None:
-        out = empty(np.sum(np.zeros((1,) * a.ndim, a.dtype), axis=axis).shape, a.dtype)
-    cuda.run("sum", lambda: np.sum(a, axis=axis, out=out))
+        out = empty(np.sum(np.zeros((1,) * a.ndim, a.dtype), axis=axis).shape, dtype)
+    cuda.run("sum", lambda: _quietly(np.sum, a, axis=axis, dtype=dtype, out=out))
     return out
 
 
@@ -87,7 +96,7 @@ def make_module():
     mod = types.ModuleType("cupy", "CPU emulation of the parts of CuPy bpgpu uses (tests only)")
     mod.__emulated__ = True
     mod.ndarray = np.ndarray  # isinstance checks accept plain NumPy arrays too
-    for name in ("float32", "float64", "int32", "int64", "uint64", "bool_"):
+    for name in ("float16", "float32", "float64", "int32", "int64", "uint64", "bool_"):
         setattr(mod, name, getattr(np, name))
     for fn in (empty, zeros, matmul, sum, copyto, ascontiguousarray, asnumpy, array):
         setattr(mod, fn.__name__, fn)

@@ -22,7 +22,7 @@ import numpy as np
 from . import cuda
 from .compiler import EmulationError, build
 
-_C_TYPES = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long",
+_C_TYPES = {"float16": "float16", "float32": "float", "float64": "double", "int32": "int", "int64": "long long",
             "uint64": "unsigned long long", "bool": "bool"}
 _ERROR_SIZE = 512
 _pending = []
