@@ -308,6 +308,35 @@ def test_mixed_step_skips_the_same_steps_as_reference(backend):
         np.testing.assert_allclose(w_fast, w_ref, rtol=0, atol=MIXED_WEIGHT_ATOL)
 
 
+def _scale_history(net, steps):
+    """``(scale, skipped steps)`` after each of ``steps`` train steps on the mixed test batch."""
+    out = []
+    for _ in range(steps):
+        net.train_step(_MIXED_X, _MIXED_IDS)
+        out.append((net.precision.scaler.scale, net.precision.scaler.skipped_steps))
+    return out
+
+
+def test_mixed_step_honours_the_data_parallel_batch_fraction(backend):
+    """In a data-parallel fit the policy's ``batch_fraction`` n_r / G multiplies the loss scale
+    of the backward pass (bpgpu.distributed). The fast step must use it as the reference does:
+    the same skipped steps and scale sequence, and ones that differ from fraction 1 (so the
+    fraction is really applied), with the same unscaled gradients."""
+    scaler = {"init_scale": 2.0 ** 24, "growth_interval": 2}
+    nets = _mixed_pair(backend, Tanh, scaler=scaler)
+    for net in nets:
+        net.precision.batch_fraction = 1.0 / 64
+    histories = [_scale_history(net, 8) for net in nets]
+    assert histories[0] == histories[1]
+    plain = _scale_history(_mixed_pair(backend, Tanh, scaler=scaler)[1], 8)
+    assert plain != histories[1]
+    for net in nets:
+        net.train_step(_MIXED_X, _MIXED_IDS)
+    for g_fast, g_ref in zip(_grads(nets[0]), _grads(nets[1])):
+        scale = float(np.max(np.abs(g_ref))) or 1.0
+        np.testing.assert_allclose(g_fast, g_ref, rtol=0, atol=MIXED_GRAD_RTOL * scale)
+
+
 def test_mixed_forward_and_evaluate_match_reference(backend):
     nets = _mixed_pair(backend, Sigmoid)
     outs = [np.array(net.predict(_MIXED_X)) for net in nets]

@@ -141,13 +141,13 @@ class MixedTrainStep(TrainStep):
 
     # -- the step -------------------------------------------------------------------------------
     def compute(self, xb: Any, yb: Any, output: bool = False) -> Any:
-        """Forward in float16, the loss in float32, the backward pass scaled by S, then the
+        """Forward in float16, the loss in float32, the backward pass scaled by
+        ``policy.backward_scale()`` (S, or S n_r / G in a data-parallel fit), then the
         unscale-and-check kernel: the float32 unscaled gradient in the flat buffer and the
         inf/NaN flag in ``found_inf``."""
         self.sync_params()
         self._refresh_half()
-        scaler = self.policy.scaler
-        scale = 1.0 if scaler is None else scaler.scale
+        scale = self.policy.backward_scale()  # S, times n_r / G in a data-parallel fit
         x = self._half_input(xb)
         for op in self.ops:
             x = op.forward(x)
