@@ -6,7 +6,7 @@ and its public ``loss``, ``optimizer``, ``backend``, ``dtype`` and ``gradient_ho
 * :class:`ReferenceEngine`: the layer, loss and optimizer code written against the Array API
   standard; runs on every backend and defines the numbers.
 * :class:`FastEngine`: the backend's kernel set (:mod:`bpgpu.kernels`) driving a
-  :class:`~bpgpu.kernels.plan.TrainStep`: flat parameter and gradient buffers, fused operations,
+  :class:`~bpgpu.kernels._plan.TrainStep`: flat parameter and gradient buffers, fused operations,
   buffers reused from step to step. Same numbers to rounding.
 
 ``net.engine`` is the engine serving a network now; ``net.engine.fast`` and ``net.engine.reason``
@@ -164,7 +164,7 @@ class ReferenceEngine(Engine):
 
 
 class FastEngine(Engine):
-    """A kernel set's :class:`~bpgpu.kernels.plan.TrainStep` (``plan``) runs the step, the
+    """A kernel set's :class:`~bpgpu.kernels._plan.TrainStep` (``plan``) runs the step, the
     forward pass of ``predict``/``evaluate``/metrics and their loss in reused buffers."""
 
     fast = True
@@ -181,12 +181,12 @@ class FastEngine(Engine):
 
     @property
     def graphs(self) -> Any:
-        """The :class:`~bpgpu.kernels.cuda_graphs.GraphedSteps` capturing the step when
+        """The :class:`~bpgpu.kernels._cuda_graphs.GraphedSteps` capturing the step when
         ``net.cuda_graphs`` is set (CuPy), else None."""
         if not getattr(self.net, "cuda_graphs", False):
             return None
         if self._graphs is None:
-            from .kernels.cuda_graphs import GraphedSteps
+            from .kernels._cuda_graphs import GraphedSteps
 
             self._graphs = GraphedSteps(self.net, self.plan)
         return self._graphs
@@ -248,7 +248,7 @@ def select_engine(net: Any) -> Engine:
     kernels = net.backend.kernels if net.fast else None
     reason = _reference_reason(net, structure, kernels)
     if reason is None:
-        from .kernels.plan import TrainStep
+        from .kernels._plan import TrainStep
 
         engine: Engine = FastEngine(net, structure, TrainStep(net, structure, kernels))
     else:

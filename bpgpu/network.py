@@ -136,7 +136,7 @@ class Network:
             8x8 images: checked against every layer now (and against the data later), and shown
             with every output shape by :meth:`summary`. None: the first layer's own, if any.
         cuda_graphs: capture the fast training step as a CUDA graph and replay it (CuPy only;
-            :mod:`bpgpu.kernels.cuda_graphs`): far fewer kernel launches per step for small
+            :mod:`bpgpu.kernels._cuda_graphs`): far fewer kernel launches per step for small
             networks; off by default until measured faster on your GPU.
         precision: None (default: everything in ``dtype``), ``"mixed_float16"`` or
             ``"mixed_bfloat16"`` (torch only), or a :class:`~bpgpu.precision.MixedPrecision`:

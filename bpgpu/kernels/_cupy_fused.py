@@ -36,8 +36,8 @@ import cupy
 import numpy as np
 
 from ..losses import MSE, CrossEntropy
-from .plan import KernelSet, cached as _cached
-from .update_rules import flat_rule_name
+from ._plan import KernelSet, cached as _cached
+from ._update_rules import flat_rule_name
 
 __all__ = ["CuPyKernels"]
 
@@ -399,7 +399,7 @@ def _adam_kernel(dtype, clip_value, clip_norm, decay_mode):
 class DeviceScalars:
     """The per-step numbers of the update kernels (learning rate, bias corrections...) read from
     a small device buffer instead of being passed by value, so a captured CUDA graph replays
-    with each step's values (:mod:`bpgpu.kernels.cuda_graphs`).
+    with each step's values (:mod:`bpgpu.kernels._cuda_graphs`).
 
     While one is active (:func:`_scalars_from`), every update kernel launch takes its k-th
     scalar argument from ``device[k]`` (a 0-d view) and records the value in ``host[k]``.
@@ -508,13 +508,13 @@ _KERNEL_RULES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
 
 
 class CuPyKernels(KernelSet):
-    """The CuPy kernel set used by :class:`~bpgpu.kernels.plan.TrainStep`."""
+    """The CuPy kernel set used by :class:`~bpgpu.kernels._plan.TrainStep`."""
 
     name = "cupy"
     activations = ("relu", "leaky_relu", "tanh", "sigmoid")
     loss_ops = {CrossEntropy: _SoftmaxCrossEntropy, MSE: _MeanSquaredError}
 
-    #: The module the kernels compute with (for :mod:`bpgpu.kernels.cuda_graphs`).
+    #: The module the kernels compute with (for :mod:`bpgpu.kernels._cuda_graphs`).
     cupy = cupy
     scalars_from = staticmethod(_scalars_from)
 
