@@ -69,7 +69,7 @@ def check_contents(wheel, version):
             fail(f"{wheel.name} has no METADATA")
         metadata = archive.read(metadata_name).decode()
     required = ["bpgpu/__init__.py", "bpgpu/py.typed", "bpgpu/layers/dense.py",
-                "bpgpu/kernels/plan.py", "bpgpu/registry.py"]
+                "bpgpu/kernels/_plan.py", "bpgpu/registry.py"]
     missing = [n for n in required if n not in names]
     if missing:
         fail(f"{wheel.name} lacks {missing}")

@@ -12,7 +12,7 @@ process in alternating rounds whose order flips every round:
 * ``float32``: the default step (the backend's fast path where it has one);
 * ``float32 ref``: the float32 reference path (``fast=False``);
 * ``mixed_float16``: ``precision="mixed_float16"``, loss scaling included: on CuPy the fast
-  mixed step (float16 fused kernels and cuBLAS float16 GEMMs, bpgpu/kernels/mixed_step.py),
+  mixed step (float16 fused kernels and cuBLAS float16 GEMMs, bpgpu/kernels/_mixed_step.py),
   elsewhere the reference path;
 * ``mixed ref``: ``precision="mixed_float16", fast=False``, the reference mixed step.
 

@@ -35,7 +35,7 @@ reported.
 shapes, layouts and dtype, NumPy with preallocated outputs, the whole batch at once on BLAS's own
 threads) timed alone in the same rounds, divided by bpgpu's step time (median over rounds): how
 close the step runs to its matrix products. "shards": how many row shards (threads) bpgpu's
-NumPy step used (bpgpu.kernels.cpu_threads); where more than one, the same fast step run in one
+NumPy step used (bpgpu.kernels._cpu_threads); where more than one, the same fast step run in one
 piece joins the rounds as a third contender, and "sharded / one piece" is the median over rounds
 of the ratio of the two (what the shards gain).
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_update.py --size 2600000 --rule adam --blocks 64,128,256,1024
 
-Each rule of bpgpu.kernels.numpy_fast runs over one flat buffer of ``--size`` parameters, after
+Each rule of bpgpu.kernels._numpy_fast runs over one flat buffer of ``--size`` parameters, after
 the optimizer's clip if any: once over the whole buffers (every pass over all of memory) and
 once through ``_in_blocks`` with blocks of each size in ``--blocks`` (KiB per buffer; a single
 clip deferred into the blocks unless ``--no-defer``), all in this process, alternating over the
@@ -19,7 +19,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bpgpu.kernels import numpy_fast  # noqa: E402
+from bpgpu.kernels import _numpy_fast as numpy_fast  # noqa: E402
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop  # noqa: E402
 
 OPTIMIZERS = {

@@ -6,7 +6,7 @@
 Phases: forward (layers), loss (value and gradient), backward (layers), update (optimizer). The
 matrix products of the step are also timed alone (NumPy, the reference layouts), so the last
 column says how much of the step is not matrix products. The fast path's phases are timed in one
-piece (no row shards); where the step would use row shards (bpgpu.kernels.cpu_threads), a third
+piece (no row shards); where the step would use row shards (bpgpu.kernels._cpu_threads), a third
 row times the whole sharded step, whose phases overlap across threads. All paths run in this
 process, alternating over the rounds; the figures are medians. With --pyinstrument (installed)
 a statistical profile of each path follows.

@@ -6,7 +6,7 @@ and its public ``loss``, ``optimizer``, ``backend``, ``dtype`` and ``gradient_ho
 * :class:`ReferenceEngine`: the layer, loss and optimizer code written against the Array API
   standard; runs on every backend and defines the numbers.
 * :class:`FastEngine`: the backend's kernel set (:mod:`bpgpu.kernels`) driving a
-  :class:`~bpgpu.kernels.plan.TrainStep`: flat parameter and gradient buffers, fused operations,
+  :class:`~bpgpu.kernels._plan.TrainStep`: flat parameter and gradient buffers, fused operations,
   buffers reused from step to step. Same numbers to rounding.
 
 ``net.engine`` is the engine serving a network now; ``net.engine.fast`` and ``net.engine.reason``
@@ -41,7 +41,7 @@ Hooks for features built on top of the step:
   ``features``; a requirement it lacks selects the reference engine with the reason
   ``"reference: <requirement> has no fast version"``.
 
-Mixed precision is fast on CuPy (:mod:`bpgpu.kernels.mixed_step`) when every layer is a
+Mixed precision is fast on CuPy (:mod:`bpgpu.kernels._mixed_step`) when every layer is a
 ``Dense`` (each optionally followed by an activation the kernels fuse) and the loss has a
 float16 kernel; otherwise the reason reads "reference: mixed precision runs fast only on
 float16 kernels, and <what is missing>". NumPy's kernel set has no mixed-precision step.
@@ -169,7 +169,7 @@ class ReferenceEngine(Engine):
 
 
 class FastEngine(Engine):
-    """A kernel set's :class:`~bpgpu.kernels.plan.TrainStep` (``plan``) runs the step, the
+    """A kernel set's :class:`~bpgpu.kernels._plan.TrainStep` (``plan``) runs the step, the
     forward pass of ``predict``/``evaluate``/metrics and their loss in reused buffers."""
 
     fast = True
@@ -186,12 +186,12 @@ class FastEngine(Engine):
 
     @property
     def graphs(self) -> Any:
-        """The :class:`~bpgpu.kernels.cuda_graphs.GraphedSteps` capturing the step when
+        """The :class:`~bpgpu.kernels._cuda_graphs.GraphedSteps` capturing the step when
         ``net.cuda_graphs`` is set (CuPy), else None."""
         if not getattr(self.net, "cuda_graphs", False):
             return None
         if self._graphs is None:
-            from .kernels.cuda_graphs import GraphedSteps
+            from .kernels._cuda_graphs import GraphedSteps
 
             self._graphs = GraphedSteps(self.net, self.plan)
         return self._graphs
@@ -247,7 +247,7 @@ def _reference_reason(net: Any, structure: NetworkStructure, kernels: Any) -> st
         return ("reference: a final Sigmoid with BinaryCrossEntropy (its fused backward has no "
                 "fast version; use from_logits=True without the Sigmoid)")
     if structure.precision is not None:
-        from .kernels.mixed_step import unsupported
+        from .kernels._mixed_step import unsupported
 
         why = unsupported(structure, net.loss, kernels)
         if why is not None:
@@ -269,8 +269,8 @@ def select_engine(net: Any) -> Engine:
     kernels = net.backend.kernels if net.fast else None
     reason = _reference_reason(net, structure, kernels)
     if reason is None:
-        from .kernels.mixed_step import MixedTrainStep
-        from .kernels.plan import TrainStep
+        from .kernels._mixed_step import MixedTrainStep
+        from .kernels._plan import TrainStep
 
         step = MixedTrainStep if structure.precision is not None else TrainStep
         engine: Engine = FastEngine(net, structure, step(net, structure, kernels))

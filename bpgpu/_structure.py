@@ -2,8 +2,9 @@
 
 A :class:`NetworkStructure` is built once per network, after its layers are built; it is the whole
 internal interface between :class:`~bpgpu.Network` and the code that runs its steps
-(:mod:`bpgpu._engine`, :mod:`bpgpu.kernels.plan`), saves it (:mod:`bpgpu.io`) or copies its state
-(:mod:`bpgpu._snapshot`). Nothing else of the Network's is read by those modules.
+(:mod:`bpgpu._engine`, :mod:`bpgpu.kernels._plan`), saves and restores it
+(:mod:`bpgpu._model_file`) or copies its state (:mod:`bpgpu._snapshot`). Nothing else of the
+Network's is read by those modules.
 """
 
 from __future__ import annotations

@@ -31,11 +31,13 @@ import numpy as np
 
 from ._progress import Progress
 from ._snapshot import Snapshot
+from .distributed import DataParallel
+from .layers import BatchNorm, Layer
 from .callbacks import CallbackList, LearningRateScheduler, ReduceLROnPlateau
 from .errors import TrainingDivergedError
 from .history import History
 from .metrics import Accuracy, get_metric, metric_logs
-from .schedules import Schedule
+from ._schedules import Schedule
 from ._validation import (as_numeric, check_batch_size, check_bool, check_finite, check_positive_int,
                          is_real_number)
 
@@ -54,8 +56,6 @@ def fit(net, X, y, epochs=1, batch_size=32, shuffle=True, validation_data=None, 
     accepted its call with the same data, network and settings (:mod:`bpgpu.distributed`)."""
     parallel = None
     if distributed is not None:
-        from .distributed import DataParallel
-
         parallel = DataParallel(distributed, net)
     try:
         loop, span, fingerprint = _prepare(net, X, y, epochs, batch_size, shuffle,
@@ -187,8 +187,6 @@ def _check_last_batch(net, Xd, batch_size):
 def _single_sample_values(layers, shape):
     """True when some BatchNorm in ``layers`` (fed per-sample ``shape``) would see one value per
     channel from a one-sample batch, i.e. gets (N, C) inputs. Unknown shapes count as (N, C)."""
-    from .layers import BatchNorm, Layer
-
     for layer in layers:
         if isinstance(layer, BatchNorm):
             if len(shape) != 3 or shape[1] * shape[2] < 2:

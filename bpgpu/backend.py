@@ -342,8 +342,8 @@ class CuPyBackend(Backend):
             self._cupy.cuda.get_current_stream().synchronize()
 
     def make_rng(self, seed):
-        """Counter-based Philox numbers on the device (:mod:`bpgpu.kernels.cupy_random`)."""
-        from .kernels.cupy_random import PhiloxRNG
+        """Counter-based Philox numbers on the device (:mod:`bpgpu.kernels._cupy_random`)."""
+        from .kernels._cupy_random import PhiloxRNG
 
         return PhiloxRNG(seed)
 

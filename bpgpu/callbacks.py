@@ -29,8 +29,9 @@ import os
 import warnings
 from typing import Any
 
+from ._snapshot import copy_weights, restore_weights
 from .registry import get_registry
-from .schedules import Schedule
+from ._schedules import Schedule
 from ._validation import check_bool, check_number, check_whole, is_real_number
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
@@ -245,8 +246,6 @@ class EarlyStopping(Callback):
         return value > self.best + self.min_delta
 
     def on_epoch_end(self, epoch, logs=None):
-        from ._snapshot import copy_weights
-
         value = _monitored(logs, self.monitor, "EarlyStopping")
         if value is None:
             return
@@ -261,8 +260,6 @@ class EarlyStopping(Callback):
             self.network.stop_training = True
 
     def on_train_end(self, logs=None):
-        from ._snapshot import restore_weights
-
         if self.restore_best_weights and self.best_weights is not None:
             restore_weights(self.network, self.best_weights)
 

@@ -63,7 +63,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import DistributedError, DistributedUnavailableError
+from ._model_file import restore_training_state, training_state
+from .errors import DistributedError, DistributedUnavailableError, TrainingDivergedError
+from .layers import BatchNorm, serialize_layer
+from .losses import serialize_loss
+from .metrics import Metric
+from .optimizers import serialize_optimizer
 
 __all__ = [
     "RowWindow",
@@ -436,8 +441,6 @@ class DataParallel:
     # -- before the first step ------------------------------------------------------------------
     def check(self, n_samples, metrics):
         """Refuse what data-parallel training cannot reproduce (ValueError)."""
-        from .metrics import Metric
-
         for metric in metrics:
             if type(metric).begin is not Metric.begin:
                 raise ValueError(f"metric {metric.name!r} keeps state between batches that "
@@ -450,10 +453,6 @@ class DataParallel:
 
     def fingerprint(self, X, y, Xd, yd, settings):
         """``{what: short description}`` that every rank must share with rank 0."""
-        from .layers import serialize_layer
-        from .losses import serialize_loss
-        from .optimizers import serialize_optimizer
-
         net = self.net
         backend = net.backend
         n = Xd.shape[0]
@@ -502,13 +501,11 @@ class DataParallel:
     def broadcast_state(self):
         """Give every rank rank 0's weights, buffers, optimizer state, generators, epoch and
         history (the device generator too: every rank draws what rank 0 draws)."""
-        from .io import _restore_training_state, _training_state
-
         net, comm = self.net, self.comm
         header: Any = None  # rank 0 sends the JSON bytes; every rank then holds the parsed dict
         arrays: dict[str, np.ndarray] = {}  # rank 0's, to send
         if self.rank == 0:
-            training, state_arrays = _training_state(net)
+            training, state_arrays = training_state(net)
             arrays = dict(state_arrays)
             for i, w in enumerate(net.get_weights()):
                 arrays[f"param:{i}"] = w
@@ -531,7 +528,7 @@ class DataParallel:
                 for name in list(layer.buffers):
                     layer.buffers[name] = net.backend.asarray(received[f"buffer:{j}:{name}"],
                                                               dtype=net.dtype)
-            _restore_training_state(net, header["training"], received)
+            restore_training_state(net, header["training"], received)
             net.epoch = int(header["epoch"])
 
     # -- during training ----------------------------------------------------------------------------
@@ -540,8 +537,6 @@ class DataParallel:
         """For the duration of the block: the gradient hook first in ``net.gradient_hooks``, the
         device generator's draws windowed to this rank's rows (:class:`RowWindow`), and every
         BatchNorm's statistics taken over the global batch (:class:`SyncedStatistics`)."""
-        from .layers.normalization import BatchNorm
-
         self.sync = GradientSync(self.comm.transport_for(self.net.backend))
         self.window = RowWindow(self.net.device_rng)
         self.net.gradient_hooks.insert(0, self.sync)
@@ -579,8 +574,6 @@ class DataParallel:
         broadcast, training) into an abort of the whole job: the other ranks already wait in the
         next collective and would wait forever. :class:`~bpgpu.TrainingDivergedError` passes, as
         every rank raises it at the same step."""
-        from .errors import TrainingDivergedError
-
         try:
             yield
         except TrainingDivergedError:

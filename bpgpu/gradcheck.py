@@ -34,6 +34,7 @@ from ._structure import NetworkStructure
 from .backend import get_backend
 from .layers.base import Layer
 from .losses import Loss
+from .network import Network
 from .typing import ArrayLike
 
 __all__ = ["gradcheck", "gradient_errors"]
@@ -57,8 +58,6 @@ def gradient_errors(obj: Any, *inputs: ArrayLike, backend: Any = None, eps: floa
                     max_entries: int | None = None) -> dict[str, float]:
     """``{name: relative error}`` for every checked array: ``"x"`` (a layer's input), ``"pred"``
     (a loss's prediction), parameters as ``"W"``, ``"b"`` or ``"1.0.W"`` (child 1, its child 0)."""
-    from .network import Network
-
     rng = np.random.default_rng(seed)
     checker: _Check
     if isinstance(obj, Network):

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 
+from . import _model_file, _training, export
 from ._engine import reference_forced, run_backward, run_forward, select_engine
 from ._structure import NetworkStructure
 from ._architecture import check_input_shape, summary_table
@@ -135,7 +136,7 @@ class Network:
             8x8 images: checked against every layer now (and against the data later), and shown
             with every output shape by :meth:`summary`. None: the first layer's own, if any.
         cuda_graphs: capture the fast training step as a CUDA graph and replay it (CuPy only;
-            :mod:`bpgpu.kernels.cuda_graphs`): far fewer kernel launches per step for small
+            :mod:`bpgpu.kernels._cuda_graphs`): far fewer kernel launches per step for small
             networks; off by default until measured faster on your GPU.
         precision: None (default: everything in ``dtype``), ``"mixed_float16"`` or
             ``"mixed_bfloat16"`` (torch only), or a :class:`~bpgpu.precision.MixedPrecision`:
@@ -432,25 +433,19 @@ class Network:
         """``{name: host NumPy array}`` of every parameter and buffer, named and laid out as the
         equivalent ``torch.nn`` modules expect (``Dense`` -> ``nn.Linear`` weight (out, in), ...);
         see :mod:`bpgpu.export` for the names of nested layers."""
-        from .export import state_dict
-
-        return state_dict(self, format=format)
+        return export.state_dict(self, format=format)
 
     def load_state_dict(self, state: dict[str, Any], format: str = "torch") -> None:
         """Set every parameter and buffer from ``state`` in :meth:`state_dict`'s names and layouts
         (e.g. ``torch_model.state_dict()`` of the equivalent torch model, on the CPU); everything
         is checked first, so a refused state changes nothing."""
-        from .export import load_state_dict
-
-        load_state_dict(self, state, format=format)
+        export.load_state_dict(self, state, format=format)
 
     def save_safetensors(self, path: str | os.PathLike[str],
                          metadata: dict[str, str] | None = None) -> None:
         """Write :meth:`state_dict` to a safetensors file (see :mod:`bpgpu.export`); read it back
         with :func:`bpgpu.export.load_safetensors` or ``safetensors.torch.load_file``."""
-        from .export import save_safetensors
-
-        save_safetensors(self, path, metadata=metadata)
+        export.save_safetensors(self, path, metadata=metadata)
 
     # -- training loop -----------------------------------------------------------------------------------
     @_on_device
@@ -509,14 +504,12 @@ class Network:
         :class:`~bpgpu.TrainingDivergedError` naming the epoch and step, with the network rewound
         to the weights of the last finite step (see :mod:`bpgpu._training`).
         """
-        from ._training import fit
-
-        return fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
-                   validation_data=validation_data, verbose=verbose,
-                   validation_split=validation_split, metrics=metrics, callbacks=callbacks,
-                   initial_epoch=initial_epoch, distributed=distributed,
-                   sample_weight=sample_weight, class_weight=class_weight,
-                   validation_strategy=validation_strategy)
+        return _training.fit(self, X, y, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
+                             validation_data=validation_data, verbose=verbose,
+                             validation_split=validation_split, metrics=metrics,
+                             callbacks=callbacks, initial_epoch=initial_epoch,
+                             distributed=distributed, sample_weight=sample_weight,
+                             class_weight=class_weight, validation_strategy=validation_strategy)
 
     # -- inference ---------------------------------------------------------------------------------------
     @_on_device
@@ -586,15 +579,14 @@ class Network:
             sample_weight: per-sample weights (n_samples,), >= 0: the loss and the built-in
                 metrics become weighted means, as scikit-learn's metrics with ``sample_weight``.
         """
-        from ._training import evaluate_arrays, metric_list, sample_weights
-
         batch_size = check_batch_size(batch_size)
-        bound = metric_list(metrics, self) if metrics is not None else \
-            metric_list(["accuracy"], self) if self.loss.is_classification else []
+        bound = _training.metric_list(metrics, self) if metrics is not None else \
+            _training.metric_list(["accuracy"], self) if self.loss.is_classification else []
         Xd, yd = self._data(X, y, borrow=True, needs="evaluate")
-        weights = sample_weights(self, sample_weight, None, yd)
+        weights = _training.sample_weights(self, sample_weight, None, yd)
         wd = None if weights is None else self.backend.asarray(weights, dtype=self.dtype)
-        return evaluate_arrays(self, Xd, yd, bound, batch_size or INFERENCE_CHUNK, weights=wd)
+        return _training.evaluate_arrays(self, Xd, yd, bound, batch_size or INFERENCE_CHUNK,
+                                         weights=wd)
 
     # -- persistence -----------------------------------------------------------------------------------------
     @_on_device
@@ -604,6 +596,4 @@ class Network:
         its training state (optimizer moments and counters, schedule position, random generator
         states, epoch counter, history) to one ``.npz`` file, atomically; after
         :func:`bpgpu.load`, ``fit`` continues exactly where this network stopped."""
-        from .io import save
-
-        save(self, path)
+        _model_file.save(self, path)

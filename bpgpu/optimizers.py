@@ -23,7 +23,7 @@ import math
 from typing import Any, TypeVar
 
 from .registry import get_registry
-from .schedules import Schedule, deserialize_schedule, serialize_schedule
+from ._schedules import Schedule, deserialize_schedule, serialize_schedule
 from .typing import Array, Namespace
 from ._validation import check_bool, check_number
 

@@ -33,7 +33,7 @@ non-finite gradients, was skipped and the weights are those before it).
 
 A network with a policy requires ``"mixed precision"`` (``net.engine_requirements``). On CuPy,
 networks of ``Dense`` layers (with fused activations) and a softmax cross-entropy or MSE loss
-run the fast mixed step (:mod:`bpgpu.kernels.mixed_step`: the same policy in float16 fused
+run the fast mixed step (:mod:`bpgpu.kernels._mixed_step`: the same policy in float16 fused
 kernels); everything else, and every other backend, runs the reference engine with the reason
 in ``net.engine.reason``. The skip decision is the network's gradient hook (:mod:`bpgpu._engine`).
 """

@@ -10,7 +10,7 @@ Stages, each with its own time limit so the whole fits in 8 minutes on one H200:
 3. benchmarks/bench_step.py --backend cupy --quick: bpgpu vs PyTorch CUDA eager per step, bpgpu
    with CUDA graphs, fit throughput and GPU memory;
 4. benchmarks/bench_mixed.py --backend cupy on the large cases: the fast mixed-precision step
-   (float16 kernels, bpgpu/kernels/mixed_step.py) against the float32 one (issue 15's target:
+   (float16 kernels, bpgpu/kernels/_mixed_step.py) against the float32 one (issue 15's target:
    mixed / float32 <= 0.5) and the reference mixed step, its table kept as text, with whether
    the mixed contender really ran the fast step (``fast_mixed_step``). The fast mixed step's
    comparisons with the reference on the GPU are in stage 2 (tests/test_precision_gpu.py).

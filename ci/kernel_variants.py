@@ -2,8 +2,9 @@
 
 One table, used by ``ci/compile_cuda.py`` (compiles each variant with NVRTC) and by the CPU
 emulation tests (``tests/test_cuda_emulated.py`` builds each variant and compares it with the
-reference path). A builder is a function of ``bpgpu/kernels/<module>.py`` that returns a CuPy
-kernel object (or a tuple of them). Per builder:
+reference path). A builder is a function of ``bpgpu/kernels/_<module>.py`` (named here by
+``<module>``, without the internal module's underscore) that returns a CuPy kernel object (or a
+tuple of them). Per builder:
 
 * ``domains``: each parameter of the builder and the values the code can pass (their product,
   less what ``reachable`` rules out, is every variant);
@@ -13,7 +14,7 @@ kernel object (or a tuple of them). Per builder:
   sees them as non-contiguous;
 * ``ndims``: the ranks the arrays have after CuPy merges contiguous dimensions;
 * ``device_scalars``: the scalars may also come as 0-d device arrays (broadcast), as they do in
-  a CUDA-graph step (bpgpu.kernels.cuda_graphs), which CuPy compiles as another variant.
+  a CUDA-graph step (bpgpu.kernels._cuda_graphs), which CuPy compiles as another variant.
 
 compile_cuda.py checks the table against the code: a builder missing here, or a builder
 parameter without a domain, fails CI.
@@ -23,7 +24,7 @@ import itertools
 
 DTYPES = ("float32", "float64")
 #: Element-wise kernels of Dense also come as float16 storage with float32 arithmetic (the
-#: fast mixed-precision step, bpgpu/kernels/mixed_step.py).
+#: fast mixed-precision step, bpgpu/kernels/_mixed_step.py).
 WITH_HALF = DTYPES + ("float16",)
 BOOLS = (False, True)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import bpgpu
-from bpgpu.kernels import cpu_threads, train_step_for
+from bpgpu.kernels import _cpu_threads as cpu_threads, train_step_for
 from bpgpu.layers import BatchNorm, Dense, Dropout, ReLU, Tanh
 from bpgpu.losses import MSE, CrossEntropy
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop
@@ -328,7 +328,7 @@ def test_sharded_blocked_update_matches_reference(shards, monkeypatch, optimizer
     """The range jobs of a sharded update run the blocked update (NumPy): blocks shrunk to 48
     float64 elements, so each range job updates its range block by block (a ragged block last),
     with the scratch blocks of its own range."""
-    from bpgpu.kernels import numpy_fast
+    from bpgpu.kernels import _numpy_fast as numpy_fast
 
     monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 48 * 8)
     monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)

@@ -193,7 +193,7 @@ def test_emulation_refuses_an_array_read_in_post_map(emulated):
     assert float(kernel(np.ones(4), 0.0, 1.0)) == pytest.approx(1.0 / (2.0 + 1e-6))
 
 
-# -- mixed precision: the float16 kernels of the fast mixed step (bpgpu.kernels.mixed_step) ------
+# -- mixed precision: the float16 kernels of the fast mixed step (bpgpu.kernels._mixed_step) ------
 # Tolerances. The fused kernels compute in float32 what the reference computes op by op in
 # float16, so each fused chain rounds to float16 once where the reference rounds after every
 # operation: bias add, activation, 1 - y^2, the product with dy... Float16's unit roundoff is

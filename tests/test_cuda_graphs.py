@@ -1,4 +1,4 @@
-"""CUDA graphs of the fast step (bpgpu.kernels.cuda_graphs): capture once, replay with each
+"""CUDA graphs of the fast step (bpgpu.kernels._cuda_graphs): capture once, replay with each
 step's numbers. On the CPU the emulation records what a capturing stream launches and replays
 it, so the capture/replay logic is checked here: the same numbers as the uncaptured step, the
 per-step scalars (learning-rate schedule, Adam's bias corrections, SGD's first step) updated at

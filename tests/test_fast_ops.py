@@ -12,7 +12,7 @@ import pytest
 
 import bpgpu
 from bpgpu.kernels import kernels_for
-from bpgpu.kernels.update_rules import FLAT_RULES, flat_rule_name
+from bpgpu.kernels._update_rules import FLAT_RULES, flat_rule_name
 from bpgpu.layers import Dense, LeakyReLU, ReLU, Tanh
 from bpgpu.losses import MSE, CrossEntropy
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop

@@ -12,7 +12,7 @@ import pytest
 
 import bpgpu
 from bpgpu.kernels import train_step_for
-from bpgpu.kernels.update_rules import flat_rule_name
+from bpgpu.kernels._update_rules import flat_rule_name
 from bpgpu.layers import (GELU, BatchNorm, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid,
                           Tanh)
 from bpgpu.losses import MSE, BinaryCrossEntropy, CrossEntropy
@@ -139,7 +139,7 @@ def test_dense_with_each_activation_matches_reference(backend, act, dtype):
 def test_update_in_blocks_matches_reference(monkeypatch, optimizer):
     """Large networks update their flat buffer block by block (NumPy): shrink the block so a
     small network takes that path, with a ragged last block."""
-    from bpgpu.kernels import numpy_fast
+    from bpgpu.kernels import _numpy_fast as numpy_fast
 
     monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 48 * 8)  # 48 float64 elements
     monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)
@@ -164,7 +164,7 @@ def _flat_updates(optimizer, blocked, dtype, steps=3, size=1000):
     clip, then the rule; blocked: the clip by value or by norm deferred into the blocks, both
     clips first); the parameters and the state buffers after them."""
     from bpgpu import backend as backends
-    from bpgpu.kernels import numpy_fast
+    from bpgpu.kernels import _numpy_fast as numpy_fast
 
     kernels, rng = numpy_fast.NumPyKernels, np.random.default_rng(21)
     optimizer = BLOCKED_OPTIMIZERS[optimizer]().bind(backends.get_backend("numpy"))
@@ -204,7 +204,7 @@ def test_blocked_update_is_bit_identical_to_whole_buffer(monkeypatch, optimizer,
     what the rule computes over the whole buffers: parameters and every state buffer equal bit for
     bit, with weight decay (L2 and decoupled), momentum, dampening, Nesterov, centering, clip by
     value and clip by norm (block by block) and both clips."""
-    from bpgpu.kernels import numpy_fast
+    from bpgpu.kernels import _numpy_fast as numpy_fast
 
     monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 96 * np.dtype(dtype).itemsize)
     monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)
@@ -219,7 +219,7 @@ def test_blocked_update_is_bit_identical_to_whole_buffer(monkeypatch, optimizer,
 def test_small_buffers_and_plain_sgd_update_in_one_piece(monkeypatch):
     """Under MIN_BLOCKS blocks the rule runs once over the whole buffers, and so does plain SGD at
     any size; SGD with momentum runs block by block from MIN_BLOCKS blocks, a ragged one last."""
-    from bpgpu.kernels import numpy_fast
+    from bpgpu.kernels import _numpy_fast as numpy_fast
 
     calls = []
 

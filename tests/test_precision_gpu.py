@@ -1,4 +1,4 @@
-"""The fast mixed-precision step (bpgpu.kernels.mixed_step) on a real GPU: the comparisons that
+"""The fast mixed-precision step (bpgpu.kernels._mixed_step) on a real GPU: the comparisons that
 tests/test_cuda_emulated.py runs on the CPU through the CUDA emulation, here with CuPy, NVRTC
 and cuBLAS (float16 GEMMs on tensor cores, float32 accumulation) against the reference mixed
 step on the same GPU. Skipped, with the reason, without a CUDA device; run by ci/gpu_check.sh.

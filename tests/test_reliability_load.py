@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import bpgpu
-from bpgpu import io as bio
+from bpgpu import _model_file as model_file
 from bpgpu.callbacks import EarlyStopping, ReduceLROnPlateau
 from bpgpu.layers import BatchNorm, Dense, ReLU
 from bpgpu.optimizers import SGD, Adam
@@ -264,7 +264,7 @@ def test_a_description_that_is_not_text_is_refused(members, tmp_path):
 
 
 def test_an_oversized_description_is_refused(members, tmp_path, monkeypatch):
-    monkeypatch.setattr(bio, "MAX_META_BYTES", 1000)
+    monkeypatch.setattr(model_file, "MAX_META_BYTES", 1000)
     _refused(_edited(members, tmp_path), "at most 1000 accepted")
 
 
@@ -418,7 +418,7 @@ def test_the_shape_probe_equals_a_real_build():
     for layers, input_shape in _every_layer_kind():
         net = bpgpu.Network(layers, backend="numpy", seed=0, input_shape=input_shape)
         specs = json.loads(json.dumps([bpgpu.layers.serialize_layer(layer) for layer in net.layers]))
-        probe = bio._Architecture(specs, 4, bio._Budget(10**9, "(test)"))
+        probe = model_file.Architecture(specs, 4, model_file.Budget(10**9, "(test)"))
         assert probe.params == [w.shape for w in net.get_weights()]
         assert list(probe.buffers.values()) == [tuple(v.shape) for layer in net.structure.all_layers
                                                 for v in layer.buffers.values()]

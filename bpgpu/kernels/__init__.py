@@ -6,16 +6,16 @@ library's own tools, where the standard has no way to say it:
 
 * every parameter lives in ONE flat buffer (each layer's ``params`` entries are views into it),
   and so does every gradient, so the optimizer update is a handful of whole-buffer operations
-  however many parameters the network has (:mod:`bpgpu.kernels.plan`);
+  however many parameters the network has (:mod:`bpgpu.kernels._plan`);
 * ``Dense`` followed by ``ReLU``, ``LeakyReLU`` or ``Tanh`` (or ``Sigmoid``, on CuPy), softmax
   cross-entropy and MSE write into buffers that are allocated once per batch size and reused (no
   temporaries per step);
-* NumPy (:mod:`bpgpu.kernels.numpy_fast`): ``out=`` everywhere, BLAS for bias gradients, and
-  large steps split into row shards, one thread per core (:mod:`bpgpu.kernels.cpu_threads`);
-* CuPy (:mod:`bpgpu.kernels.cupy_fused`): one fused CUDA kernel per element-wise chain
+* NumPy (:mod:`bpgpu.kernels._numpy_fast`): ``out=`` everywhere, BLAS for bias gradients, and
+  large steps split into row shards, one thread per core (:mod:`bpgpu.kernels._cpu_threads`);
+* CuPy (:mod:`bpgpu.kernels._cupy_fused`): one fused CUDA kernel per element-wise chain
   (bias + activation, activation gradient, softmax cross-entropy, the whole optimizer update over
   the flat buffer) and no host synchronisation inside a step; with ``precision="mixed_float16"``
-  the same kernels on float16 data (:mod:`bpgpu.kernels.mixed_step`).
+  the same kernels on float16 data (:mod:`bpgpu.kernels._mixed_step`).
 
 Layers, losses and optimizers without a fast version run their reference code inside the same
 step, so every network gets the flat optimizer update. Torch and array-api-strict always use the
@@ -26,7 +26,7 @@ which path serves a network and why (``summary()`` prints it). ``Network(..., fa
 (default) uses the fast path where it applies; ``fast=False``, or the environment variable
 ``BPGPU_REFERENCE=1`` when ``fast`` is None, forces the reference path. Results agree with the
 reference path to rounding (tests/test_kernels.py; on CuPy float32 subnormals flush to zero, see
-:mod:`bpgpu.kernels.cupy_fused`). One visible difference: the fast path updates
+:mod:`bpgpu.kernels._cupy_fused`). One visible difference: the fast path updates
 parameter arrays in place, where the reference path replaces them; take copies
 (``get_weights()``) to keep a snapshot.
 """
@@ -40,17 +40,17 @@ def kernels_for(backend):
     The modules are imported here, on first use, so ``import bpgpu`` stays light.
     """
     if backend.name == "numpy":
-        from .numpy_fast import NumPyKernels
+        from ._numpy_fast import NumPyKernels
 
         return NumPyKernels()
     if backend.name == "cupy":
-        from .cupy_fused import CuPyKernels
+        from ._cupy_fused import CuPyKernels
 
         return CuPyKernels(backend)
     return None
 
 
 def train_step_for(net):
-    """The :class:`~bpgpu.kernels.plan.TrainStep` serving ``net``, or None when the reference
+    """The :class:`~bpgpu.kernels._plan.TrainStep` serving ``net``, or None when the reference
     engine serves it (``net.engine.reason`` says why)."""
     return getattr(net.engine, "plan", None)

@@ -1,7 +1,7 @@
 """CPU emulation of the CuPy kernel API for tests (never shipped): see docs/guide/gpu.md.
 
 :func:`load` imports a bpgpu module that does ``import cupy`` with the emulated module in its
-place, under a private name, so the real ``bpgpu.kernels.cupy_fused`` (and ``sys.modules``)
+place, under a private name, so the real ``bpgpu.kernels._cupy_fused`` (and ``sys.modules``)
 stay untouched and CuPy stays "not installed" for the rest of the test run.
 """
 

@@ -25,7 +25,7 @@ class EmulatedCuPy:
 
     def __init__(self):
         self.cupy = make_module()
-        self.modules = {name: load(f"kernels/{name}.py", self.cupy)
+        self.modules = {name: load(f"kernels/_{name}.py", self.cupy)
                         for name in ("cupy_fused", "cupy_random")}
         self.fused = self.modules["cupy_fused"]
         self.random = self.modules["cupy_random"]

@@ -1,4 +1,4 @@
-"""The fast mixed-precision step: :class:`~bpgpu.kernels.plan.TrainStep` on float16 data.
+"""The fast mixed-precision step: :class:`~bpgpu.kernels._plan.TrainStep` on float16 data.
 
 It follows :mod:`bpgpu.precision`'s policy place for place; only the way differs:
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..layers.dense import Dense
-from .plan import TrainStep, _activation, cached
+from ._plan import TrainStep, _activation, cached
 
 __all__ = ["MixedTrainStep", "unsupported"]
 

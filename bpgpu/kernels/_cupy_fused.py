@@ -2,7 +2,7 @@
 
 Kernels, generated per dtype (float32/float64) and per variant, compiled on first use (the
 Dense element-wise kernels also for float16 storage with float32 arithmetic, and a few float16
-kernels of the mixed-precision step, :mod:`bpgpu.kernels.mixed_step`: casts, softmax
+kernels of the mixed-precision step, :mod:`bpgpu.kernels._mixed_step`: casts, softmax
 cross-entropy and MSE on float16 output, the unscale-and-check kernel):
 
 * Dense forward: cuBLAS writes z = x @ W into a reused buffer, then ONE kernel adds the bias and
@@ -39,8 +39,8 @@ import cupy
 import numpy as np
 
 from ..losses import MSE, CrossEntropy
-from .plan import KernelSet, cached as _cached
-from .update_rules import flat_rule_name
+from ._plan import KernelSet, cached as _cached
+from ._update_rules import flat_rule_name
 
 __all__ = ["CuPyKernels"]
 
@@ -633,7 +633,7 @@ def _adam_kernel(dtype, clip_value, clip_norm, decay_mode):
 class DeviceScalars:
     """The per-step numbers of the update kernels (learning rate, bias corrections...) read from
     a small device buffer instead of being passed by value, so a captured CUDA graph replays
-    with each step's values (:mod:`bpgpu.kernels.cuda_graphs`).
+    with each step's values (:mod:`bpgpu.kernels._cuda_graphs`).
 
     While one is active (:func:`_scalars_from`), every update kernel launch takes its k-th
     scalar argument from ``device[k]`` (a 0-d view) and records the value in ``host[k]``.
@@ -742,17 +742,17 @@ _KERNEL_RULES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
 
 
 class CuPyKernels(KernelSet):
-    """The CuPy kernel set used by :class:`~bpgpu.kernels.plan.TrainStep`."""
+    """The CuPy kernel set used by :class:`~bpgpu.kernels._plan.TrainStep`."""
 
     name = "cupy"
     activations = ("relu", "leaky_relu", "tanh", "sigmoid")
     features = frozenset({"mixed precision"})
     loss_ops = {CrossEntropy: _SoftmaxCrossEntropy, MSE: _MeanSquaredError}
-    #: float16 versions for mixed precision (:mod:`bpgpu.kernels.mixed_step`).
+    #: float16 versions for mixed precision (:mod:`bpgpu.kernels._mixed_step`).
     half_loss_ops = {CrossEntropy: _HalfSoftmaxCrossEntropy, MSE: _HalfMeanSquaredError}
     unscale_check = staticmethod(unscale_check)
 
-    #: The module the kernels compute with (for :mod:`bpgpu.kernels.cuda_graphs`).
+    #: The module the kernels compute with (for :mod:`bpgpu.kernels._cuda_graphs`).
     cupy = cupy
     scalars_from = staticmethod(_scalars_from)
 

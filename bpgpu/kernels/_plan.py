@@ -14,7 +14,7 @@ Before each step the parameters are checked by identity: a parameter replaced fr
 (``set_weights``, a reference-path update, restoring a snapshot) is copied back into its view, and
 optimizer state replaced from outside (``load_state_dict``) is copied into its flat buffer.
 
-Row shards (kernel sets with ``shard_count``, i.e. NumPy; see :mod:`bpgpu.kernels.cpu_threads`):
+Row shards (kernel sets with ``shard_count``, i.e. NumPy; see :mod:`bpgpu.kernels._cpu_threads`):
 when every layer and the loss have fast operations and the batch is large, the batch splits into
 k blocks of rows. Block i runs forward, loss and backward through its own copies of the
 operations (sharing the weights) in its own thread, writing its gradient into flat buffer i

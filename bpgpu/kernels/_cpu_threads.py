@@ -3,7 +3,7 @@
 NumPy's BLAS runs each matrix product on every core, but the element-wise work between products
 (activations and their gradients, the loss, the optimizer update) runs on one core, and the
 other cores cannot help with it: OpenBLAS's idle threads spin for about 0.1 s after each product.
-A sharded step (:class:`bpgpu.kernels.plan.TrainStep`) instead splits the batch into blocks of
+A sharded step (:class:`bpgpu.kernels._plan.TrainStep`) instead splits the batch into blocks of
 rows, runs each block's forward and backward in its own thread with BLAS pinned to one thread,
 and splits the gradient sum and the optimizer update over the same threads, so every core works
 through the whole step.

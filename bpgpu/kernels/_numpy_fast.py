@@ -16,9 +16,9 @@ import math
 import numpy as np
 
 from ..losses import MSE, CrossEntropy
-from . import cpu_threads
-from .plan import BufferedOp, KernelSet, LossOp
-from .update_rules import flat_rule_name
+from . import _cpu_threads as cpu_threads
+from ._plan import BufferedOp, KernelSet, LossOp
+from ._update_rules import flat_rule_name
 
 __all__ = ["NumPyKernels"]
 
@@ -309,7 +309,7 @@ def _adam(optimizer, lr, params, grads, state, work):
     np.subtract(params, scratch, out=params)
 
 
-#: The NumPy implementation of each rule named in :data:`~bpgpu.kernels.update_rules.FLAT_RULES`.
+#: The NumPy implementation of each rule named in :data:`~bpgpu.kernels._update_rules.FLAT_RULES`.
 _RULES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
 
 
@@ -401,7 +401,7 @@ def _in_blocks(rule, optimizer, lr, params, grads, state, work):
 
 
 class NumPyKernels(KernelSet):
-    """The NumPy kernel set used by :class:`~bpgpu.kernels.plan.TrainStep`."""
+    """The NumPy kernel set used by :class:`~bpgpu.kernels._plan.TrainStep`."""
 
     name = "numpy"
     activations = ("relu", "leaky_relu", "tanh")
