@@ -98,6 +98,7 @@ def test_matches_a_network_trained_the_same_way():
     penalty and optimizer give the same loss curve and weights."""
     from bpgpu.layers import Dense, ReLU
     from bpgpu.optimizers import Adam
+    from bpgpu.sklearn import _AdamEpsilon
 
     est = _quiet(MLPRegressor(hidden_layer_sizes=(7,), max_iter=5, random_state=0, alpha=0.01,
                               batch_size=32, shuffle=False), REG_X, REG_Y)
@@ -109,7 +110,9 @@ def test_matches_a_network_trained_the_same_way():
     b1, b2 = np.sqrt(6 / (5 + 7)), np.sqrt(6 / (7 + 1))
     net.set_weights([rng.uniform(-b1, b1, (5, 7)), rng.uniform(-b1, b1, 7),
                      rng.uniform(-b2, b2, (7, 1)), rng.uniform(-b2, b2, 1)])
-    history = net.fit(REG_X, REG_Y, epochs=5, batch_size=32, shuffle=False, verbose=0)
+    # Adam's epsilon where scikit-learn puts it: 1e-8 / sqrt(1 - 0.999^t), doubled for the MSE
+    history = net.fit(REG_X, REG_Y, epochs=5, batch_size=32, shuffle=False, verbose=0,
+                      callbacks=[_AdamEpsilon(1e-8, 0.999, 0.5)])
     np.testing.assert_allclose(est.loss_curve_, np.array(history["loss"]) / 2, rtol=1e-12)
     for a, b in zip(est.network_.get_weights(), net.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -143,6 +146,32 @@ def test_sgd_epoch_matches_sklearns_mlp_from_the_same_weights():
     for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     assert ours.loss_curve_[0] == pytest.approx(sk.loss_curve_[-1], rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_adam_matches_sklearns_mlp_from_the_same_weights_across_warm_starts(dtype):
+    """Adam with L2 over batches from the same weights and batch order: scikit-learn's weights
+    and losses, also after a second fit with warm_start (both restart the optimizer there).
+    The epsilon is made to matter (1e-3): its placement is part of what is compared."""
+    from sklearn.neural_network import MLPRegressor as SkRegressor
+
+    params = dict(hidden_layer_sizes=(8,), solver="adam", max_iter=3, batch_size=40, alpha=0.1,
+                  shuffle=False, epsilon=1e-3, learning_rate_init=0.01)
+    start = _quiet(MLPRegressor(random_state=0, dtype=dtype, **{**params, "max_iter": 1,
+                                                                 "learning_rate_init": 1e-300}),
+                   REG_X, REG_Y)
+    ours = MLPRegressor(random_state=0, warm_start=True, dtype=dtype, **params)
+    sk = _quiet(SkRegressor(random_state=0, **params), REG_X, REG_Y)
+    sk.coefs_ = [c.astype(np.float64) for c in start.coefs_]
+    sk.intercepts_ = [b.astype(np.float64) for b in start.intercepts_]
+    sk.set_params(warm_start=True)
+    rtol = 1e-9 if dtype == "float64" else 1e-4
+    for _ in range(2):
+        _quiet(ours, REG_X, REG_Y)
+        _quiet(sk, REG_X, REG_Y)
+        for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-2)
+        np.testing.assert_allclose(ours.loss_curve_[-3:], sk.loss_curve_[-3:], rtol=rtol)
 
 
 def test_pipeline_cross_val_and_grid_search_in_two_processes():
