@@ -377,3 +377,23 @@ def test_array_api_checks_with_torch_and_array_api_strict():
                        "check_array_api_mixed_inputs", "check_array_api_same_namespace",
                        "<lambda>" if estimator == "MLPRegressor" else "same_probabilities"):
             assert needed in ran, (estimator, needed, run.stdout)
+
+
+# CuPy arrays in, CuPy arrays out (on a GPU), with torch, array-api-strict and NumPy standing in
+# here: tests/sklearn_native_cases.py, in a fresh pytest process because array API dispatch needs
+# SCIPY_ARRAY_API=1 before SciPy is imported. One run per backend of the ``backend`` fixture, so
+# the cupy one is part of the GPU check's selection and skips here with the reason.
+def test_native_arrays_in_and_out(backend):
+    pytest.importorskip("array_api_compat", reason="array-api-compat is not installed (scikit-"
+                        "learn's array API dispatch needs it)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bpgpu.__file__)))
+    cases = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sklearn_native_cases.py")
+    env = dict(os.environ, SCIPY_ARRAY_API="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                          "--backend", backend.name, "--require-backend", backend.name, cases],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=root)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    summary = run.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary and "failed" not in summary, \
+        run.stdout[-4000:]
