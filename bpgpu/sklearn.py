@@ -10,7 +10,7 @@ What the parameters become:
 * ``hidden_layer_sizes``, ``activation``: Dense layers with ``"relu"``, ``"tanh"``,
   ``"logistic"`` (sigmoid) or ``"identity"`` between them, initialised as scikit-learn does
   (weights and biases uniform in +-sqrt(6 / (fan_in + fan_out)), 2 instead of 6 for
-  ``"logistic"``, drawn from the seed the ``random_state`` gives). The
+  ``"logistic"``: the very draws scikit-learn makes from the same ``random_state``). The
   output: a softmax cross-entropy over the classes, one logistic output for two classes, one per
   label for multilabel targets, the identity for regression.
 * ``alpha``: the L2 penalty ``alpha / (2 n_batch) * sum ||W||^2`` added to every batch loss,
@@ -30,9 +30,9 @@ What the parameters become:
 * The regression loss is reported as scikit-learn's squared error, half the mean squared
   error; training on the mean squared error with ``alpha``, the SGD rate and Adam's
   ``epsilon`` rescaled to match takes the very same steps: from the same initial weights and
-  batch order, scikit-learn's weights to rounding (tested). The initial weights and batch
-  orders are drawn from other random streams than scikit-learn's, so one ``random_state``
-  gives a different (equally likely) model than scikit-learn's.
+  batch order, scikit-learn's weights to rounding (tested). The same ``random_state`` gives
+  scikit-learn's initial weights; the batch orders (and the early-stopping split) come from
+  other draws, so the trained model differs from scikit-learn's as two batch orders do.
 * ``backend``: a bpgpu backend name, or ``"auto"``: the library of ``X`` when it is a CuPy,
   torch or array-api-strict array, else bpgpu's default (CuPy when a GPU answers, else NumPy).
   ``dtype``: ``"float32"``/``"float64"`` (or a NumPy dtype); None follows ``X`` (float32 stays
@@ -304,8 +304,19 @@ class _BaseMLP(BaseEstimator):
             return dtype_name(self.dtype)
         return "float32" if str(X.dtype).endswith("float32") else "float64"
 
-    def _build_network(self, X, n_outputs, loss, batch, seed, mean_weight):
+    def _build_network(self, X, n_outputs, loss, batch, random_state, mean_weight):
+        """The network, its weights drawn from ``random_state`` (a NumPy RandomState) as
+        scikit-learn draws them, then the seed of its batch orders."""
         sizes = [X.shape[1]] + self._hidden_sizes() + [n_outputs]
+        # scikit-learn's initialisation, the same draws from the same RandomState: weights, then
+        # biases, uniform in +-sqrt(f / (in + out)), f = 2 for logistic units, else 6
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        weights = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            bound = np.sqrt(factor / (n_in + n_out))
+            weights += [random_state.uniform(-bound, bound, (n_in, n_out)),
+                        random_state.uniform(-bound, bound, n_out)]
+        seed = int(random_state.randint(np.iinfo(np.int32).max))  # bpgpu's shuffling
         # scikit-learn's penalty alpha/(2 n) ||W||^2 with n the batch's samples, counted as
         # weights (a weight of 2 is two samples), scaled like the loss (see the module doc)
         l2 = self.alpha / (2.0 * batch * mean_weight) / self._LOSS_FACTOR
@@ -325,14 +336,6 @@ class _BaseMLP(BaseEstimator):
         net = Network(layers, loss=loss, optimizer=optimizer,
                       backend=get_backend(self._backend_name(X)), dtype=self._dtype_name(X),
                       seed=seed)
-        # scikit-learn's initialisation: weights and biases uniform in +-sqrt(f / (in + out)),
-        # f = 2 for logistic units, else 6; drawn on the host from the seed, layer by layer
-        rng = np.random.default_rng(seed)
-        factor = 2.0 if self.activation == "logistic" else 6.0
-        weights = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            bound = np.sqrt(factor / (n_in + n_out))
-            weights += [rng.uniform(-bound, bound, (n_in, n_out)), rng.uniform(-bound, bound, n_out)]
         net.set_weights(weights)
         return net
 
@@ -387,9 +390,9 @@ class _BaseMLP(BaseEstimator):
             library = _native_backend_name(X) or "numpy"
             self._fit_namespace = (library, _device_text(X) if library != "numpy" else "cpu")
             self._random_state = check_random_state(self.random_state)
-            seed = int(self._random_state.randint(np.iinfo(np.int32).max))
             mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight))
-            self.network_ = self._build_network(X, n_outputs, loss, batch, seed, mean_weight)
+            self.network_ = self._build_network(X, n_outputs, loss, batch, self._random_state,
+                                                mean_weight)
             self._learning_rate = float(self.learning_rate_init)
             self.n_iter_, self.t_, self.loss_curve_ = 0, 0, []
             self._no_improvement_count = 0
