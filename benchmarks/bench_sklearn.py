@@ -12,6 +12,11 @@ n_iter_no_change 10; cross-validated with the same 5 folds (stratified for the c
 shuffled with seed 0), n_jobs=1. Round r uses random_state=r for every contender, so the rounds
 also sample the initial weights and batch orders. Scores: accuracy for the classifiers, R^2 for
 the regression; per round the mean over folds, reported as the mean (and spread) over rounds.
+Paired: per round, a contender's score minus scikit-learn's (same folds, same random_state);
+the mean of those differences with its standard error (std / sqrt(rounds)). bpgpu draws its
+initial weights and batch orders from other random streams than scikit-learn, so the pairs
+share the folds, not the draws. Epochs: the mean ``n_iter_`` over rounds and folds, and the
+share of fits that stopped on ``tol`` before ``max_iter``.
 
 Contenders: scikit-learn's ``MLPClassifier``/``MLPRegressor``; bpgpu's with its defaults
 (dtype follows X: float64 here, backend "auto"); bpgpu with dtype="float32".
@@ -42,7 +47,8 @@ sys.path.insert(0, os.path.dirname(HERE))
 import sklearn  # noqa: E402
 from sklearn.datasets import load_breast_cancer, load_digits, make_friedman1  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
-from sklearn.model_selection import KFold, StratifiedKFold, cross_val_score  # noqa: E402
+from sklearn.model_selection import KFold, StratifiedKFold  # noqa: E402
+from sklearn.model_selection import cross_validate as sk_cross_validate  # noqa: E402
 from sklearn.neural_network import MLPClassifier as SkClassifier  # noqa: E402
 from sklearn.neural_network import MLPRegressor as SkRegressor  # noqa: E402
 from sklearn.pipeline import make_pipeline  # noqa: E402
@@ -80,8 +86,10 @@ def cross_validate(model, X, y, task):
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        scores = cross_val_score(model, X, y, cv=folds, n_jobs=1)
-    return time.perf_counter() - start, scores
+        result = sk_cross_validate(model, X, y, cv=folds, n_jobs=1, return_estimator=True)
+    seconds = time.perf_counter() - start
+    epochs = [int(pipe[-1].n_iter_) for pipe in result["estimator"]]
+    return seconds, result["test_score"], epochs
 
 
 def run(rounds, max_iter, only=None):
@@ -93,14 +101,16 @@ def run(rounds, max_iter, only=None):
         times = {n: [] for n in names}
         ratios = {n: [] for n in names}
         round_scores = {n: [] for n in names}  # per round: the mean over folds
+        epochs = {n: [] for n in names}  # n_iter_ of every fit
         for r in range(rounds):
             models = contenders(task, max_iter, random_state=r)
             order = names[r % len(names):] + names[:r % len(names)]
             round_times = {}
             for n in order:
-                seconds, fold_scores = cross_validate(models[n], X, y, task)
+                seconds, fold_scores, fold_epochs = cross_validate(models[n], X, y, task)
                 round_times[n] = seconds
                 round_scores[n].append(float(np.mean(fold_scores)))
+                epochs[n] += fold_epochs
             for n in names:
                 times[n].append(round_times[n])
                 ratios[n].append(round_times[n] / round_times["scikit-learn"])
@@ -112,7 +122,10 @@ def run(rounds, max_iter, only=None):
                                "round_scores": round_scores[n],
                                "time_median_s": statistics.median(times[n]),
                                "times_s": times[n],
-                               "time_ratio_vs_sklearn": statistics.median(ratios[n])}
+                               "time_ratio_vs_sklearn": statistics.median(ratios[n]),
+                               **paired(round_scores[n], round_scores["scikit-learn"]),
+                               "n_iter_mean": float(np.mean(epochs[n])),
+                               "stopped_on_tol": float(np.mean(np.array(epochs[n]) < max_iter))}
                            for n in names},
         }
         line = ", ".join(f"{n}: {np.mean(round_scores[n]):.4f} in {statistics.median(times[n]):.2f} s "
@@ -121,16 +134,27 @@ def run(rounds, max_iter, only=None):
     return results
 
 
+def paired(scores, reference):
+    """Mean and standard error of the per-round differences ``scores - reference``."""
+    d = np.asarray(scores) - np.asarray(reference)
+    se = float(np.std(d, ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+    return {"paired_diff_mean": float(np.mean(d)), "paired_diff_se": se}
+
+
 def markdown(report):
     lines = [f"# bpgpu.sklearn vs scikit-learn ({report['date']})", "",
              f"{report['machine']}; load average before {report['load_before']}, after "
              f"{report['load_after']}; {report['rounds']} rounds; max_iter {report['max_iter']}.",
-             "", "| data set | contender | score (mean +- std over rounds) | CV time (median) | "
-             "time / scikit-learn |", "|---|---|---|---:|---:|"]
+             "", "| data set | contender | score (mean +- std over rounds) | minus scikit-learn's, "
+             "paired (mean +- s.e.) | epochs (mean n_iter_) | stopped on tol | CV time (median) | "
+             "time / scikit-learn |", "|---|---|---|---|---:|---:|---:|---:|"]
     for name, data in report["results"].items():
         for who, c in data["contenders"].items():
+            diff = "-" if who == "scikit-learn" else \
+                f"{c['paired_diff_mean']:+.4f} +- {c['paired_diff_se']:.4f}"
             lines.append(f"| {name} | {who} | {data['metric']} {c['score_mean']:.4f} +- "
-                         f"{c['score_std']:.4f} | {c['time_median_s']:.2f} s | "
+                         f"{c['score_std']:.4f} | {diff} | {c['n_iter_mean']:.1f} | "
+                         f"{c['stopped_on_tol']:.0%} | {c['time_median_s']:.2f} s | "
                          f"{c['time_ratio_vs_sklearn']:.2f} |")
     if report.get("note"):
         lines += ["", report["note"]]

@@ -10,22 +10,29 @@ What the parameters become:
 * ``hidden_layer_sizes``, ``activation``: Dense layers with ``"relu"``, ``"tanh"``,
   ``"logistic"`` (sigmoid) or ``"identity"`` between them, initialised as scikit-learn does
   (weights and biases uniform in +-sqrt(6 / (fan_in + fan_out)), 2 instead of 6 for
-  ``"logistic"``, drawn from the seed the ``random_state`` gives). The
+  ``"logistic"``: the very draws scikit-learn makes from the same ``random_state``). The
   output: a softmax cross-entropy over the classes, one logistic output for two classes, one per
   label for multilabel targets, the identity for regression.
 * ``alpha``: the L2 penalty ``alpha / (2 n_batch) * sum ||W||^2`` added to every batch loss,
-  as scikit-learn adds it (``n_batch`` the configured batch size).
-* ``solver="adam"``: ``learning_rate_init``, ``beta_1``, ``beta_2``, ``epsilon``;
+  as scikit-learn adds it, with ``n_batch`` the configured batch size (scikit-learn divides by
+  the rows of each batch, so a smaller last batch of an epoch is penalised a little less here)
+  times the mean sample weight.
+* ``solver="adam"``: ``learning_rate_init``, ``beta_1``, ``beta_2``, ``epsilon`` (added where
+  scikit-learn adds it: ``sqrt(v) + epsilon`` before the bias correction of ``v``);
   ``solver="sgd"``: ``momentum``, ``nesterovs_momentum`` and the ``learning_rate`` schedule
   (``"constant"``, ``"invscaling"``: init / (t + 1)^power_t with t the samples seen,
   ``"adaptive"``: divided by 5 when the loss stops improving).
 * ``max_iter`` epochs at most; training stops when the loss (or, with ``early_stopping``, the
   validation score on a ``validation_fraction`` split, stratified for classifiers) has not
   improved by ``tol`` for more than ``n_iter_no_change`` epochs; early stopping then keeps the
-  best weights.
+  best weights. Every ``fit`` starts a fresh optimizer (with ``warm_start`` too: only the
+  weights carry over), ``partial_fit`` continues it.
 * The regression loss is reported as scikit-learn's squared error, half the mean squared
   error; training on the mean squared error with ``alpha``, the SGD rate and Adam's
-  ``epsilon`` rescaled to match takes the very same steps.
+  ``epsilon`` rescaled to match takes the very same steps: from the same initial weights and
+  batch order, scikit-learn's weights to rounding (tested). The same ``random_state`` gives
+  scikit-learn's initial weights; the batch orders (and the early-stopping split) come from
+  other draws, so the trained model differs from scikit-learn's as two batch orders do.
 * ``backend``: a bpgpu backend name, or ``"auto"``: the library of ``X`` when it is a CuPy,
   torch or array-api-strict array, else bpgpu's default (CuPy when a GPU answers, else NumPy).
   ``dtype``: ``"float32"``/``"float64"`` (or a NumPy dtype); None follows ``X`` (float32 stays
@@ -44,6 +51,7 @@ CuPy (or torch, array-api-strict) array trains on that library without a host co
 and ``predict``/``predict_proba`` return arrays of ``X``'s library and device.
 """
 
+import math
 import os
 from numbers import Integral, Real
 import tempfile
@@ -162,6 +170,28 @@ class _Monitor(Callback):
                 net.stop_training = True
 
 
+class _AdamEpsilon(Callback):
+    """Adam's epsilon where scikit-learn puts it. scikit-learn steps by
+    ``lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``, which is bpgpu's (PyTorch's) rule
+    ``lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps_t)`` with
+    ``eps_t = eps / sqrt(1 - b2^t)``; this sets ``eps_t`` (scaled like the loss) before every
+    step t."""
+
+    def __init__(self, epsilon, beta_2, loss_factor):
+        self.epsilon, self.beta_2, self.loss_factor = epsilon, beta_2, loss_factor
+
+    def _set_next(self):
+        optimizer = self.network.optimizer
+        t = optimizer.step_count + 1
+        optimizer.eps = self.epsilon / math.sqrt(1.0 - self.beta_2 ** t) / self.loss_factor
+
+    def on_train_begin(self, logs=None):
+        self._set_next()
+
+    def on_batch_end(self, batch, logs=None):
+        self._set_next()
+
+
 class _BaseMLP(BaseEstimator):
     """What the classifier and the regressor share: parameters, the network, the training run."""
 
@@ -274,8 +304,19 @@ class _BaseMLP(BaseEstimator):
             return dtype_name(self.dtype)
         return "float32" if str(X.dtype).endswith("float32") else "float64"
 
-    def _build_network(self, X, n_outputs, loss, batch, seed, mean_weight):
+    def _build_network(self, X, n_outputs, loss, batch, random_state, mean_weight):
+        """The network, its weights drawn from ``random_state`` (a NumPy RandomState) as
+        scikit-learn draws them, then the seed of its batch orders."""
         sizes = [X.shape[1]] + self._hidden_sizes() + [n_outputs]
+        # scikit-learn's initialisation, the same draws from the same RandomState: weights, then
+        # biases, uniform in +-sqrt(f / (in + out)), f = 2 for logistic units, else 6
+        factor = 2.0 if self.activation == "logistic" else 6.0
+        weights = []
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            bound = np.sqrt(factor / (n_in + n_out))
+            weights += [random_state.uniform(-bound, bound, (n_in, n_out)),
+                        random_state.uniform(-bound, bound, n_out)]
+        seed = int(random_state.randint(np.iinfo(np.int32).max))  # bpgpu's shuffling
         # scikit-learn's penalty alpha/(2 n) ||W||^2 with n the batch's samples, counted as
         # weights (a weight of 2 is two samples), scaled like the loss (see the module doc)
         l2 = self.alpha / (2.0 * batch * mean_weight) / self._LOSS_FACTOR
@@ -287,7 +328,7 @@ class _BaseMLP(BaseEstimator):
         optimizer: Adam | SGD
         if self.solver == "adam":
             optimizer = Adam(lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2),
-                             eps=self.epsilon / self._LOSS_FACTOR)
+                             eps=self.epsilon / math.sqrt(1.0 - self.beta_2) / self._LOSS_FACTOR)
         else:
             optimizer = SGD(lr=self._sgd_rate(self.learning_rate_init),
                             momentum=self.momentum,
@@ -295,14 +336,6 @@ class _BaseMLP(BaseEstimator):
         net = Network(layers, loss=loss, optimizer=optimizer,
                       backend=get_backend(self._backend_name(X)), dtype=self._dtype_name(X),
                       seed=seed)
-        # scikit-learn's initialisation: weights and biases uniform in +-sqrt(f / (in + out)),
-        # f = 2 for logistic units, else 6; drawn on the host from the seed, layer by layer
-        rng = np.random.default_rng(seed)
-        factor = 2.0 if self.activation == "logistic" else 6.0
-        weights = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-            bound = np.sqrt(factor / (n_in + n_out))
-            weights += [rng.uniform(-bound, bound, (n_in, n_out)), rng.uniform(-bound, bound, n_out)]
         net.set_weights(weights)
         return net
 
@@ -357,9 +390,9 @@ class _BaseMLP(BaseEstimator):
             library = _native_backend_name(X) or "numpy"
             self._fit_namespace = (library, _device_text(X) if library != "numpy" else "cpu")
             self._random_state = check_random_state(self.random_state)
-            seed = int(self._random_state.randint(np.iinfo(np.int32).max))
             mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight))
-            self.network_ = self._build_network(X, n_outputs, loss, batch, seed, mean_weight)
+            self.network_ = self._build_network(X, n_outputs, loss, batch, self._random_state,
+                                                mean_weight)
             self._learning_rate = float(self.learning_rate_init)
             self.n_iter_, self.t_, self.loss_curve_ = 0, 0, []
             self._no_improvement_count = 0
@@ -389,12 +422,17 @@ class _BaseMLP(BaseEstimator):
             X, targets = _take(X, rows), _take(targets, rows)
             if sample_weight is not None:
                 sample_weight = sample_weight[rows]
+        if keep and not incremental:
+            self._restart_optimizer()
         monitor = _Monitor(self, rows.shape[0], validation, self._LOSS_FACTOR)
+        callbacks: list[Callback] = [monitor]
+        if self.solver == "adam":
+            callbacks.append(_AdamEpsilon(self.epsilon, self.beta_2, self._LOSS_FACTOR))
         epochs = 1 if incremental else self.max_iter
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # one-class tails etc. are ours to say
             net.fit(self._to_network(X), targets, epochs=epochs, batch_size=batch,
-                    shuffle=self.shuffle, verbose=0, callbacks=[monitor],
+                    shuffle=self.shuffle, verbose=0, callbacks=callbacks,
                     sample_weight=sample_weight)
         if early:
             best = self.__dict__.pop("_best_weights", None)
@@ -405,6 +443,15 @@ class _BaseMLP(BaseEstimator):
                           "and the optimization hasn't converged yet.", ConvergenceWarning,
                           stacklevel=3)
         return self
+
+    def _restart_optimizer(self):
+        """A fresh optimizer state, as scikit-learn starts every ``fit`` (warm_start included;
+        partial_fit continues): Adam's moments and step count, SGD's velocity and rate."""
+        net = self.network_
+        net.optimizer.load_state_dict({"step_count": 0, "schedule_step": 0, "state": {}})
+        self._learning_rate = float(self.learning_rate_init)
+        if self.solver == "sgd":
+            net.optimizer.lr = self._sgd_rate(self._learning_rate)
 
     def _check_y(self, y):
         """Targets after validate_data, as host NumPy, in the form the subclass trains on."""

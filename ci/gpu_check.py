@@ -50,14 +50,18 @@ SMALL_CASES = ("2-4-2", "1-64-32-2")
 GRAPH_TARGET = 0.3
 
 
+#: Distributions whose import name is not their name (wheel file names use the distribution's).
+IMPORT_NAMES = {"scikit_learn": "sklearn"}
+
+
 def requirements(path):
     """[(requirement, import name)] from a requirements file."""
     out = []
     for line in Path(path).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            name = re.split(r"[<>=!~ ]", line, maxsplit=1)[0]
-            out.append((line, name.replace("-", "_").lower()))
+            name = re.split(r"[<>=!~ ]", line, maxsplit=1)[0].replace("-", "_").lower()
+            out.append((line, IMPORT_NAMES.get(name, name)))
     return out
 
 
@@ -72,9 +76,10 @@ def wheel_for(module):
     """A wheel in .whl/ for ``module`` usable by CPython 3.12 on x86-64 Linux, or None."""
     if not WHEELS.is_dir():
         return None
+    distribution = {v: k for k, v in IMPORT_NAMES.items()}.get(module, module)
     for wheel in sorted(WHEELS.glob("*.whl")):
         name, _version, *tags = wheel.stem.split("-")
-        if name.lower() != module:
+        if name.lower() != distribution:
             continue
         python, abi, plat = tags[-3:]
         if ("py3" in python or "cp312" in python) and (plat == "any" or "x86_64" in plat):

@@ -51,3 +51,14 @@ def test_the_gpu_run_requires_cupy_and_skips_cpu_only_tests():
     assert cmd[cmd.index("--backend") + 1] == "cupy"
     assert cmd[cmd.index("-k") + 1] == "cupy or cuda or gpu"
     assert "--ignore=tests/test_cuda_emulated.py" in cmd
+
+
+def test_a_distribution_imported_under_another_name(tmp_path, monkeypatch):
+    """scikit-learn imports as sklearn; its wheel is found under the distribution's name."""
+    wheels = tmp_path / "wheels.txt"
+    wheels.write_text("scikit-learn>=1.6\n")
+    assert gpu_check.requirements(wheels) == [("scikit-learn>=1.6", "sklearn")]
+    monkeypatch.setattr(gpu_check, "WHEELS", tmp_path)
+    assert gpu_check.wheel_for("sklearn") is None
+    (tmp_path / "scikit_learn-1.7.2-cp312-cp312-manylinux2014_x86_64.whl").write_bytes(b"")
+    assert gpu_check.wheel_for("sklearn") is not None

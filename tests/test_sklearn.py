@@ -98,18 +98,22 @@ def test_matches_a_network_trained_the_same_way():
     penalty and optimizer give the same loss curve and weights."""
     from bpgpu.layers import Dense, ReLU
     from bpgpu.optimizers import Adam
+    from bpgpu.sklearn import _AdamEpsilon
 
     est = _quiet(MLPRegressor(hidden_layer_sizes=(7,), max_iter=5, random_state=0, alpha=0.01,
                               batch_size=32, shuffle=False), REG_X, REG_Y)
-    seed = int(np.random.RandomState(0).randint(np.iinfo(np.int32).max))
+    rng = np.random.RandomState(0)  # scikit-learn's initialisation, then the shuffling seed
+    b1, b2 = np.sqrt(6 / (5 + 7)), np.sqrt(6 / (7 + 1))
+    weights = [rng.uniform(-b1, b1, (5, 7)), rng.uniform(-b1, b1, 7),
+               rng.uniform(-b2, b2, (7, 1)), rng.uniform(-b2, b2, 1)]
+    seed = int(rng.randint(np.iinfo(np.int32).max))
     l2 = 0.01 / (2 * 32) / 0.5
     net = bpgpu.Network([Dense(5, 7, l2=l2), ReLU(), Dense(7, 1, l2=l2)], loss="mse",
                         optimizer=Adam(lr=1e-3, eps=2e-8), dtype="float64", seed=seed)
-    rng = np.random.default_rng(seed)  # scikit-learn's initialisation, drawn from the seed
-    b1, b2 = np.sqrt(6 / (5 + 7)), np.sqrt(6 / (7 + 1))
-    net.set_weights([rng.uniform(-b1, b1, (5, 7)), rng.uniform(-b1, b1, 7),
-                     rng.uniform(-b2, b2, (7, 1)), rng.uniform(-b2, b2, 1)])
-    history = net.fit(REG_X, REG_Y, epochs=5, batch_size=32, shuffle=False, verbose=0)
+    net.set_weights(weights)
+    # Adam's epsilon where scikit-learn puts it: 1e-8 / sqrt(1 - 0.999^t), doubled for the MSE
+    history = net.fit(REG_X, REG_Y, epochs=5, batch_size=32, shuffle=False, verbose=0,
+                      callbacks=[_AdamEpsilon(1e-8, 0.999, 0.5)])
     np.testing.assert_allclose(est.loss_curve_, np.array(history["loss"]) / 2, rtol=1e-12)
     for a, b in zip(est.network_.get_weights(), net.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -143,6 +147,58 @@ def test_sgd_epoch_matches_sklearns_mlp_from_the_same_weights():
     for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     assert ours.loss_curve_[0] == pytest.approx(sk.loss_curve_[-1], rel=1e-9)
+
+
+@pytest.mark.parametrize("task", ["regression", "binary", "multiclass"])
+def test_same_random_state_without_shuffling_trains_sklearns_model(task):
+    """The same random_state gives scikit-learn's initial weights; without shuffling (so the same
+    batch order) Adam with L2 over full batches (3 x 40 rows, 2 x 50 for binary) then gives
+    scikit-learn's loss curve and weights, for the identity, logistic and softmax outputs. (A
+    smaller last batch would differ a little: its L2 term, see the module docstring.)"""
+    from sklearn.neural_network import MLPClassifier as SkClassifier
+    from sklearn.neural_network import MLPRegressor as SkRegressor
+
+    params = dict(hidden_layer_sizes=(8,), max_iter=10, batch_size=40, alpha=0.1, shuffle=False,
+                  learning_rate_init=0.01, random_state=7)
+    if task == "regression":
+        ours, sk, X, y = MLPRegressor(**params), SkRegressor(**params), REG_X, REG_Y
+    else:
+        X, y = (IRIS_X[:120], IRIS_Y[:120]) if task == "multiclass" else \
+            (IRIS_X[IRIS_Y > 0], IRIS_Y[IRIS_Y > 0])
+        if task == "binary":  # 100 rows
+            params["batch_size"] = 50
+        ours, sk = MLPClassifier(**params), SkClassifier(**params)
+    _quiet(ours, X, y)
+    _quiet(sk, X, y)
+    np.testing.assert_allclose(ours.loss_curve_, sk.loss_curve_, rtol=1e-10)
+    for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_adam_matches_sklearns_mlp_from_the_same_weights_across_warm_starts(dtype):
+    """Adam with L2 over batches from the same weights and batch order: scikit-learn's weights
+    and losses, also after a second fit with warm_start (both restart the optimizer there).
+    The epsilon is made to matter (1e-3): its placement is part of what is compared."""
+    from sklearn.neural_network import MLPRegressor as SkRegressor
+
+    params = dict(hidden_layer_sizes=(8,), solver="adam", max_iter=3, batch_size=40, alpha=0.1,
+                  shuffle=False, epsilon=1e-3, learning_rate_init=0.01)
+    start = _quiet(MLPRegressor(random_state=0, dtype=dtype, **{**params, "max_iter": 1,
+                                                                 "learning_rate_init": 1e-300}),
+                   REG_X, REG_Y)
+    ours = MLPRegressor(random_state=0, warm_start=True, dtype=dtype, **params)
+    sk = _quiet(SkRegressor(random_state=0, **params), REG_X, REG_Y)
+    sk.coefs_ = [c.astype(np.float64) for c in start.coefs_]
+    sk.intercepts_ = [b.astype(np.float64) for b in start.intercepts_]
+    sk.set_params(warm_start=True)
+    rtol = 1e-9 if dtype == "float64" else 1e-4
+    for _ in range(2):
+        _quiet(ours, REG_X, REG_Y)
+        _quiet(sk, REG_X, REG_Y)
+        for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-2)
+        np.testing.assert_allclose(ours.loss_curve_[-3:], sk.loss_curve_[-3:], rtol=rtol)
 
 
 def test_pipeline_cross_val_and_grid_search_in_two_processes():
@@ -348,3 +404,23 @@ def test_array_api_checks_with_torch_and_array_api_strict():
                        "check_array_api_mixed_inputs", "check_array_api_same_namespace",
                        "<lambda>" if estimator == "MLPRegressor" else "same_probabilities"):
             assert needed in ran, (estimator, needed, run.stdout)
+
+
+# CuPy arrays in, CuPy arrays out (on a GPU), with torch, array-api-strict and NumPy standing in
+# here: tests/sklearn_native_cases.py, in a fresh pytest process because array API dispatch needs
+# SCIPY_ARRAY_API=1 before SciPy is imported. One run per backend of the ``backend`` fixture, so
+# the cupy one is part of the GPU check's selection and skips here with the reason.
+def test_native_arrays_in_and_out(backend):
+    pytest.importorskip("array_api_compat", reason="array-api-compat is not installed (scikit-"
+                        "learn's array API dispatch needs it)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(bpgpu.__file__)))
+    cases = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sklearn_native_cases.py")
+    env = dict(os.environ, SCIPY_ARRAY_API="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
+                          "--backend", backend.name, "--require-backend", backend.name, cases],
+                         env=env, capture_output=True, text=True, timeout=600, cwd=root)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    summary = run.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary and "failed" not in summary, \
+        run.stdout[-4000:]
