@@ -15,6 +15,12 @@ and at least ``MIN_ROWS`` rows for each of T shards. Then it uses T shards; with
 stays in one piece rather than leave BLAS threads idle (on a 16-core machine a batch of 256 would
 make 4 shards on 4 cores where BLAS uses 16). ``BPGPU_CPU_SHARDS=k`` sets k regardless of size
 (``1`` turns sharding off).
+
+A step in one piece keeps its optimizer update on one thread: right after the backward pass's
+last product OpenBLAS's workers are still spinning on the other cores, and a second thread
+splitting the update finds no core free. Measured on the 2-vCPU VM (Adam over 2.6 M float32
+parameters, blocked, best of 15): 8.5 ms on one thread, 8.4 ms on two right after a product,
+6.5 ms on two with no product before; the whole mlp-10x512 step 1.02x slower with it.
 """
 
 import contextlib
