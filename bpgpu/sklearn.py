@@ -14,9 +14,8 @@ What the parameters become:
   output: a softmax cross-entropy over the classes, one logistic output for two classes, one per
   label for multilabel targets, the identity for regression.
 * ``alpha``: the L2 penalty ``alpha / (2 n_batch) * sum ||W||^2`` added to every batch loss,
-  as scikit-learn adds it, with ``n_batch`` the configured batch size (scikit-learn divides by
-  the rows of each batch, so a smaller last batch of an epoch is penalised a little less here)
-  times the mean sample weight.
+  as scikit-learn adds it, with ``n_batch`` the rows of that batch (so a smaller last batch of
+  an epoch is penalised more) times the mean sample weight.
 * ``solver="adam"``: ``learning_rate_init``, ``beta_1``, ``beta_2``, ``epsilon`` (added where
   scikit-learn adds it: ``sqrt(v) + epsilon`` before the bias correction of ``v``);
   ``solver="sgd"``: ``momentum``, ``nesterovs_momentum`` and the ``learning_rate`` schedule
@@ -190,6 +189,33 @@ class _AdamEpsilon(Callback):
 
     def on_batch_end(self, batch, logs=None):
         self._set_next()
+
+
+class _BatchPenalty(Callback):
+    """scikit-learn's L2 term of each batch, ``alpha / (2 n_b) * sum ||W||^2`` with n_b that
+    batch's rows (a smaller last batch of an epoch is penalised more), counted as weights and
+    scaled like the loss: ``unit = alpha / (2 mean_weight loss_factor)``, and every Dense's ``l2``
+    is set to ``unit / n_b`` before the step on batch b (the engines read ``l2`` at each step).
+    After training the layers keep a full batch's value."""
+
+    def __init__(self, unit, batch_size, n_samples):
+        self.unit, self.batch_size, self.n_samples = unit, batch_size, n_samples
+
+    def _set(self, index):
+        rows = min(self.batch_size, self.n_samples - index * self.batch_size)
+        for layer in self.network.layers:
+            if isinstance(layer, Dense):
+                layer.l2 = self.unit / rows
+
+    def on_train_begin(self, logs=None):
+        self._set(0)
+
+    def on_batch_end(self, batch, logs=None):
+        following = batch + 1
+        self._set(following if following * self.batch_size < self.n_samples else 0)
+
+    def on_train_end(self, logs=None):
+        self._set(0)
 
 
 class _BaseMLP(BaseEstimator):
@@ -426,6 +452,10 @@ class _BaseMLP(BaseEstimator):
             self._restart_optimizer()
         monitor = _Monitor(self, rows.shape[0], validation, self._LOSS_FACTOR)
         callbacks: list[Callback] = [monitor]
+        if self.alpha > 0:
+            mean_weight = 1.0 if sample_weight is None else float(np.mean(sample_weight))
+            callbacks.append(_BatchPenalty(self.alpha / (2.0 * mean_weight) / self._LOSS_FACTOR,
+                                           batch, rows.shape[0]))
         if self.solver == "adam":
             callbacks.append(_AdamEpsilon(self.epsilon, self.beta_2, self._LOSS_FACTOR))
         epochs = 1 if incremental else self.max_iter

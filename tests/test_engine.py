@@ -275,3 +275,30 @@ def test_hook_on_row_shards_sees_the_summed_gradient(monkeypatch):
     np.testing.assert_allclose(seen["3"], seen["1"], **TOL)
     for a, b in zip(seen["3 weights"], seen["1 weights"]):
         np.testing.assert_allclose(a, b, **TOL)
+
+
+@pytest.mark.parametrize("backend_kind", ["numpy", "emulated_cupy"])
+def test_l2_changed_between_steps_is_read_by_the_fast_engine(backend_kind, emulated_cupy):
+    """Dense.l2 is read at every step (scikit-learn's per-batch penalty changes it): the fast
+    engine, on NumPy and on the emulated CuPy kernels, follows a changing l2 step by step as the
+    reference engine does; and the change matters (the weights differ from a constant l2)."""
+    backend = "numpy" if backend_kind == "numpy" else emulated_cupy
+    X, y = _data()
+
+    def train(fast, factors):
+        layers = [Dense(5, 8, l2=0.05), ReLU(), Dense(8, 3, l2=0.05)]
+        net = bpgpu.Network(layers, loss=CrossEntropy(), optimizer=SGD(0.1), backend=backend,
+                            dtype="float64", seed=0, fast=fast)
+        assert net.engine.fast is (fast is None)
+        for factor in factors:
+            for layer in (layers[0], layers[2]):
+                layer.l2 = 0.05 * factor
+            net.train_step(X, y)
+        return net.get_weights()
+
+    factors = [1.0, 4.0, 0.5, 3.0]
+    fast, reference = train(None, factors), train(False, factors)
+    for a, b in zip(fast, reference):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    constant = train(None, [1.0] * len(factors))
+    assert not np.allclose(constant[0], fast[0], rtol=1e-6, atol=0)

@@ -122,7 +122,6 @@ class _Dense:
     def __init__(self, layer, act, W, dW, b, db):
         self.layer, self.W, self.dW, self.b, self.db = layer, W, dW, b, db
         self.act, self.slope = act if act is not None else (None, 0.0)
-        self.l2 = layer.l2
         dtype = W.dtype
         self.forward_kernel = (_bias_activation(self.act, b is not None, dtype.name)
                                if self.act is not None or b is not None else None)
@@ -152,8 +151,8 @@ class _Dense:
         dz = dy if self.grad_kernel is None else self.grad_kernel(dy, self.y, self.slope,
                                                                   buf["dz"])
         cupy.matmul(self.x.T, dz, out=self.dW)
-        if self.l2:
-            _add_scaled(self.W.dtype.name)(self.W, 2.0 * self.l2, self.dW)
+        if self.layer.l2:  # read at every step, as the reference does
+            _add_scaled(self.W.dtype.name)(self.W, 2.0 * self.layer.l2, self.dW)
         grads = self.layer.grads
         grads["W"] = self.dW
         if self.b is not None:
@@ -507,8 +506,8 @@ class _HalfDense(_Dense):
         dz = dy if self.grad_kernel is None else self.grad_kernel(dy, self.y, self.slope,
                                                                   buf["dz"])
         cupy.matmul(self.x.T, dz, out=self.dW)
-        if self.l2:
-            _add_scaled("float16")(self.W, 2.0 * self.l2 * self.scale, self.dW)
+        if self.layer.l2:
+            _add_scaled("float16")(self.W, 2.0 * self.layer.l2 * self.scale, self.dW)
         if self.b is not None:
             cupy.sum(dz, axis=0, dtype=cupy.float32, out=self.db)
         if not self.layer.input_grad:

@@ -49,8 +49,8 @@ class _Dense(BufferedOp):
         self.layer, self.W, self.dW, self.b, self.db, self.joint = layer, W, dW, b, db, joint
         self.act, self.slope = act if act is not None else (None, 0.0)
         self.primary = primary
-        self.l2 = layer.l2 if primary else 0.0
-        self.l2_term = np.empty_like(W) if self.l2 else None
+        # the L2 term (primary only); its factor is read from the layer at every step
+        self.l2_term = np.empty_like(W) if primary and layer.l2 else None
         self.producer = None        # the _Dense whose [y^T; 1] buffer is this layer's [x^T; 1]
         self.ones_row = False       # keep [y^T; 1] for the next layer
         self.owns_dy = False        # the incoming gradient's buffer may be overwritten
@@ -123,8 +123,8 @@ class _Dense(BufferedOp):
             grads["W"] = self.dW
             if self.b is not None:
                 grads["b"] = self.db
-        if self.l2:
-            np.multiply(self.W, 2.0 * self.l2, out=self.l2_term)
+        if self.l2_term is not None:
+            np.multiply(self.W, 2.0 * self.layer.l2, out=self.l2_term)
             np.add(self.dW, self.l2_term, out=self.dW)
         if not self.layer.input_grad:
             return None

@@ -24,7 +24,9 @@ class Dense(Layer):
         init: initialiser of W by name (``"he_normal"``, ``"glorot_uniform"``, ... see
             :mod:`bpgpu.initializers`); b starts at zero.
         bias: whether to learn b.
-        l2: L2 penalty ``l2 * sum(W**2)`` added to the loss (b is not penalised).
+        l2: L2 penalty ``l2 * sum(W**2)`` added to the loss (b is not penalised). Read at
+            every step by every engine, so it may be changed between steps (while it stays > 0;
+            scikit-learn's per-batch penalty in :mod:`bpgpu.sklearn` does so).
     """
 
     def __init__(self, in_features, out_features, init="he_normal", bias=True, l2=0.0):
