@@ -211,13 +211,14 @@ class FastEngine(Engine):
         graphs = self.graphs
         if graphs is not None and not output and not self.net.gradient_hooks:
             return graphs.train_step(x, y)
-        value, out = self.plan.compute(x, y, output)
-        if self.net.gradient_hooks:
-            self._offer_kernel_check()
-            allow = self._hooks_allow_update(self.plan.summed_gradients(), x.shape[0])
-            self.plan.finish(update=allow)
-        else:
-            self.plan.finish(update=True)
+        with self.plan.kernels.step_context():  # NumPy: subnormals flushed to zero
+            value, out = self.plan.compute(x, y, output)
+            if self.net.gradient_hooks:
+                self._offer_kernel_check()
+                allow = self._hooks_allow_update(self.plan.summed_gradients(), x.shape[0])
+                self.plan.finish(update=allow)
+            else:
+                self.plan.finish(update=True)
         return (value, out) if output else value
 
     def apply_update(self) -> None:

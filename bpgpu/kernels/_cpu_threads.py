@@ -29,6 +29,8 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from . import _denormals
+
 __all__ = ["shard_count", "one_blas_thread", "run_parallel", "MIN_ROWS", "MIN_WORK"]
 
 #: Fewest rows per shard: below this, single-threaded matrix products lose too much efficiency.
@@ -114,7 +116,8 @@ def one_blas_thread():
 
 def run_parallel(jobs):
     """Run the callables ``jobs`` at once: the first in this thread, the rest in the pool, each
-    in a copy of this thread's context (``numpy.errstate`` included). Returns their results in
+    in a copy of this thread's context (``numpy.errstate`` included) and with subnormals flushed
+    when this thread flushes them (:mod:`bpgpu.kernels._denormals`). Returns their results in
     order; the first exception is raised after every job has finished."""
     global _pool, _pool_size
     if len(jobs) == 1:
@@ -124,7 +127,8 @@ def run_parallel(jobs):
             _pool_size = len(jobs) - 1
             _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="bpgpu-shard")
         pool = _pool
-    futures = [pool.submit(contextvars.copy_context().run, job) for job in jobs[1:]]
+    futures = [pool.submit(contextvars.copy_context().run, _denormals.carry(job))
+               for job in jobs[1:]]
     results, error = [], None
     try:
         results.append(jobs[0]())

@@ -168,23 +168,27 @@ class _Dense:
 
 
 # -- losses ---------------------------------------------------------------------------------------------
-_XENT_SOURCE = r"""
-typedef {t} T;
-
+#: Butterfly reductions over the 32 lanes of a warp (every lane ends with the result), for
+#: values of type ``{t}``; pasted into the cross-entropy kernels' sources as ``{warp}``.
+_WARP_REDUCTIONS = r"""
 // Butterfly reductions over the 32 lanes of a warp: every lane ends with the result.
-__device__ __forceinline__ T warp_max(T v) {{
+__device__ __forceinline__ {t} warp_max({t} v) {{
     for (int offset = 16; offset > 0; offset >>= 1) {{
-        T other = __shfl_xor_sync(0xffffffffu, v, offset);
+        {t} other = __shfl_xor_sync(0xffffffffu, v, offset);
         v = other > v ? other : v;
     }}
     return v;
 }}
 
-__device__ __forceinline__ T warp_sum(T v) {{
+__device__ __forceinline__ {t} warp_sum({t} v) {{
     for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
 }}
+"""
 
+_XENT_SOURCE = r"""
+typedef {t} T;
+{warp}
 // One warp per row: lane l handles columns l, l + 32, l + 64, ... so each of the warp's loads
 // reads 32 consecutive elements (coalesced). blockDim.x is a multiple of 32, so a warp's lanes
 // share one row and leave together when it is past the last row.
@@ -235,7 +239,7 @@ _XENT_ROWS_PER_BLOCK = 4
 def _xent_kernel(ids, dtype):
     d, t = _names(dtype)
     variant = "ids" if ids else "rows"
-    source = _XENT_SOURCE.format(t=t, d=d, variant=variant,
+    source = _XENT_SOURCE.format(t=t, d=d, variant=variant, warp=_WARP_REDUCTIONS.format(t="T"),
                                  target_type="long long" if ids else "T",
                                  body=_XENT_IDS if ids else _XENT_ROWS)
     return cupy.RawKernel(source, f"bpgpu_xent_{variant}_{d}")
@@ -358,20 +362,7 @@ def unscale_check(g16, g32, out, inv_scale, found):
 
 _XENT_HALF_SOURCE = r"""
 #include <cuda_fp16.h>
-
-__device__ __forceinline__ float warp_max(float v) {{
-    for (int offset = 16; offset > 0; offset >>= 1) {{
-        float other = __shfl_xor_sync(0xffffffffu, v, offset);
-        v = other > v ? other : v;
-    }}
-    return v;
-}}
-
-__device__ __forceinline__ float warp_sum(float v) {{
-    for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-    return v;
-}}
-
+{warp}
 // The float32 kernel's warp-per-row scheme on float16 logits: each logit is read into float
 // (exactly the reference's cast of the output to float32) and everything runs in float; the
 // exponentials are recomputed in the second pass rather than parked in the float16 gradient.
@@ -422,7 +413,7 @@ _XENT_HALF_ROWS = r"""
 @functools.lru_cache(maxsize=None)
 def _xent_half_kernel(ids):
     variant = "ids" if ids else "rows"
-    source = _XENT_HALF_SOURCE.format(variant=variant,
+    source = _XENT_HALF_SOURCE.format(variant=variant, warp=_WARP_REDUCTIONS.format(t="float"),
                                       target_type="long long" if ids else "float",
                                       body=_XENT_HALF_IDS if ids else _XENT_HALF_ROWS)
     return cupy.RawKernel(source, f"bpgpu_xent_{variant}_float16")

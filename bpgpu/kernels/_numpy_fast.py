@@ -17,6 +17,7 @@ import numpy as np
 
 from ..losses import MSE, CrossEntropy
 from . import _cpu_threads as cpu_threads
+from . import _denormals
 from ._plan import BufferedOp, KernelSet, LossOp
 from ._update_rules import flat_rule_name
 
@@ -435,6 +436,7 @@ class NumPyKernels(KernelSet):
                 isinstance(loss_op, (_SoftmaxCrossEntropy, _MeanSquaredError))
 
     update_rule = staticmethod(update_rule)
+    step_context = staticmethod(_denormals.flushing)
     shard_count = staticmethod(cpu_threads.shard_count)
     one_blas_thread = staticmethod(cpu_threads.one_blas_thread)
     run_parallel = staticmethod(cpu_threads.run_parallel)

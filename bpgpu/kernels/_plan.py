@@ -25,6 +25,7 @@ the optimizer update then run over k ranges of the flat buffers, again one per t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Callable
@@ -124,6 +125,11 @@ class KernelSet(Protocol):
     def view(flat: Any, offset: int, shape: tuple[int, ...]) -> Any:
         """The ``shape``-d view of the 1-D buffer ``flat`` starting at element ``offset``."""
         return flat[offset:offset + math.prod(shape)].reshape(shape)
+
+    def step_context(self) -> contextlib.AbstractContextManager[Any]:
+        """The context the training step runs in (the NumPy kernels flush subnormals to zero,
+        :mod:`bpgpu.kernels._denormals`); by default none."""
+        return contextlib.nullcontext()
 
     def loss_op(self, loss: Any) -> Any:
         """A fast operation for ``loss`` (exact class match), or None: the reference loss runs."""
