@@ -325,17 +325,24 @@ def test_networks_training_at_once_in_two_threads(shards):
 @pytest.mark.parametrize("optimizer", ["adam_l2_clipnorm", "adamw_clipvalue", "sgd_nesterov_wd",
                                        "rmsprop_centered"])
 def test_sharded_blocked_update_matches_reference(shards, monkeypatch, optimizer):
-    """The range jobs of a sharded update run the blocked update (NumPy): blocks shrunk to 48
-    float64 elements, so each range job updates its range block by block (a ragged block last),
-    with the scratch blocks of its own range."""
+    """The range jobs of a sharded update run the blocked update (NumPy) in blocks of their own
+    size (PARALLEL_BLOCK_BYTES), here shrunk to 40 float64 elements, so each range job updates
+    its range block by block (a ragged block last), with the scratch blocks of its own range."""
     from bpgpu.kernels import _numpy_fast as numpy_fast
 
     monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 48 * 8)
+    monkeypatch.setattr(numpy_fast, "PARALLEL_BLOCK_BYTES", 40 * 8)
     monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)
     shards(2)
-    nets = _nets(OPTIMIZERS[optimizer], l2=0.05)
+
+    def wider():  # 4868 parameters: two ranges (4096 and 772), so two range jobs at once
+        return [Dense(6, 64, l2=0.05), ReLU(), Dense(64, 64, l2=0.05), Tanh(), Dense(64, 4)]
+
+    nets = _nets(OPTIMIZERS[optimizer], layers=wider)
     X, y = _data(40, seed=5)
     losses = _train_both(nets, X, y, steps=4)
-    assert len(train_step_for(nets[0])._shards) == 2 and train_step_for(nets[0]).size % 48
-    assert any(name.startswith("block t [range") for name in train_step_for(nets[0])._work)
+    plan = train_step_for(nets[0])
+    assert len(plan._shards) == 2 and len(plan._ranges(2)) == 2
+    assert {buf.shape[0] for name, buf in plan._work.items() if name.startswith("block t [range")} \
+        == {40}
     _assert_same(nets, losses)

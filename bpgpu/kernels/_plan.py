@@ -114,7 +114,9 @@ class KernelSet(Protocol):
         ...
 
     def update_rule(self, optimizer: Any) -> Callable[..., None] | None:
-        """``rule(optimizer, lr, p, g, state, work)`` updating flat buffers in place, or None."""
+        """``rule(optimizer, lr, p, g, state, work)`` updating flat buffers in place, or None.
+        Kernel sets that run row shards also take ``jobs=k``: the rule runs on one range while
+        k range jobs run at once."""
         ...
 
     def clip(self, optimizer: Any, g: Any, work: Callable[..., Any]) -> Any:
@@ -467,7 +469,7 @@ class TrainStep:
                               [flat[a:b] for flat in partials], rule, optimizer,
                               lr, self.flat_params[a:b], grads[a:b],
                               {name: flat[a:b] for name, flat in state.items()},
-                              self._range_work(j, b - a))
+                              self._range_work(j, b - a), len(ranges))
             for j, (a, b) in enumerate(ranges)])
         self._unsummed = False
 
@@ -490,7 +492,8 @@ def _sum_into(accumulate, g, partials):
         accumulate(g, partial)
 
 
-def _sum_and_update(accumulate, partials, rule, optimizer, lr, p, g, state, work):
-    """One range of a sharded update: g += the shards' partial gradients, then the rule."""
+def _sum_and_update(accumulate, partials, rule, optimizer, lr, p, g, state, work, jobs):
+    """One range of a sharded update, one of ``jobs`` running at once: g += the shards' partial
+    gradients, then the rule."""
     _sum_into(accumulate, g, partials)
-    rule(optimizer, lr, p, g, state, work)
+    rule(optimizer, lr, p, g, state, work, jobs=jobs)
