@@ -326,11 +326,12 @@ def update_rule(optimizer):
 #: 128 KiB (more blocks, more per-call overhead); float64 0.66x at 256 KiB.
 BLOCK_BYTES = 1 << 18
 
-#: Blocking starts at this many blocks of ``BLOCK_BYTES`` (2 MiB per buffer): below, the buffers
-#: mostly stay in the last-level cache between passes anyway. Measured (float32, 256 KiB blocks):
-#: 270K parameters, Adam 0.97x, RMSprop 1.02x, SGD momentum 1.05x the whole-buffer time; 524K:
-#: 0.96x, 0.98x, 0.94x; 1.86M: Adam 0.89x; 2.6M: 0.80x, 0.81x, 0.77x.
-MIN_BLOCKS = 8
+#: Blocking starts at this many blocks of ``BLOCK_BYTES`` (1 MiB per buffer). Measured (float32,
+#: 256 KiB blocks, blocked / whole-buffer time for Adam, RMSprop, SGD momentum): on a 2-core AMD
+#: EPYC (1 MiB L2 per core, 32 MiB L3) 270K parameters 0.97x, 1.02x, 1.05x, 524K 0.96x, 0.98x,
+#: 0.94x, 2.6M 0.80x, 0.81x, 0.77x; on a 2-vCPU Intel Xeon (2 MiB L2 per core) 270K 0.82x, 0.93x,
+#: 0.67x, 524K 0.57x, 0.60x, 0.52x. Below 1 MiB (e.g. 128K parameters) the buffers stay in cache.
+MIN_BLOCKS = 4
 
 #: Bytes per block when several range jobs of a sharded update run at once (``jobs`` > 1). Each
 #: NumPy call holds the GIL while it sets up, so two threads making many short calls queue for it:
