@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._safe_npz import SafeNpz
 from .errors import ModelFileError
 from .history import History
 from .layers import Layer, deserialize_layer, layer_class, serialize_layer
@@ -26,7 +27,6 @@ from .losses import serialize_loss
 from .optimizers import serialize_optimizer
 from .precision import serialize_precision
 from .registry import get_registry
-from ._safe_npz import SafeNpz
 
 if TYPE_CHECKING:  # only for the annotations: this module sits below network.py
     from .network import Network

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from .registry import get_registry
 from ._validation import check_number, check_positive_int, is_real_number
+from .registry import get_registry
 
 __all__ = ["Schedule", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",
            "serialize_schedule", "deserialize_schedule"]

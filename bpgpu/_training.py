@@ -30,16 +30,15 @@ from typing import Any
 import numpy as np
 
 from ._progress import Progress
+from ._schedules import Schedule
 from ._snapshot import Snapshot
-from .distributed import DataParallel
-from .layers import BatchNorm, Layer
+from ._validation import as_numeric, check_batch_size, check_bool, check_finite, check_positive_int, is_real_number
 from .callbacks import CallbackList, LearningRateScheduler, ReduceLROnPlateau
+from .distributed import DataParallel
 from .errors import TrainingDivergedError
 from .history import History
+from .layers import BatchNorm, Layer
 from .metrics import Accuracy, get_metric, metric_logs
-from ._schedules import Schedule
-from ._validation import (as_numeric, check_batch_size, check_bool, check_finite, check_positive_int,
-                         is_real_number)
 
 __all__ = ["fit", "evaluate_arrays", "metric_list", "sample_weights", "validation_rows"]
 

@@ -29,10 +29,10 @@ import os
 import warnings
 from typing import Any
 
-from ._snapshot import copy_weights, restore_weights
-from .registry import get_registry
 from ._schedules import Schedule
+from ._snapshot import copy_weights, restore_weights
 from ._validation import check_bool, check_number, check_whole, is_real_number
+from .registry import get_registry
 
 __all__ = ["Callback", "CallbackList", "EarlyStopping", "ModelCheckpoint", "LearningRateScheduler",
            "ReduceLROnPlateau", "TerminateOnNaN", "CSVLogger"]

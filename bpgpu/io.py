@@ -30,8 +30,17 @@ import os
 
 import numpy as np
 
-from ._model_file import (FORMAT_VERSION, Architecture, Budget, Loader, Members, TooBig,
-                          check_leading_bytes, restore_training_state, save)
+from ._model_file import (
+    FORMAT_VERSION,
+    Architecture,
+    Budget,
+    Loader,
+    Members,
+    TooBig,
+    check_leading_bytes,
+    restore_training_state,
+    save,
+)
 from ._safe_npz import NpzError, SafeNpz
 from .backend import Backend, get_backend
 from .errors import ModelFileError

@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import numpy as np
 from array_api_compat import array_namespace, device
 
+from ._validation import as_numeric, cast_finite, check_finite
 from .layers.activations import stable_sigmoid
 from .registry import get_registry
 from .typing import Array, ArrayLike, Namespace
-from ._validation import as_numeric, cast_finite, check_finite
 
 __all__ = ["Loss", "MSE", "BinaryCrossEntropy", "CrossEntropy", "get_loss", "LOSSES",
            "serialize_loss", "deserialize_loss"]

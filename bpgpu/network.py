@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 import numpy as np
 
 from . import _model_file, _training, export
+from ._architecture import check_input_shape, summary_table
 from ._engine import reference_forced, run_backward, run_forward, select_engine
 from ._structure import NetworkStructure
-from ._architecture import check_input_shape, summary_table
 from .backend import get_backend
 from .history import History
 from .layers import Dense, Layer, Sigmoid, Softmax, get_activation

@@ -22,10 +22,10 @@ from __future__ import annotations
 import math
 from typing import Any, TypeVar
 
-from .registry import get_registry
 from ._schedules import Schedule, deserialize_schedule, serialize_schedule
-from .typing import Array, Namespace
 from ._validation import check_bool, check_number
+from .registry import get_registry
+from .typing import Array, Namespace
 
 __all__ = ["Optimizer", "SGD", "RMSprop", "Adam", "AdamW", "get_optimizer", "OPTIMIZERS",
            "serialize_optimizer", "deserialize_optimizer"]

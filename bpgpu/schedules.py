@@ -25,8 +25,15 @@ A schedule of your own subclasses :class:`Schedule`, implements ``rate(t)`` and 
 and is then saved and loaded with the network like the built-in ones (classes register by name).
 """
 
-from ._schedules import (CosineAnnealingLR, ExponentialLR, LinearWarmup, Schedule, StepLR,
-                         deserialize_schedule, serialize_schedule)
+from ._schedules import (
+    CosineAnnealingLR,
+    ExponentialLR,
+    LinearWarmup,
+    Schedule,
+    StepLR,
+    deserialize_schedule,
+    serialize_schedule,
+)
 from .callbacks import ReduceLROnPlateau
 
 __all__ = ["Schedule", "StepLR", "ExponentialLR", "CosineAnnealingLR", "LinearWarmup",

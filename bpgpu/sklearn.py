@@ -52,9 +52,9 @@ and ``predict``/``predict_proba`` return arrays of ``X``'s library and device.
 
 import math
 import os
-from numbers import Integral, Real
 import tempfile
 import warnings
+from numbers import Integral, Real
 
 import numpy as np
 
@@ -71,6 +71,8 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
+from ._snapshot import copy_weights, restore_weights
+from ._training import evaluate_arrays
 from .backend import get_backend
 from .callbacks import Callback
 from .errors import BackendUnavailableError
@@ -79,8 +81,6 @@ from .layers import Dense, get_activation
 from .metrics import R2, Accuracy
 from .network import Network, dtype_name
 from .optimizers import SGD, Adam
-from ._snapshot import copy_weights, restore_weights
-from ._training import evaluate_arrays
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 

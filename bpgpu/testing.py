@@ -19,11 +19,11 @@ Example (in a test file)::
 
 import numpy as np
 
+from ._validation import is_real_number
 from .backend import available_backends as _usable_backends
 from .backend import get_backend
 from .gradcheck import gradient_errors
 from .layers.base import Layer
-from ._validation import is_real_number
 
 __all__ = ["available_backends", "check_layer"]
 

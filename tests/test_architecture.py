@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 import bpgpu
-from bpgpu.layers import (GELU, AvgPool2D, BatchNorm, Conv2D, Dense, Flatten, MaxPool2D, ReLU,
-                          Residual, Sequential)
+from bpgpu.layers import GELU, AvgPool2D, BatchNorm, Conv2D, Dense, Flatten, MaxPool2D, ReLU, Residual, Sequential
 
 
 def _cnn():

@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 
 import bpgpu
-from bpgpu.callbacks import (Callback, CSVLogger, EarlyStopping, LearningRateScheduler,
-                             ModelCheckpoint, ReduceLROnPlateau)
+from bpgpu.callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    LearningRateScheduler,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+)
 from bpgpu.optimizers import SGD, Adam
 from bpgpu.schedules import ExponentialLR, StepLR
 

@@ -8,8 +8,23 @@ import numpy as np
 import pytest
 
 import bpgpu
-from bpgpu.layers import (AvgPool2D, BatchNorm, Checkpoint, Conv2D, Dense, Dropout, Flatten,
-                          LayerNorm, MaxPool2D, ReLU, Reshape, Residual, Sequential, Tanh)
+from bpgpu.layers import (
+    AvgPool2D,
+    BatchNorm,
+    Checkpoint,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    LayerNorm,
+    MaxPool2D,
+    ReLU,
+    Reshape,
+    Residual,
+    Sequential,
+    Tanh,
+)
+
 from layer_helpers import build_layer
 
 _build = functools.partial(build_layer, device_seed=7)

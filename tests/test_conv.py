@@ -7,7 +7,10 @@ import pytest
 import bpgpu
 from bpgpu.layers import Conv2D, Dense, Flatten, ReLU
 from bpgpu.layers._im2col import Windows
-from layer_helpers import build_layer as _build, forward_backward_with_torch, rel_error as _rel
+
+from layer_helpers import build_layer as _build
+from layer_helpers import forward_backward_with_torch
+from layer_helpers import rel_error as _rel
 
 # (in_channels, out_channels, kernel_size, stride, padding, input H x W)
 GEOMETRIES = [

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import bpgpu
-from bpgpu.kernels import _cpu_threads as cpu_threads, train_step_for
+from bpgpu.kernels import _cpu_threads as cpu_threads
+from bpgpu.kernels import train_step_for
 from bpgpu.layers import BatchNorm, Dense, Dropout, ReLU, Tanh
 from bpgpu.losses import MSE, CrossEntropy
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop

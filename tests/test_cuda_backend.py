@@ -10,11 +10,11 @@ import types
 
 import numpy as np
 import pytest
+from cuda_emu import cuda, make_module
+from cuda_emu.backend import EmulatedCuPy, EmulatedCuPyBackend
 
 import bpgpu
 from bpgpu.layers import Dense, Dropout, ReLU
-from cuda_emu import cuda, make_module
-from cuda_emu.backend import EmulatedCuPy, EmulatedCuPyBackend
 
 
 @pytest.fixture(scope="module")

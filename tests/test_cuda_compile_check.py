@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cuda_emu.backend import EmulatedCuPy
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,15 +12,15 @@ import inspect
 
 import numpy as np
 import pytest
+import test_kernels
+from cuda_emu import EmulationError, cuda
+from cuda_emu.backend import EmulatedCuPy, EmulatedCuPyBackend
 
 import bpgpu
-import test_kernels
 from bpgpu.kernels import train_step_for
 from bpgpu.layers import Dense, LeakyReLU, ReLU, Sigmoid, Tanh
 from bpgpu.losses import CrossEntropy
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop
-from cuda_emu import EmulationError, cuda
-from cuda_emu.backend import EmulatedCuPy, EmulatedCuPyBackend
 
 OWN_BACKEND_FIXTURE = True  # conftest: ``backend`` below is the emulated CuPy backend
 

@@ -9,14 +9,14 @@ import contextlib
 
 import numpy as np
 import pytest
+import test_kernels
+from cuda_emu import cuda
+from cuda_emu.backend import EmulatedCuPy, EmulatedCuPyBackend
 
 import bpgpu
 from bpgpu.layers import Dense, Dropout, ReLU, Tanh
 from bpgpu.optimizers import SGD, Adam
 from bpgpu.schedules import CosineAnnealingLR
-from cuda_emu import cuda
-from cuda_emu.backend import EmulatedCuPy, EmulatedCuPyBackend
-import test_kernels
 
 OWN_BACKEND_FIXTURE = True  # conftest: ``backend`` below is the emulated CuPy backend
 

@@ -19,12 +19,13 @@ import subprocess
 import sys
 import types
 
-import distributed_worker as worker
 import numpy as np
 import pytest
 
 import bpgpu
 from bpgpu.distributed import GradientSync, choose_transport, row_share
+
+import distributed_worker as worker
 
 HERE = pathlib.Path(__file__).parent
 ROOT = HERE.parent

@@ -8,6 +8,7 @@ import pytest
 
 import bpgpu
 from bpgpu.layers import Dense, Dropout
+
 from layer_helpers import build_layer as _build
 
 

@@ -10,6 +10,7 @@ import pytest
 import bpgpu
 from bpgpu.layers import GELU, Dense, deserialize_layer
 from bpgpu.special import erf, erf_for
+
 from layer_helpers import build_layer as _build
 
 

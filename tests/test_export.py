@@ -11,8 +11,22 @@ import pytest
 import bpgpu
 from bpgpu.errors import ModelFileError
 from bpgpu.export import load_safetensors, load_state_dict, read_safetensors, save_safetensors
-from bpgpu.layers import (GELU, AvgPool2D, BatchNorm, Checkpoint, Conv2D, Dense, Dropout, Flatten,
-                          LayerNorm, MaxPool2D, ReLU, Residual, Sequential, Tanh)
+from bpgpu.layers import (
+    GELU,
+    AvgPool2D,
+    BatchNorm,
+    Checkpoint,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    LayerNorm,
+    MaxPool2D,
+    ReLU,
+    Residual,
+    Sequential,
+    Tanh,
+)
 
 
 def _cnn_layers():

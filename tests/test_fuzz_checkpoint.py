@@ -8,13 +8,12 @@ import zipfile
 
 import numpy as np
 import pytest
+from reliability_helpers import assert_same_state, network_state
 
 import bpgpu
 from bpgpu.callbacks import EarlyStopping, ReduceLROnPlateau
 from bpgpu.layers import BatchNorm, Dense, Dropout, Tanh
 from bpgpu.optimizers import Adam
-
-from reliability_helpers import assert_same_state, network_state
 
 CASES = 600
 

@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from reliability_helpers import assert_same_state, network_state
 
 import bpgpu
 from bpgpu.callbacks import EarlyStopping, ReduceLROnPlateau
 from bpgpu.layers import BatchNorm, Dense, Dropout, LeakyReLU, Sigmoid, Tanh
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop
 from bpgpu.schedules import CosineAnnealingLR, StepLR
-
-from reliability_helpers import assert_same_state, network_state
 
 FUZZ = settings(derandomize=True, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

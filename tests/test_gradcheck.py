@@ -7,6 +7,7 @@ import pytest
 import bpgpu
 from bpgpu.layers import Dense, Layer, Sigmoid, Tanh
 from bpgpu.losses import MSE
+
 from layer_helpers import build_layer as _built
 
 X = np.random.default_rng(0).standard_normal((5, 3))

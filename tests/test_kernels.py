@@ -13,8 +13,7 @@ import pytest
 import bpgpu
 from bpgpu.kernels import train_step_for
 from bpgpu.kernels._update_rules import flat_rule_name
-from bpgpu.layers import (GELU, BatchNorm, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid,
-                          Tanh)
+from bpgpu.layers import GELU, BatchNorm, Dense, Dropout, Identity, LeakyReLU, ReLU, Sigmoid, Tanh
 from bpgpu.losses import MSE, BinaryCrossEntropy, CrossEntropy
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop
 from bpgpu.schedules import CosineAnnealingLR

@@ -9,8 +9,21 @@ import pytest
 
 import bpgpu
 from bpgpu import initializers
-from bpgpu.layers import (ACTIVATIONS, GELU, Dense, Identity, LeakyReLU, ReLU, Sigmoid, SiLU,
-                          Softmax, Swish, Tanh, get_activation)
+from bpgpu.layers import (
+    ACTIVATIONS,
+    GELU,
+    Dense,
+    Identity,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Swish,
+    Tanh,
+    get_activation,
+)
+
 from layer_helpers import build_layer as _build
 
 INITS = ["he_normal", "he_uniform", "glorot_normal", "glorot_uniform", "xavier_normal",

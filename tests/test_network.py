@@ -8,6 +8,7 @@ import bpgpu
 from bpgpu.layers import GELU, Dense, Identity, Layer, ReLU, Sigmoid, SiLU, Softmax, Tanh
 from bpgpu.losses import BinaryCrossEntropy, CrossEntropy
 from bpgpu.optimizers import SGD
+
 from layer_helpers import CallCounter
 
 N = 8

@@ -6,7 +6,9 @@ import pytest
 
 import bpgpu
 from bpgpu.layers import BatchNorm, Conv2D, Dense, Flatten, LayerNorm, ReLU
-from layer_helpers import build_layer as _build, rel_error as _rel
+
+from layer_helpers import build_layer as _build
+from layer_helpers import rel_error as _rel
 
 
 def _set(layer, backend, **arrays):

@@ -4,8 +4,7 @@ equal torch's, invalid hyperparameters are refused, clipping equals torch.nn.uti
 import numpy as np
 import pytest
 
-from bpgpu.optimizers import (SGD, Adam, AdamW, RMSprop, deserialize_optimizer, get_optimizer,
-                              serialize_optimizer)
+from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop, deserialize_optimizer, get_optimizer, serialize_optimizer
 
 SHAPES = [(3, 4), (4,), (2, 3)]
 STEPS = 20

@@ -6,7 +6,9 @@ import pytest
 
 import bpgpu
 from bpgpu.layers import AvgPool2D, MaxPool2D
-from layer_helpers import build_layer as _build, forward_backward_with_torch
+
+from layer_helpers import build_layer as _build
+from layer_helpers import forward_backward_with_torch
 
 # (kernel_size, stride, input H x W)
 GEOMETRIES = [

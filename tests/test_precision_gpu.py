@@ -5,9 +5,9 @@ step on the same GPU. Skipped, with the reason, without a CUDA device; run by ci
 """
 
 import pytest
-
 import test_cuda_emulated as emulated_tests
 import test_kernels
+
 from bpgpu.layers import LeakyReLU, ReLU, Sigmoid, Tanh
 
 cupy_backend = test_kernels.cupy_backend  # the fixture: skipped with the reason without a GPU

@@ -20,9 +20,27 @@ import numpy as np
 import pytest
 
 import bpgpu
-from bpgpu.layers import (GELU, AvgPool2D, BatchNorm, Checkpoint, Conv2D, Dense, Dropout,
-                          Flatten, Identity, LayerNorm, LeakyReLU, MaxPool2D, ReLU, Residual,
-                          Sequential, Sigmoid, SiLU, Softmax, Tanh)
+from bpgpu.layers import (
+    GELU,
+    AvgPool2D,
+    BatchNorm,
+    Checkpoint,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    Identity,
+    LayerNorm,
+    LeakyReLU,
+    MaxPool2D,
+    ReLU,
+    Residual,
+    Sequential,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Tanh,
+)
 from bpgpu.precision import LossScaler, MixedPrecision
 
 EPS = {"float16": 2.0 ** -10, "bfloat16": 2.0 ** -7}

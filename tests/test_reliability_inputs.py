@@ -8,17 +8,14 @@ import warnings
 
 import numpy as np
 import pytest
+from reliability_helpers import assert_same_state, network_state
 
 import bpgpu
-from bpgpu.callbacks import (Callback, CSVLogger, EarlyStopping, ModelCheckpoint,
-                             ReduceLROnPlateau)
-from bpgpu.layers import (BatchNorm, Conv2D, Dense, Dropout, Flatten, LeakyReLU, ReLU, Sequential,
-                          Sigmoid, Tanh)
+from bpgpu.callbacks import Callback, CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau
+from bpgpu.layers import BatchNorm, Conv2D, Dense, Dropout, Flatten, LeakyReLU, ReLU, Sequential, Sigmoid, Tanh
 from bpgpu.losses import BinaryCrossEntropy, CrossEntropy
 from bpgpu.optimizers import SGD, Adam, RMSprop
 from bpgpu.schedules import StepLR
-
-from reliability_helpers import assert_same_state, network_state
 
 RNG = np.random.default_rng(11)
 X = RNG.normal(size=(20, 3))

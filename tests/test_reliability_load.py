@@ -399,9 +399,25 @@ def test_a_bad_backend_argument_is_not_blamed_on_the_file(members, tmp_path):
 
 def _every_layer_kind():
     """Networks that together use every built-in layer class."""
-    from bpgpu.layers import (GELU, AvgPool2D, Checkpoint, Conv2D, Dropout, Flatten, Identity,
-                              LayerNorm, LeakyReLU, MaxPool2D, Reshape, Residual, Sequential,
-                              Sigmoid, SiLU, Softmax, Tanh)
+    from bpgpu.layers import (
+        GELU,
+        AvgPool2D,
+        Checkpoint,
+        Conv2D,
+        Dropout,
+        Flatten,
+        Identity,
+        LayerNorm,
+        LeakyReLU,
+        MaxPool2D,
+        Reshape,
+        Residual,
+        Sequential,
+        Sigmoid,
+        SiLU,
+        Softmax,
+        Tanh,
+    )
 
     images = [Conv2D(1, 3, 3, padding=1), BatchNorm(3), GELU(), MaxPool2D(2), Conv2D(3, 4, 2),
               AvgPool2D(2, stride=1), Flatten(), Dense(4, 6), LayerNorm(6),

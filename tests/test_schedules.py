@@ -14,8 +14,15 @@ import pytest
 import bpgpu
 from bpgpu.callbacks import ReduceLROnPlateau
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop, deserialize_optimizer, serialize_optimizer
-from bpgpu.schedules import (CosineAnnealingLR, ExponentialLR, LinearWarmup, Schedule, StepLR,
-                             deserialize_schedule, serialize_schedule)
+from bpgpu.schedules import (
+    CosineAnnealingLR,
+    ExponentialLR,
+    LinearWarmup,
+    Schedule,
+    StepLR,
+    deserialize_schedule,
+    serialize_schedule,
+)
 
 STEPS = 45
 

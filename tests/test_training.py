@@ -16,6 +16,7 @@ from bpgpu.layers import Dense, Sigmoid, Tanh
 from bpgpu.metrics import MAE, R2, FunctionMetric, Metric
 from bpgpu.optimizers import SGD, Adam, RMSprop
 from bpgpu.schedules import CosineAnnealingLR, LinearWarmup, StepLR
+
 from layer_helpers import CallCounter
 
 RNG = np.random.default_rng(42)

@@ -39,7 +39,8 @@ import cupy
 import numpy as np
 
 from ..losses import MSE, CrossEntropy
-from ._plan import KernelSet, cached as _cached
+from ._plan import KernelSet
+from ._plan import cached as _cached
 from ._update_rules import flat_rule_name
 
 __all__ = ["CuPyKernels"]

@@ -1,7 +1,18 @@
 """Layers: each a forward formula and its explicit backward pass (see :class:`Layer`)."""
 
-from .activations import (ACTIVATIONS, GELU, Identity, LeakyReLU, ReLU, Sigmoid, SiLU, Softmax,
-                          Swish, Tanh, get_activation)
+from .activations import (
+    ACTIVATIONS,
+    GELU,
+    Identity,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    SiLU,
+    Softmax,
+    Swish,
+    Tanh,
+    get_activation,
+)
 from .base import Layer, deserialize_layer, layer_class, serialize_layer
 from .containers import Checkpoint, Residual, Sequential
 from .conv import Conv2D

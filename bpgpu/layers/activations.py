@@ -6,9 +6,9 @@ All are element-wise except :class:`Softmax` (over the last axis). All are stabl
 
 import math
 
+from .._validation import is_real_number
 from ..registry import get_registry
 from ..special import erf_for, normal_cdf
-from .._validation import is_real_number
 from .base import Layer
 
 __all__ = ["ReLU", "LeakyReLU", "Sigmoid", "Tanh", "SiLU", "Swish", "GELU", "Softmax", "Identity",

@@ -2,11 +2,11 @@
 
 import numpy as np
 
+from .._validation import check_bool, check_positive_int
 from ..initializers import get_initializer
 from ..precision import wide_dtype
-from .._validation import check_bool, check_positive_int
-from .base import Layer
 from ._im2col import Windows, output_size, pair
+from .base import Layer
 
 __all__ = ["Conv2D"]
 

@@ -4,9 +4,9 @@ import math
 
 import numpy as np
 
+from .._validation import check_bool, check_positive_int, is_real_number
 from ..initializers import get_initializer
 from ..precision import wide_dtype
-from .._validation import check_bool, check_positive_int, is_real_number
 from .base import Layer
 
 __all__ = ["Dense"]

@@ -2,8 +2,8 @@
 
 import math
 
-from ..precision import wide_dtype
 from .._validation import is_real_number
+from ..precision import wide_dtype
 from .base import Layer
 
 __all__ = ["Dropout"]

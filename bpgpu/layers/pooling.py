@@ -2,8 +2,8 @@
 
 import math
 
-from .base import Layer
 from ._im2col import Windows, output_size, pair
+from .base import Layer
 
 __all__ = ["MaxPool2D", "AvgPool2D"]
 
