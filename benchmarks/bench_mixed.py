@@ -82,7 +82,7 @@ def run_case(name, backend, rounds, steps):
             times[label].append(_time_block(nets[label], xb, yb, steps))
     skipped = nets["mixed_float16"].precision.scaler.skipped_steps
     medians = {label: statistics.median(t) for label, t in times.items()}
-    ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b]))  # noqa: E731
+    ratio = lambda a, b: statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))  # noqa: E731
     return {"case": name, "batch": batch, **{f"{k} ms": 1e3 * v for k, v in medians.items()},
             "mixed / float32": ratio("mixed_float16", "float32"),
             "mixed / float32 ref": ratio("mixed_float16", "float32 ref"),

@@ -265,7 +265,7 @@ def matmul_job(sizes, batch):
     later layer [x 1] [W; b], [x 1]^T dz (weight and bias gradients at once) and dz W^T."""
     rng = np.random.default_rng(1)
     jobs = []
-    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
         k = n_in if i == 0 else n_in + 1
         x = rng.standard_normal((batch, k)).astype(np.float32)
         W = rng.standard_normal((k, n_out)).astype(np.float32)
@@ -376,7 +376,7 @@ def summarise(samples, max_foreign):
                       "foreign_load": [None if v[1] is None else round(v[1], 3) for v in values]}
         for peer, peer_times in peers.items():
             if label not in PEERS:
-                ratios = [t / u for t, u in zip(times, peer_times)]
+                ratios = [t / u for t, u in zip(times, peer_times, strict=True)]
                 out[label][f"ratio_to_{peer}"] = statistics.median(ratios)
     return out, len(quiet_rounds)
 
@@ -424,7 +424,7 @@ def fit_child(side, backend, n_samples):
         device = "cuda" if backend == "cupy" else "cpu"
         sizes = FIT_SIZES
         layers = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
             layers += [torch.nn.Linear(n_in, n_out), torch.nn.ReLU()]
         model = torch.nn.Sequential(*layers[:-1]).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -104,13 +104,13 @@ def main(argv=None):
                 samples[label].append((seconds, meter.foreign()))
         results[name] = samples
         old, new, torch = ([s[0] for s in samples[k]] for k in ("old", "new", "torch"))
-        ratios = [b / a for a, b in zip(old, new)]
+        ratios = [b / a for a, b in zip(old, new, strict=True)]
         foreign = [s[1] for v in samples.values() for s in v if s[1] is not None]
         print(f"{name:18s} new/old {statistics.median(ratios):.3f} "
               f"({min(ratios):.2f}-{max(ratios):.2f})  old {bench.fmt_time(statistics.median(old))}"
               f"  new {bench.fmt_time(statistics.median(new))}  old/PyTorch "
-              f"{statistics.median(a / t for a, t in zip(old, torch)):.3f}  new/PyTorch "
-              f"{statistics.median(b / t for b, t in zip(new, torch)):.3f}  others' CPU share "
+              f"{statistics.median(a / t for a, t in zip(old, torch, strict=True)):.3f}  new/PyTorch "
+              f"{statistics.median(b / t for b, t in zip(new, torch, strict=True)):.3f}  others' CPU share "
               f"{statistics.median(foreign) if foreign else float('nan'):.2f}", flush=True)
         del net, steps
     if args.out:

@@ -118,7 +118,7 @@ def main():
         if reference is None:
             reference = grads
         worst = max(float(np.max(np.abs(g - r)) / (np.max(np.abs(r)) or 1.0))
-                    for g, r in zip(grads, reference))
+                    for g, r in zip(grads, reference, strict=True))
         assert worst < 1e-5, f"{variant}: gradients differ from the plain network's by {worst:.2g}"
         print(f"{variant:<10} {held / 2**20:>16.1f} MiB {peak / 2**20:>8.1f} MiB "
               f"{seconds * 1e3:>7.1f} ms")

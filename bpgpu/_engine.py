@@ -153,7 +153,7 @@ class ReferenceEngine(Engine):
         flat = xp.concat([xp.reshape(g, (-1,)) for g in grads])
         allow = self._hooks_allow_update(flat, rows)
         start = 0
-        for (layer, key), g in zip(slots, grads):
+        for (layer, key), g in zip(slots, grads, strict=True):
             size = 1
             for n in g.shape:
                 size *= n
@@ -164,7 +164,7 @@ class ReferenceEngine(Engine):
     def apply_update(self) -> None:
         slots = self.structure.slots
         new = self.net.optimizer.step(self.structure.parameters(), self.structure.gradients())
-        for (layer, key), value in zip(slots, new):
+        for (layer, key), value in zip(slots, new, strict=True):
             layer.params[key] = value
 
 

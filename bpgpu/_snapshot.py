@@ -24,9 +24,9 @@ def restore_weights(net, weights):
     """Put back parameters and buffers from :func:`copy_weights` (the copy stays usable)."""
     xp = net.backend.xp
     params, buffers = weights
-    for (layer, key), value in zip(net.structure.slots, params):
+    for (layer, key), value in zip(net.structure.slots, params, strict=True):
         layer.params[key] = _copy(xp, value)
-    for layer, saved in zip(net.structure.all_layers, buffers):
+    for layer, saved in zip(net.structure.all_layers, buffers, strict=True):
         layer.buffers = {k: _copy(xp, v) for k, v in saved.items()}
 
 

@@ -265,7 +265,7 @@ def _stratified_pick(rng, classes, n_val):
     for i in np.argsort(-(share - take), kind="stable")[:n_val - int(take.sum())]:
         take[i] += 1
     picked = [rng.permutation(np.flatnonzero(classes == label))[:k]
-              for label, k in zip(labels, take)]
+              for label, k in zip(labels, take, strict=True)]
     return np.concatenate(picked)
 
 
@@ -541,7 +541,7 @@ class _Loop:
                         for s, loss in enumerate(outcome))
                 logs = {"loss": loss_sum / seen if seen else 0.0}
                 offset = 2
-                for metric, s in zip(self.train_metrics, sums):
+                for metric, s in zip(self.train_metrics, sums, strict=True):
                     size = s.shape[0]
                     logs.update(metric_logs(metric, host[offset:offset + size]))
                     offset += size
@@ -611,7 +611,7 @@ def evaluate_arrays(net, Xd, yd, metrics, chunk=None, parallel=None, weights=Non
     offset = 1 if weights is None else 2
     denominator = n if weights is None else float(host[1])
     logs = {"loss": float(host[0]) / denominator if denominator else 0.0}
-    for metric, s in zip(metrics, sums):
+    for metric, s in zip(metrics, sums, strict=True):
         logs.update(metric_logs(metric, host[offset:offset + s.shape[0]]))
         offset += s.shape[0]
     return logs

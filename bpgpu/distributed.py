@@ -204,7 +204,7 @@ class Communicator:
         out = np.empty(int(lengths.sum()), dtype=np.uint8)
         self.mpi.Allgatherv(np.frombuffer(data, dtype=np.uint8).copy(),
                             [out, lengths, offsets, self._MPI.BYTE])
-        return [out[o:o + n].tobytes() for o, n in zip(offsets, lengths)]
+        return [out[o:o + n].tobytes() for o, n in zip(offsets, lengths, strict=True)]
 
 
 # -- transports ---------------------------------------------------------------------------------------
@@ -598,7 +598,7 @@ class DataParallel:
         counts = [metric.count for metric in metrics]
         total = self.comm.sum(np.concatenate([np.asarray(host, dtype=np.float64), [rows], counts]))
         k = len(host)
-        for metric, count in zip(metrics, total[k + 1:]):
+        for metric, count in zip(metrics, total[k + 1:], strict=True):
             metric.count = int(count)
         return total[:k], int(total[k])
 

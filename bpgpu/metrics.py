@@ -241,7 +241,7 @@ class R2(_Regression):
         ss_res, s1, s2 = np.split(sums, 3)
         ss_tot = np.maximum(s2 - s1 * s1 / count, 0.0)
         scores = [1.0 if res == 0 else 0.0 if tot == 0 else 1.0 - res / tot
-                  for res, tot in zip(ss_res, ss_tot)]
+                  for res, tot in zip(ss_res, ss_tot, strict=True)]
         return float(np.mean(scores))
 
 

@@ -237,7 +237,7 @@ class Network:
         sizes = [check_positive_int(s, "every entry of layer_sizes") for s in layer_sizes]
         get_activation(activation), get_activation(output_activation)  # validate names early
         layers = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(Dense(n_in, n_out, init=init))
             last = i == len(sizes) - 2
             if not last:
@@ -385,7 +385,7 @@ class Network:
             loss = structure.penalized_loss(self.loss.forward(run_forward(structure, Xd, True), yd))
             run_backward(structure, self.loss)
         finally:
-            for layer, buffers in zip(structure.all_layers, saved):
+            for layer, buffers in zip(structure.all_layers, saved, strict=True):
                 layer.buffers = buffers
             if self.backend.rng_state(self.device_rng) != rng_state:
                 self.backend.set_rng_state(self.device_rng, rng_state)
@@ -419,14 +419,14 @@ class Network:
             raise ValueError(f"set_weights got {len(weights)} arrays; the network has "
                              f"{len(self.structure.slots)} parameters (see get_weights())")
         checked = []
-        for i, ((layer, key), w) in enumerate(zip(self.structure.slots, weights)):
+        for i, ((layer, key), w) in enumerate(zip(self.structure.slots, weights, strict=True)):
             name = f"weights[{i}] ({type(layer).__name__}.{key})"
             w = as_numeric(w, name, self.backend)
             expected = tuple(layer.params[key].shape)
             if tuple(w.shape) != expected:
                 raise ValueError(f"{name} has shape {tuple(w.shape)}; expected {expected}")
             checked.append(cast_finite(w, name, self.backend, self.dtype))
-        for (layer, key), w in zip(self.structure.slots, checked):
+        for (layer, key), w in zip(self.structure.slots, checked, strict=True):
             layer.params[key] = w
 
     def state_dict(self, format: str = "torch") -> dict[str, np.ndarray]:

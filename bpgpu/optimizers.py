@@ -97,7 +97,8 @@ class Optimizer:
             fast_update(self, lr)
             return params
         grads = self.clip(grads)
-        return [self._update(i, p, g, lr) for i, (p, g) in enumerate(zip(params, grads))]
+        return [self._update(i, p, g, lr)
+                for i, (p, g) in enumerate(zip(params, grads, strict=True))]
 
     def clip(self, grads: list[Array]) -> list[Array]:
         """Apply ``clip_value`` then ``clip_norm`` (see the module docstring)."""

@@ -218,7 +218,7 @@ class MixedPrecision:
         try:
             yield
         finally:
-            for (layer, key), master in zip(structure.slots, masters):
+            for (layer, key), master in zip(structure.slots, masters, strict=True):
                 layer.params[key] = master
 
     # -- the phases of a step (called by bpgpu._engine and the Network) ----------------------------

@@ -338,7 +338,7 @@ class _BaseMLP(BaseEstimator):
         # biases, uniform in +-sqrt(f / (in + out)), f = 2 for logistic units, else 6
         factor = 2.0 if self.activation == "logistic" else 6.0
         weights = []
-        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        for n_in, n_out in zip(sizes[:-1], sizes[1:], strict=True):
             bound = np.sqrt(factor / (n_in + n_out))
             weights += [random_state.uniform(-bound, bound, (n_in, n_out)),
                         random_state.uniform(-bound, bound, n_out)]
@@ -347,7 +347,7 @@ class _BaseMLP(BaseEstimator):
         # weights (a weight of 2 is two samples), scaled like the loss (see the module doc)
         l2 = self.alpha / (2.0 * batch * mean_weight) / self._LOSS_FACTOR
         layers = []
-        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(Dense(n_in, n_out, init="zeros", l2=l2))  # set below
             if i < len(sizes) - 2:
                 layers.append(get_activation(_ACTIVATIONS[self.activation]))

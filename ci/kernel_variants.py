@@ -92,7 +92,7 @@ def variants(spec):
     """Every keyword-argument dict the builder can be called with."""
     names = list(spec["domains"])
     for values in itertools.product(*(spec["domains"][n] for n in names)):
-        kwargs = dict(zip(names, values))
+        kwargs = dict(zip(names, values, strict=True))
         if spec.get("reachable", lambda v: True)(kwargs):
             yield kwargs
 

@@ -28,7 +28,7 @@ def main():
     x, target = np.array([[0.5, 0.8]]), np.array([[1.0]])
     print(f"prediction before training: {net.predict(x)[0, 0]:.4f} (target 1.0)")
     loss, grads = net.compute_gradients(x, target)
-    for name, g in zip(["dW1", "db1", "dW2", "db2"], grads):
+    for name, g in zip(["dW1", "db1", "dW2", "db2"], grads, strict=True):
         print(f"  first-step {name} = {np.round(g, 6).tolist()}")
     history = net.fit(x, target, epochs=args.epochs, batch_size=None, verbose=0)
     losses = history.history["loss"]

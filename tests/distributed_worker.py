@@ -240,7 +240,7 @@ def errors(comm, out):
             outcome = {"raised": None}
         except Exception as exc:  # noqa: BLE001 - the test inspects what was raised
             outcome = {"raised": type(exc).__name__, "message": str(exc)}
-        outcome["unchanged"] = all(np.array_equal(a, b) for a, b in zip(before, net.get_weights()))
+        outcome["unchanged"] = all(np.array_equal(a, b) for a, b in zip(before, net.get_weights(), strict=True))
         outcome["epoch"] = net.epoch
         results[label] = outcome
 

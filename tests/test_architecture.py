@@ -40,7 +40,7 @@ def test_summary_lists_every_output_shape_and_parameter_count():
     # Every top-level output shape is what forward produces, layer by layer.
     x = np.random.default_rng(0).standard_normal((2, 1, 8, 8))
     top = [r for r in rows if not r[0].startswith(" ")]
-    for layer, (_, shape, count) in zip(net.layers, top):
+    for layer, (_, shape, count) in zip(net.layers, top, strict=True):
         x = layer.forward(x)
         assert shape == ", ".join(map(str, x.shape[1:])) + ")"
         assert count == sum(math.prod(p.shape) for sub in layer.walk() for p in sub.params.values())

@@ -97,7 +97,7 @@ def test_stop_training_from_a_batch_ends_the_epoch_there(backend):
     reference = _net(backend)
     losses = [reference.train_step(X[:10], Y[:10]), reference.train_step(X[10:20], Y[10:20])]
     assert h["loss"] == [pytest.approx(np.mean(losses), rel=1e-12)]  # over the 20 samples seen
-    for a, b in zip(net.get_weights(), reference.get_weights()):
+    for a, b in zip(net.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     net.fit(X, Y, epochs=1, verbose=0)  # the flag is reset by the next fit
     assert net.epoch == 2
@@ -127,7 +127,7 @@ def test_early_stopping_rules(backend, values, kwargs, stopped, best):
     h = net.fit(X, Y, epochs=len(values), batch_size=16, callbacks=[script, early], verbose=0)
     assert early.stopped_epoch == stopped and early.best_epoch == best
     assert len(h) == (len(values) if stopped is None else stopped + 1)
-    for ours, expected in zip(net.get_weights(), script.weights[best]):
+    for ours, expected in zip(net.get_weights(), script.weights[best], strict=True):
         np.testing.assert_array_equal(ours, expected)
 
 
@@ -135,7 +135,7 @@ def test_early_stopping_without_restoring_keeps_the_last_weights(backend):
     script = Script([1.0, 2.0, 3.0])
     net = _net(backend)
     net.fit(X, Y, epochs=3, callbacks=[script, EarlyStopping("score", patience=5)], verbose=0)
-    for ours, expected in zip(net.get_weights(), script.weights[-1]):
+    for ours, expected in zip(net.get_weights(), script.weights[-1], strict=True):
         np.testing.assert_array_equal(ours, expected)
 
 
@@ -164,7 +164,7 @@ def test_model_checkpoint_saves_the_best_epochs(backend, tmp_path):
             verbose=0)
     assert sorted(os.listdir(tmp_path)) == ["ck-01-3.0.npz", "ck-02-2.0.npz", "ck-04-1.5.npz"]
     loaded = bpgpu.load(tmp_path / "ck-04-1.5.npz", backend=backend)
-    for ours, expected in zip(loaded.get_weights(), script.weights[3]):
+    for ours, expected in zip(loaded.get_weights(), script.weights[3], strict=True):
         np.testing.assert_array_equal(ours, expected)
     assert loaded.epoch == 4 and loaded.history.epoch == [0, 1, 2, 3]
 
@@ -187,7 +187,7 @@ def test_learning_rate_scheduler_equals_the_same_schedule_as_lr(backend):
     ha = a.fit(X, Y, epochs=5, batch_size=8, verbose=0)
     hb = b.fit(X, Y, epochs=5, batch_size=8, callbacks=[LearningRateScheduler(schedule)], verbose=0)
     assert ha.history == hb.history and ha["lr"] == [schedule(t) for t in range(5)]
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
 
 

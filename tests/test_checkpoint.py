@@ -8,6 +8,7 @@
 * Saving is atomic; truncated, foreign, future or inconsistent files are refused.
 """
 
+import itertools
 import json
 import os
 import subprocess
@@ -43,7 +44,7 @@ def _fit(net, epochs, **kwargs):
 
 
 def _assert_same_state(a, b):
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
     assert a.history.history == b.history.history and a.history.epoch == b.history.epoch
     assert a.epoch == b.epoch
@@ -51,7 +52,7 @@ def _assert_same_state(a, b):
     assert (sa["step_count"], sa["schedule_step"]) == (sb["step_count"], sb["schedule_step"])
     assert sa["state"].keys() == sb["state"].keys()
     for name in sa["state"]:
-        for va, vb in zip(sa["state"][name], sb["state"][name]):
+        for va, vb in zip(sa["state"][name], sb["state"][name], strict=True):
             np.testing.assert_array_equal(a.backend.to_numpy(va), b.backend.to_numpy(vb))
     assert a.shuffle_rng.bit_generator.state == b.shuffle_rng.bit_generator.state
 
@@ -139,9 +140,9 @@ def test_training_continues_across_backends(backend, tmp_path, direction):
     h = _fit(moved, 3)
     assert h.epoch == [3, 4, 5]
     losses = moved.history["loss"]
-    assert all(later < earlier for earlier, later in zip(losses, losses[1:]))
+    assert all(later < earlier for earlier, later in itertools.pairwise(losses))
     np.testing.assert_allclose(losses, reference.history["loss"], rtol=1e-9)
-    for a, b in zip(moved.get_weights(), reference.get_weights()):
+    for a, b in zip(moved.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -251,7 +252,7 @@ def test_version_1_files_load_with_a_fresh_training_state(tmp_path):
     _rewrite(path, to_version_1,
              lambda a: [a.pop(k) for k in list(a) if k.startswith("optimizer:")])
     old = bpgpu.load(path)
-    for a, b in zip(old.get_weights(), net.get_weights()):
+    for a, b in zip(old.get_weights(), net.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert old.epoch == 2 and len(old.history) == 0 and old.optimizer.step_count == 0
     _fit(old, 1)  # and trains on

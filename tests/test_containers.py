@@ -105,11 +105,11 @@ def test_nested_parameters_gradients_and_adam_match_torch(backend, torch):
                                                        torch.tensor(y))
         torch_loss.backward()
         assert abs(loss - torch_loss.item()) < 1e-12 * abs(loss)
-        for ours, theirs in zip(grads, params):
+        for ours, theirs in zip(grads, params, strict=True):
             np.testing.assert_allclose(ours, theirs.grad.numpy(), rtol=1e-9, atol=1e-13)
         net.train_step(X, y)
         optimizer.step()
-        for ours, theirs in zip(net.get_weights(), params):
+        for ours, theirs in zip(net.get_weights(), params, strict=True):
             np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-9, atol=1e-13)
 
 
@@ -123,7 +123,7 @@ def test_nested_network_trains_like_the_flat_one(backend):
     a = nested.fit(X, y, epochs=3, batch_size=4, verbose=0).history["loss"]
     b = flat.fit(X, y, epochs=3, batch_size=4, verbose=0).history["loss"]
     np.testing.assert_allclose(a, b, rtol=1e-9)
-    for u, v in zip(nested.get_weights(), flat.get_weights()):
+    for u, v in zip(nested.get_weights(), flat.get_weights(), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
 
 
@@ -148,12 +148,12 @@ def test_save_load_round_trips_nested_layers(backend, tmp_path):
     net.save(tmp_path / "nested.npz")
     loaded = bpgpu.load(tmp_path / "nested.npz", backend=backend)
     assert [repr(layer) for layer in loaded.layers] == [repr(layer) for layer in net.layers]
-    for u, v in zip(loaded.get_weights(), net.get_weights()):
+    for u, v in zip(loaded.get_weights(), net.get_weights(), strict=True):
         np.testing.assert_array_equal(u, v)
     stats = [backend.to_numpy(v) for layer in net._all_layers for v in layer.buffers.values()]
     again = [backend.to_numpy(v) for layer in loaded._all_layers for v in layer.buffers.values()]
     assert len(stats) == 2 and not np.allclose(stats[0], 0.0)
-    for u, v in zip(stats, again):
+    for u, v in zip(stats, again, strict=True):
         np.testing.assert_array_equal(u, v)
     np.testing.assert_allclose(loaded.predict(X), net.predict(X), rtol=1e-12, atol=1e-14)
 
@@ -191,7 +191,7 @@ def test_checkpoint_equals_the_plain_block(backend):
     dx_plain = plain.backward(backend.asarray(dy, f64))
     dx_ckpt = ckpt.backward(backend.asarray(dy, f64))
     np.testing.assert_allclose(backend.to_numpy(dx_ckpt), backend.to_numpy(dx_plain), rtol=1e-13)
-    for a, b in zip(plain.walk(), ckpt.block.walk()):
+    for a, b in zip(plain.walk(), ckpt.block.walk(), strict=True):
         assert a.grads.keys() == b.grads.keys()
         for k in a.grads:
             np.testing.assert_allclose(backend.to_numpy(b.grads[k]), backend.to_numpy(a.grads[k]),
@@ -239,11 +239,11 @@ def test_checkpointed_network_trains_like_the_plain_one(backend):
                           seed=3) for wrap in (lambda b: b, Checkpoint)]
     losses = [net.fit(X, y, epochs=3, batch_size=4, verbose=0).history["loss"] for net in nets]
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-9)
-    for u, v in zip(nets[1].get_weights(), nets[0].get_weights()):
+    for u, v in zip(nets[1].get_weights(), nets[0].get_weights(), strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-9, atol=1e-12)
     stats = [[backend.to_numpy(v) for layer in net._all_layers for v in layer.buffers.values()]
              for net in nets]
-    for u, v in zip(*stats):
+    for u, v in zip(*stats, strict=True):
         np.testing.assert_allclose(u, v, rtol=1e-9)
     nets[1].compute_loss(nets[1].forward(X, training=True), y)
     assert nets[1].backward() is None  # the first layer still skips dL/dX inside the Checkpoint

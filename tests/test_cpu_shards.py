@@ -62,7 +62,7 @@ def _train_both(nets, X, y, steps=5, batch=None):
 
 def _assert_same(nets, losses):
     np.testing.assert_allclose(losses[0], losses[1], **TOL)
-    for a, b in zip(nets[0].get_weights(), nets[1].get_weights()):
+    for a, b in zip(nets[0].get_weights(), nets[1].get_weights(), strict=True):
         np.testing.assert_allclose(a, b, **TOL)
 
 
@@ -108,7 +108,7 @@ def test_published_gradients_are_the_whole_batch(shards):
     nets = _nets(lambda: SGD(0.0), l2=0.1)  # lr 0: the weights stay where the gradient was taken
     X, y = _data(50, seed=3)
     _train_both(nets, X, y, steps=1)
-    for a, b in zip(nets[0].gradients(), nets[1].gradients()):
+    for a, b in zip(nets[0].gradients(), nets[1].gradients(), strict=True):
         np.testing.assert_allclose(a, b, **TOL)
 
 
@@ -140,7 +140,7 @@ def test_fit_with_shards_matches_reference(shards):
     X, y = _data(100, seed=6)
     histories = [net.fit(X, y, epochs=3, batch_size=32, shuffle=True, verbose=0) for net in nets]
     np.testing.assert_allclose(histories[0].history["loss"], histories[1].history["loss"], **TOL)
-    for a, b in zip(nets[0].get_weights(), nets[1].get_weights()):
+    for a, b in zip(nets[0].get_weights(), nets[1].get_weights(), strict=True):
         np.testing.assert_allclose(a, b, **TOL)
 
 
@@ -154,7 +154,7 @@ def test_sharded_training_is_deterministic(shards):
         for _ in range(4):
             net.train_step(X, y)
         weights.append(net.get_weights())
-    for a, b in zip(*weights):
+    for a, b in zip(*weights, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -224,7 +224,7 @@ def test_bad_shard_override_is_rejected_before_the_step(monkeypatch, text):
     before = net.get_weights()
     with pytest.raises(ValueError, match="BPGPU_CPU_SHARDS must be a positive integer"):
         net.train_step(X, y)
-    for a, b in zip(before, net.get_weights()):
+    for a, b in zip(before, net.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -319,7 +319,7 @@ def test_networks_training_at_once_in_two_threads(shards):
         t.join()
     assert errors == []
     for net in pair:
-        for a, b in zip(net.get_weights(), alone.get_weights()):
+        for a, b in zip(net.get_weights(), alone.get_weights(), strict=True):
             np.testing.assert_array_equal(a, b)
 
 

@@ -172,10 +172,10 @@ def test_dropout_training_resumes_bit_exact_from_a_checkpoint(emulated, tmp_path
     resumed = bpgpu.load(path, backend=backend)
     assert resumed.device_rng.get_state() == first.device_rng.get_state()
     resumed.fit(X, y, epochs=1, batch_size=8, verbose=0)
-    for a, b in zip(straight.get_weights(), resumed.get_weights()):
+    for a, b in zip(straight.get_weights(), resumed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     rewound = bpgpu.load(path, backend=backend)  # the same, but the stream started over:
     rewound.device_rng.set_state({**rewound.device_rng.get_state(), "draws": 0})  # the check
     rewound.fit(X, y, epochs=1, batch_size=8, verbose=0)                           # can fail
     assert any(not np.array_equal(a, b) for a, b in zip(straight.get_weights(),
-                                                         rewound.get_weights()))
+                                                         rewound.get_weights(), strict=True))

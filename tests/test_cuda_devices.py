@@ -42,5 +42,5 @@ def test_network_on_device_1_keeps_everything_there(second_gpu):
                         optimizer="adam", backend="cupy:1", dtype="float64", seed=0)
     for net_ in (ref, gpu):
         net_.fit(X, y, epochs=2, batch_size=16, verbose=0, shuffle=False)
-    for a, b in zip(ref.get_weights(), gpu.get_weights()):
+    for a, b in zip(ref.get_weights(), gpu.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)

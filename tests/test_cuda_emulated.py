@@ -57,7 +57,7 @@ def _compare(backend, make_layers, make_opt, dtype, X, y, steps=3, loss="cross_e
     losses = [[net.train_step(X, y) for _ in range(steps)] for net in nets]
     assert train_step_for(nets[0]) is not None and train_step_for(nets[1]) is None
     np.testing.assert_allclose(losses[0], losses[1], **TOL[dtype])
-    for a, b in zip(nets[0].get_weights(), nets[1].get_weights()):
+    for a, b in zip(nets[0].get_weights(), nets[1].get_weights(), strict=True):
         np.testing.assert_allclose(a, b, **TOL[dtype])
 
 
@@ -240,13 +240,13 @@ def _assert_mixed_steps_agree(nets, X, y, steps=3):
     for _ in range(steps):
         losses = [float(net.train_step(X, y)) for net in nets]
         np.testing.assert_allclose(losses[0], losses[1], rtol=MIXED_LOSS_RTOL)
-        for g_fast, g_ref in zip(_grads(nets[0]), _grads(nets[1])):
+        for g_fast, g_ref in zip(_grads(nets[0]), _grads(nets[1]), strict=True):
             assert g_fast.dtype == g_ref.dtype == np.float32
             scale = float(np.max(np.abs(g_ref))) or 1.0
             np.testing.assert_allclose(g_fast, g_ref, rtol=0, atol=MIXED_GRAD_RTOL * scale)
         scalers = [net.precision.scaler.state_dict() for net in nets]
         assert scalers[0] == scalers[1]
-    for w_fast, w_ref in zip(nets[0].get_weights(), nets[1].get_weights()):
+    for w_fast, w_ref in zip(nets[0].get_weights(), nets[1].get_weights(), strict=True):
         assert w_fast.dtype == np.float32
         np.testing.assert_allclose(w_fast, w_ref, rtol=0, atol=MIXED_WEIGHT_ATOL)
 
@@ -299,12 +299,12 @@ def test_mixed_step_skips_the_same_steps_as_reference(backend):
             scaler = net.precision.scaler
             history[k].append((scaler.scale, scaler.skipped_steps))
             if history[k][-1][1] > (history[k][-2][1] if len(history[k]) > 1 else 0):
-                for w_old, w_new in zip(before[k], net.get_weights()):
+                for w_old, w_new in zip(before[k], net.get_weights(), strict=True):
                     np.testing.assert_array_equal(w_old, w_new)  # skipped: untouched
     assert history[0] == history[1]
     skipped = history[1][-1][1]
     assert 3 <= skipped < 12  # the case really skips, and really trains in between
-    for w_fast, w_ref in zip(nets[0].get_weights(), nets[1].get_weights()):
+    for w_fast, w_ref in zip(nets[0].get_weights(), nets[1].get_weights(), strict=True):
         np.testing.assert_allclose(w_fast, w_ref, rtol=0, atol=MIXED_WEIGHT_ATOL)
 
 
@@ -332,7 +332,7 @@ def test_mixed_step_honours_the_data_parallel_batch_fraction(backend):
     assert plain != histories[1]
     for net in nets:
         net.train_step(_MIXED_X, _MIXED_IDS)
-    for g_fast, g_ref in zip(_grads(nets[0]), _grads(nets[1])):
+    for g_fast, g_ref in zip(_grads(nets[0]), _grads(nets[1]), strict=True):
         scale = float(np.max(np.abs(g_ref))) or 1.0
         np.testing.assert_allclose(g_fast, g_ref, rtol=0, atol=MIXED_GRAD_RTOL * scale)
 
@@ -406,7 +406,7 @@ def test_mixed_step_scans_the_gradient_when_a_hook_runs_first(backend):
     before = net.get_weights()
     net.train_step(_MIXED_X, _MIXED_IDS)
     assert net.precision.scaler.skipped_steps == 1
-    for w_old, w_new in zip(before, net.get_weights()):
+    for w_old, w_new in zip(before, net.get_weights(), strict=True):
         np.testing.assert_array_equal(w_old, w_new)
 
 

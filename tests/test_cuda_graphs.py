@@ -62,7 +62,7 @@ def test_graph_replays_give_the_uncaptured_numbers(backend, optimizer, dtype):
     assert graphs.replays == 3 * 3 - 2
     assert "captured for batch 16" in graphs.status and "captured" in graphed.engine.reason
     np.testing.assert_array_equal(h_plain["loss"], h_graphed["loss"])
-    for a, b in zip(plain.get_weights(), graphed.get_weights()):
+    for a, b in zip(plain.get_weights(), graphed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert plain.optimizer.step_count == graphed.optimizer.step_count == 12
 
@@ -90,7 +90,7 @@ def test_the_check_catches_scalars_baked_into_the_graph(backend, emulated, monke
     plain.fit(X, Y, epochs=2, batch_size=16, verbose=0)
     graphed.fit(X, Y, epochs=2, batch_size=16, verbose=0)
     assert graphed.engine.graphs.replays > 0
-    assert any(not np.allclose(a, b) for a, b in zip(plain.get_weights(), graphed.get_weights()))
+    assert any(not np.allclose(a, b) for a, b in zip(plain.get_weights(), graphed.get_weights(), strict=True))
 
 
 def test_a_new_optimizer_drops_the_graph(backend):
@@ -100,7 +100,7 @@ def test_a_new_optimizer_drops_the_graph(backend):
         net.optimizer = SGD(0.1, momentum=0.5).bind(net.backend)
         net.fit(X, Y, epochs=2, batch_size=16, verbose=0)
     assert graphed.engine.graphs.captured.optimizer is graphed.optimizer
-    for a, b in zip(plain.get_weights(), graphed.get_weights()):
+    for a, b in zip(plain.get_weights(), graphed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -111,7 +111,7 @@ def test_set_weights_between_replays_is_honoured(backend):
         net.fit(X, Y, epochs=1, batch_size=16, verbose=0)
         net.set_weights(new)
         net.fit(X, Y, epochs=1, batch_size=16, verbose=0)
-    for a, b in zip(plain.get_weights(), graphed.get_weights()):
+    for a, b in zip(plain.get_weights(), graphed.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -143,5 +143,5 @@ def test_gpu_graph_replays_give_the_uncaptured_numbers(cupy_backend, optimizer):
     h_graphed = graphed.fit(X, Y, epochs=3, batch_size=16, verbose=0)
     assert graphed.engine.graphs.replays == 7
     np.testing.assert_allclose(h_plain["loss"], h_graphed["loss"], rtol=1e-6)
-    for a, b in zip(plain.get_weights(), graphed.get_weights()):
+    for a, b in zip(plain.get_weights(), graphed.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -114,7 +114,7 @@ def test_fast_step_flushes_what_the_reference_keeps(monkeypatch, shards):
     assert [_subnormals(g) for g in grads] == [0, 0]
     assert np.all(grads[0][:, 2] == 0) and grads[1][2] == 0
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
-    for got, want in zip(grads + weights, ref_grads + ref_weights):
+    for got, want in zip(grads + weights, ref_grads + ref_weights, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=TINY)
     assert not _flushes_here()  # the caller's mode is back after the step
     assert cpu_threads.run_parallel([_flushes_here] * 2) == [False, False]

@@ -96,7 +96,7 @@ def _one_process(case, callbacks=None, **changes):
 
 
 def _assert_same_run(result, net, history):
-    for got, want in zip(result["weights"], net.get_weights()):
+    for got, want in zip(result["weights"], net.get_weights(), strict=True):
         np.testing.assert_allclose(np.array(got), want, rtol=1e-9, atol=1e-12)
     assert set(result["history"]) == set(history.history)
     for key, values in history.history.items():
@@ -182,7 +182,7 @@ def test_mixed_precision_skips_the_steps_one_process_skips(tmp_path):
     assert ranks[0]["scaler"] == oracle
     assert ranks[0]["history"]["loss_scale"] == history.history["loss_scale"]
     assert ranks[0]["history"]["skipped_steps"] == history.history["skipped_steps"]
-    for got, want in zip(ranks[0]["weights"], net.get_weights()):
+    for got, want in zip(ranks[0]["weights"], net.get_weights(), strict=True):
         np.testing.assert_allclose(np.array(got), want, rtol=0, atol=5e-4)
     np.testing.assert_allclose(ranks[0]["history"]["loss"], history.history["loss"], rtol=1e-5)
     assert ranks[1] == ranks[0]
@@ -292,7 +292,7 @@ def test_checkpoints_move_between_one_process_and_distributed(tmp_path):
     kwargs = worker.fit_kwargs(case, worker.RANKS)
     resumed.fit(kwargs.pop("x"), kwargs.pop("y"), **{**kwargs, "epochs": 1})
     assert resumed.epoch == 3
-    for got, want in zip(resumed.get_weights(), straight.get_weights()):
+    for got, want in zip(resumed.get_weights(), straight.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(resumed.history.history["loss"], straight_history.history["loss"],
                                rtol=1e-9)
@@ -323,7 +323,7 @@ def test_fit_refuses_anything_but_a_communicator():
     X, y, _ = worker.data(worker.CASES["fast_ce"])
     with pytest.raises(TypeError, match="Communicator from bpgpu.distributed.init"):
         net.fit(X, y, distributed=0, verbose=0)
-    assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights(), strict=True))
     assert net.epoch == 0
 
 

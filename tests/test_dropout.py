@@ -61,7 +61,7 @@ def test_masks_are_reproducible_for_a_seed(backend):
     first, net = _masks(backend, seed=3)
     again, _ = _masks(backend, seed=3)
     other, _ = _masks(backend, seed=4)
-    for a, b in zip(first, again):
+    for a, b in zip(first, again, strict=True):
         np.testing.assert_array_equal(backend.to_numpy(a), backend.to_numpy(b))
     assert not np.array_equal(backend.to_numpy(first[0]) != 0, backend.to_numpy(first[1]) != 0)
     assert not np.array_equal(backend.to_numpy(first[0]) != 0, backend.to_numpy(other[0]) != 0)

@@ -141,7 +141,7 @@ def test_fit_with_metrics_runs_the_fast_step_and_matches_the_reference(monkeypat
     assert calls == [True] * 8  # 2 epochs of 4 batches, each handing back its output
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_allclose(histories[0].history[key], histories[1].history[key], **TOL)
-    for a, b in zip(fast.get_weights(), ref.get_weights()):
+    for a, b in zip(fast.get_weights(), ref.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, **TOL)
 
 
@@ -211,7 +211,7 @@ def test_inference_between_steps_leaves_the_training_step_intact():
         net.predict(X[:5])
         net.evaluate(X[:9], y[:9])
         net.train_step(X, y)
-    for a, b in zip(fast.get_weights(), ref.get_weights()):
+    for a, b in zip(fast.get_weights(), ref.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, **TOL)
 
 
@@ -242,7 +242,7 @@ def test_hook_scaling_the_gradient_equals_scaling_the_learning_rate(fast):
     for net in (hooked, plain):
         for _ in range(3):
             net.train_step(X, y)
-    for a, b in zip(hooked.get_weights(), plain.get_weights()):
+    for a, b in zip(hooked.get_weights(), plain.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, **TOL)
 
 
@@ -258,7 +258,7 @@ def test_hook_returning_false_skips_the_update(fast):
     loss = net.train_step(X, y)
     assert np.isfinite(loss) and calls == [20, -20]
     assert net.optimizer.step_count == count
-    for a, b in zip(net.get_weights(), before):
+    for a, b in zip(net.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -273,7 +273,7 @@ def test_hook_on_row_shards_sees_the_summed_gradient(monkeypatch):
         seen[shards + " weights"] = net.get_weights()
     assert len(net.engine.plan._shards) == 3
     np.testing.assert_allclose(seen["3"], seen["1"], **TOL)
-    for a, b in zip(seen["3 weights"], seen["1 weights"]):
+    for a, b in zip(seen["3 weights"], seen["1 weights"], strict=True):
         np.testing.assert_allclose(a, b, **TOL)
 
 
@@ -298,7 +298,7 @@ def test_l2_changed_between_steps_is_read_by_the_fast_engine(backend_kind, emula
 
     factors = [1.0, 4.0, 0.5, 3.0]
     fast, reference = train(None, factors), train(False, factors)
-    for a, b in zip(fast, reference):
+    for a, b in zip(fast, reference, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
     constant = train(None, [1.0] * len(factors))
     assert not np.allclose(constant[0], fast[0], rtol=1e-6, atol=0)

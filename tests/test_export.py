@@ -170,7 +170,7 @@ def test_load_state_dict_rejects_what_does_not_fit_and_changes_nothing():
             load_state_dict(net, state)
     with pytest.raises(ValueError, match=r"format must be one of \('torch',\)"):
         net.state_dict(format="keras")
-    for a, b in zip(net.get_weights(), before):
+    for a, b in zip(net.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(net.predict(X), out)
 

@@ -41,7 +41,7 @@ def test_fit_reads_matching_data_in_place_and_leaves_it_unchanged(fast, shuffle)
     np.testing.assert_array_equal(y, kept_y)
     twin.fit(X.copy(), y, epochs=2, batch_size=64, shuffle=shuffle, verbose=0,
              validation_data=(X.copy(), y))
-    for a, b in zip(net.get_weights(), twin.get_weights()):
+    for a, b in zip(net.get_weights(), twin.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

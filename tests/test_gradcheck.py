@@ -158,7 +158,7 @@ def test_network_check_restores_weights_and_first_layer_flag(backend):
     before = net.get_weights()
     y = (X[:, :2] > 0).astype(float)
     assert bpgpu.gradcheck(net, X, y) < 1e-7
-    for a, b in zip(before, net.get_weights()):
+    for a, b in zip(before, net.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert net.layers[0].input_grad is False
     assert net.optimizer.step_count == 0

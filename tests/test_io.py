@@ -60,7 +60,7 @@ def _assert_same_network(a, b, exact=True):
     assert type(a.optimizer) is type(b.optimizer)
     assert a.optimizer.get_config() == b.optimizer.get_config()
     assert a.dtype_name == b.dtype_name and a.seed == b.seed and a.epoch == b.epoch
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
     np.testing.assert_array_equal(a.backend.to_numpy(a.layers[1].buffers["offset"]),
                                   b.backend.to_numpy(b.layers[1].buffers["offset"]))
@@ -103,7 +103,7 @@ def test_loaded_network_keeps_training(tmp_path):
     loaded = bpgpu.load(tmp_path / "m.npz", backend="numpy")
     assert loaded.optimizer.nesterov is True and loaded.optimizer.momentum == 0.5
     assert net.train_step(X, Y) == loaded.train_step(X, Y)
-    for a, b in zip(net.get_weights(), loaded.get_weights()):
+    for a, b in zip(net.get_weights(), loaded.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -282,5 +282,5 @@ def test_fresh_seed_survives_the_round_trip(tmp_path):
     loaded = bpgpu.load(tmp_path / "m.npz", backend="numpy")
     assert loaded.seed == net.seed
     twin = bpgpu.Network([Dense(3, 2)], backend="numpy", seed=loaded.seed)
-    for a, b in zip(net.get_weights(), twin.get_weights()):
+    for a, b in zip(net.get_weights(), twin.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -65,7 +65,7 @@ def _pair(make_layers, backend, loss="cross_entropy", optimizer="adam", dtype="f
 def _mlp(act=ReLU, sizes=(5, 16, 12, 3), **dense):
     def make():
         layers = []
-        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
             layers.append(Dense(a, b, **dense))
             if i < len(sizes) - 2:
                 layers.append(act())
@@ -77,7 +77,7 @@ def _assert_same(fast, ref, dtype, losses=None):
     tol = TOL[dtype]
     if losses is not None:
         np.testing.assert_allclose(losses[0], losses[1], **tol)
-    for a, b in zip(fast.get_weights(), ref.get_weights()):
+    for a, b in zip(fast.get_weights(), ref.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, **tol)
 
 
@@ -210,7 +210,7 @@ def test_blocked_update_is_bit_identical_to_whole_buffer(monkeypatch, optimizer,
     whole = _flat_updates(optimizer, False, dtype)
     blocked = _flat_updates(optimizer, True, dtype)
     assert len(whole) == len(blocked) > 0
-    for a, b in zip(whole, blocked):
+    for a, b in zip(whole, blocked, strict=True):
         assert a.dtype == b.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(a, b)
 
@@ -274,7 +274,7 @@ def test_mixed_network_with_reference_layers_matches(backend):
     X, y = _data(6, 3, 16, "mse", seed=4)
     losses = _train((fast, ref), X, y, steps=4)
     _assert_same(fast, ref, "float64", losses)
-    for a, b in zip(fast._all_layers, ref._all_layers):
+    for a, b in zip(fast._all_layers, ref._all_layers, strict=True):
         for key in a.buffers:
             np.testing.assert_allclose(fast.backend.to_numpy(a.buffers[key]),
                                        ref.backend.to_numpy(b.buffers[key]), **TOL["float64"])
@@ -348,7 +348,7 @@ def test_gradients_and_public_step_api_match(backend):
     fast, ref = _pair(_mlp(), backend)
     X, y = _data(5, 3, 12, "cross_entropy", seed=10)
     _train((fast, ref), X, y, steps=1)
-    for a, b in zip(fast.gradients(), ref.gradients()):
+    for a, b in zip(fast.gradients(), ref.gradients(), strict=True):
         np.testing.assert_allclose(a, b, **TOL["float64"])
     for net in (fast, ref):
         net.compute_loss(net.forward(X, training=True), y)
@@ -366,9 +366,9 @@ def test_weights_snapshot_survives_fast_steps(backend):
     before = net.get_weights()
     kept = [np.array(w, copy=True) for w in before]
     net.train_step(X, y)
-    for a, b in zip(before, kept):
+    for a, b in zip(before, kept, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert any(not np.array_equal(a, b) for a, b in zip(net.get_weights(), kept))
+    assert any(not np.array_equal(a, b) for a, b in zip(net.get_weights(), kept, strict=True))
 
 
 def test_parameters_are_views_of_one_buffer(backend):
@@ -378,7 +378,7 @@ def test_parameters_are_views_of_one_buffer(backend):
     net.train_step(X, y)
     step = train_step_for(net)
     assert step is not None
-    for (layer, key), view in zip(net._slots, step.params):
+    for (layer, key), view in zip(net._slots, step.params, strict=True):
         assert layer.params[key] is view
     assert step.flat_params.shape == (step.size,)
     assert step.size >= net.n_params
@@ -401,7 +401,7 @@ def test_nan_gradient_spreads_through_clip_norm_as_in_reference(backend, optimiz
         grads[0]["W"] = net.backend.asarray(w, dtype=net.dtype)
         net.apply_gradients()
     assert train_step_for(fast) is not None
-    for a, b in zip(fast.get_weights(), ref.get_weights()):
+    for a, b in zip(fast.get_weights(), ref.get_weights(), strict=True):
         assert np.isnan(b).all()
         assert np.isnan(a).all()
 

@@ -242,7 +242,7 @@ def _assert_rejected(net, y, error, pattern, X=None):
         net.evaluate(X, y)
     with pytest.raises(error, match=pattern):
         net.train_step(X, y)
-    for old, new in zip(before, net.get_weights()):
+    for old, new in zip(before, net.get_weights(), strict=True):
         np.testing.assert_array_equal(old, new)
     assert net.optimizer.step_count == 0
 

@@ -87,7 +87,7 @@ def _net(case, backend, dtype="float64", seed=0, optimizer="sgd"):
 
 def _assert_weights_equal(a, b):
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
 
 
@@ -99,7 +99,7 @@ def test_network_gradients_match_torch(backend, torch, case):
     expected_loss, expected_grads = _torch_forward_loss(torch, case, net.layers, weights, X4, y)
     np.testing.assert_allclose(loss, expected_loss, rtol=1e-9)
     assert len(grads) == len(expected_grads)
-    for mine, theirs in zip(grads, expected_grads):
+    for mine, theirs in zip(grads, expected_grads, strict=True):
         assert mine.shape == theirs.shape
         np.testing.assert_allclose(mine, theirs, rtol=1e-9, atol=1e-15)
 
@@ -141,7 +141,7 @@ def test_train_step_returns_the_loss_before_the_update(backend):
     returned = net.train_step(X4, y)
     assert returned == pytest.approx(loss_before, rel=1e-12)  # a fast path may round differently
     assert isinstance(returned, float)
-    for w0, g, w1 in zip(before, grads, net.get_weights()):  # plain SGD: w1 = w0 - 0.1 g
+    for w0, g, w1 in zip(before, grads, net.get_weights(), strict=True):  # plain SGD: w1 = w0 - 0.1 g
         np.testing.assert_allclose(w1, w0 - 0.1 * g, rtol=1e-12, atol=1e-15)
     assert net.evaluate(X4, y)["loss"] < returned
 
@@ -154,7 +154,7 @@ def test_forward_backward_apply_gradients_equal_train_step(backend):
         b.backward()
         b.apply_gradients()
         assert loss == pytest.approx(a.train_step(X4, y), rel=1e-12)
-    for w1, w2 in zip(a.get_weights(), b.get_weights()):
+    for w1, w2 in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_allclose(w1, w2, rtol=1e-12, atol=1e-15)
 
 
@@ -249,7 +249,7 @@ def test_same_seed_same_training_on_every_backend(backend):
     ref_loss, ref_weights = train("numpy")
     loss, weights = train(backend)
     np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
-    for a, b in zip(weights, ref_weights):
+    for a, b in zip(weights, ref_weights, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
 
 
@@ -284,7 +284,7 @@ def test_fit_equals_train_steps_over_the_batches(backend):
     losses = [b.train_step(X4[s:s + 3], y[s:s + 3]) for s in (0, 3, 6)]
     expected = (3 * losses[0] + 3 * losses[1] + 2 * losses[2]) / 8
     assert history.history["loss"][0] == pytest.approx(expected, rel=1e-12)
-    for w1, w2 in zip(a.get_weights(), b.get_weights()):
+    for w1, w2 in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_allclose(w1, w2, rtol=1e-12, atol=1e-15)
 
 
@@ -296,7 +296,7 @@ def test_full_batch_fit_is_one_step_per_epoch(backend, batch_size):
     losses = [b.train_step(X4, y) for _ in range(2)]
     np.testing.assert_allclose(history.history["loss"], losses, rtol=1e-12)
     assert a.optimizer.step_count == 2
-    for w1, w2 in zip(a.get_weights(), b.get_weights()):
+    for w1, w2 in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_allclose(w1, w2, rtol=1e-12, atol=1e-15)
 
 

@@ -139,7 +139,7 @@ def test_batchnorm_network_save_load_keeps_running_statistics(backend, tmp_path)
     loaded = bpgpu.load(tmp_path / "bn.npz", backend="numpy")
     again = [(k, loaded.backend.to_numpy(v)) for layer in loaded._all_layers
              for k, v in layer.buffers.items()]
-    for (k1, a), (k2, b) in zip(stats, again):
+    for (k1, a), (k2, b) in zip(stats, again, strict=True):
         assert k1 == k2
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(loaded.predict(X), net.predict(X), rtol=1e-12, atol=1e-14)

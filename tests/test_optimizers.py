@@ -60,10 +60,10 @@ def test_trajectory_matches_torch(backend, torch, name, kwargs):
         for i, p in enumerate(ref_params):
             p.grad = torch.tensor(_gradient(i, p.detach().numpy()))
         ref.step()
-        for mine, theirs in zip(params, ref_params):
+        for mine, theirs in zip(params, ref_params, strict=True):
             _assert_close(backend.to_numpy(mine), theirs.detach().numpy())
     assert opt.step_count == STEPS
-    moved = [np.abs(backend.to_numpy(p) - p0).max() for p, p0 in zip(params, _initial_params())]
+    moved = [np.abs(backend.to_numpy(p) - p0).max() for p, p0 in zip(params, _initial_params(), strict=True)]
     assert min(moved) > 1e-3  # the trajectory really went somewhere
 
 
@@ -155,14 +155,14 @@ def test_clipping_matches_torch_utils(backend, torch, clip, name):
                       [backend.asarray(g, dtype=f64) for g in grads])
 
     ref_params = [torch.nn.Parameter(torch.tensor(p)) for p in _initial_params()]
-    for p, g in zip(ref_params, grads):
+    for p, g in zip(ref_params, grads, strict=True):
         p.grad = torch.tensor(g)
     if "clip_value" in clip:
         torch.nn.utils.clip_grad_value_(ref_params, clip["clip_value"])
     if "clip_norm" in clip:
         torch.nn.utils.clip_grad_norm_(ref_params, clip["clip_norm"])
     getattr(torch.optim, name)(ref_params, **kwargs).step()
-    for mine, theirs in zip(params, ref_params):
+    for mine, theirs in zip(params, ref_params, strict=True):
         _assert_close(backend.to_numpy(mine), theirs.detach().numpy())
 
 
@@ -171,7 +171,7 @@ def test_clip_value_bounds_every_element(backend):
     f64 = backend.dtype("float64")
     clipped = [backend.to_numpy(g) for g in opt.clip([backend.asarray(g, dtype=f64) for g in _grads(3.0)])]
     assert max(np.abs(g).max() for g in clipped) == 0.25
-    for g, original in zip(clipped, _grads(3.0)):
+    for g, original in zip(clipped, _grads(3.0), strict=True):
         np.testing.assert_array_equal(g, np.clip(original, -0.25, 0.25))
 
 
@@ -213,5 +213,5 @@ def test_state_dict_round_trip(backend):
     twin = Adam(lr=0.1).bind(backend)
     twin.load_state_dict(state)
     a, b = opt.step(params, grads), twin.step(params, grads)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(backend.to_numpy(x), backend.to_numpy(y))

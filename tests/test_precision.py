@@ -149,7 +149,7 @@ def test_forced_overflow_scale_sequence_matches_torch_amp(backend, torch):
     assert scales == expected
     assert policy.scaler.skipped_steps == 8  # backed off, stepped, grew and backed off again
     assert max(scales[9:]) > min(scales[:9])
-    for ours, theirs in zip(net.get_weights(), torch_weights):
+    for ours, theirs in zip(net.get_weights(), torch_weights, strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=2e-3, atol=2e-3 * np.max(np.abs(theirs)))
 
 
@@ -165,10 +165,10 @@ def test_a_skipped_step_changes_no_weight_and_no_optimizer_state(backend):
     assert np.isfinite(loss)
     assert net.precision.scaler.scale == 2.0 ** 15 and net.precision.scaler.skipped_steps == 1
     assert net.optimizer.step_count == 1
-    for a, b in zip(net.get_weights(), before):
+    for a, b in zip(net.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
     for name, values in net.optimizer.state.items():
-        for a, b in zip(values, state[name]):
+        for a, b in zip(values, state[name], strict=True):
             np.testing.assert_array_equal(net.backend.to_numpy(a), b)
 
 
@@ -210,7 +210,7 @@ def test_a_non_finite_loss_is_a_divergence_and_keeps_the_weights(backend):
     with pytest.raises(bpgpu.TrainingDivergedError) as info:
         net.fit(X[16:], np.zeros((16, 3)), epochs=1, batch_size=8, shuffle=False, verbose=0)
     assert (info.value.epoch, info.value.step) == (1, 0)
-    for a, b in zip(net.get_weights(), before):
+    for a, b in zip(net.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -242,7 +242,7 @@ def test_compute_gradients_are_unscaled_and_move_nothing(backend):
     loss_p, grads_p = plain.compute_gradients(X, y)
     assert mixed.precision.scaler.state_dict() == LossScaler().state_dict()
     assert abs(loss_m - loss_p) < 1e-2 * abs(loss_p)
-    for gm, gp in zip(grads_m, grads_p):  # the l2 term included: scaled with the loss
+    for gm, gp in zip(grads_m, grads_p, strict=True):  # the l2 term included: scaled with the loss
         assert np.max(np.abs(gm - gp)) < 1e-2 * np.max(np.abs(gp))
 
 
@@ -298,7 +298,7 @@ def test_checkpoint_keeps_the_policy_and_the_scale_and_resumes_exactly(tmp_path)
     loaded.fit(X, y, epochs=2, batch_size=8, verbose=0)
     assert loaded.precision.state_dict() == whole.precision.state_dict()
     assert loaded.history.history == whole.history.history
-    for a, b in zip(loaded.get_weights(), whole.get_weights()):
+    for a, b in zip(loaded.get_weights(), whole.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

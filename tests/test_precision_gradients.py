@@ -99,7 +99,7 @@ def _errors(backend, name, compute_dtype="float16"):
     y = rng.standard_normal(out_shape).astype(np.float32)
     ours, reference = _gradients(mixed, X, y), _gradients(plain, X, y)
     assert len(ours) == len(reference) and all(np.all(np.isfinite(g)) for g in ours)
-    return [float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(ours, reference)]
+    return [float(np.max(np.abs(a - b)) / np.max(np.abs(b))) for a, b in zip(ours, reference, strict=True)]
 
 
 @pytest.mark.parametrize("name", list(CASES))

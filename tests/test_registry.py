@@ -165,7 +165,7 @@ def test_custom_component_saves_loads_and_trains_on(kind, tmp_path):
     for name, values in straight.history.history.items():
         np.testing.assert_allclose(loaded.history.history[name], values, rtol=1e-12,
                                    err_msg=f"history {name!r} after resuming")
-    for w_loaded, w_straight in zip(loaded.get_weights(), straight.get_weights()):
+    for w_loaded, w_straight in zip(loaded.get_weights(), straight.get_weights(), strict=True):
         np.testing.assert_allclose(w_loaded, w_straight, rtol=1e-12, atol=1e-15)
     if kind == "metric":
         assert len(straight.history.history["within_tolerance"]) == 4

@@ -59,7 +59,7 @@ def _folders(tmp_path):
 
 def _assert_same_best_checkpoints(straight_dir, split_dir):
     for a, b in zip(bpgpu.load(straight_dir / "best.npz").get_weights(),
-                    bpgpu.load(split_dir / "best.npz").get_weights()):
+                    bpgpu.load(split_dir / "best.npz").get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -110,7 +110,7 @@ def test_without_the_saved_state_the_resume_would_differ(tmp_path):
     resumed._restored_callbacks = None
     _fit(resumed, 5, _callbacks(tmp_path))
     assert resumed.optimizer.lr != straight.optimizer.lr or any(
-        not np.array_equal(a, b) for a, b in zip(resumed.get_weights(), straight.get_weights()))
+        not np.array_equal(a, b) for a, b in zip(resumed.get_weights(), straight.get_weights(), strict=True))
 
 
 def test_different_callbacks_after_a_load_warn_and_start_fresh(tmp_path):

@@ -114,7 +114,7 @@ def test_full_batch_weights_equal_duplicated_rows(backend, loss, y, outputs):
     hr = repeated.fit(np.repeat(X, COUNTS, axis=0), np.repeat(y, COUNTS, axis=0), epochs=5,
                       batch_size=None, verbose=0)
     np.testing.assert_allclose(hw["loss"], hr["loss"], rtol=1e-10)
-    for a, b in zip(weighted.get_weights(), repeated.get_weights()):
+    for a, b in zip(weighted.get_weights(), repeated.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -124,7 +124,7 @@ def test_class_weight_equals_duplicating_a_class(backend):
     counts = np.where(Y_CLS == 1, 2, 1)
     repeated.fit(np.repeat(X, counts, axis=0), np.repeat(Y_CLS, counts), epochs=3,
                  batch_size=None, verbose=0)
-    for a, b in zip(weighted.get_weights(), repeated.get_weights()):
+    for a, b in zip(weighted.get_weights(), repeated.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -187,12 +187,12 @@ def test_weighted_fit_runs_on_the_reference_engine_and_says_so():
     assert fast.engine.fast  # the requirement lasts for the weighted call only
     hr = reference.fit(X, Y_CLS, epochs=3, batch_size=8, sample_weight=w, verbose=0)
     np.testing.assert_allclose(hf["loss"], hr["loss"], rtol=1e-12)
-    for a, b in zip(fast.get_weights(), reference.get_weights()):
+    for a, b in zip(fast.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-13)
     # an unweighted fit afterwards runs fast again, continuing from the same state
     fast.fit(X, Y_CLS, epochs=1, batch_size=8, verbose=0)
     reference.fit(X, Y_CLS, epochs=1, batch_size=8, verbose=0)
-    for a, b in zip(fast.get_weights(), reference.get_weights()):
+    for a, b in zip(fast.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -254,7 +254,7 @@ def test_bad_weights_are_rejected_and_change_nothing(backend, kwargs, error, mes
     with pytest.raises(error, match=message):
         net.fit(X, Y_CLS, epochs=1, verbose=0, **kwargs)
     assert net.epoch == 0
-    for a, b in zip(before, net.get_weights()):
+    for a, b in zip(before, net.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

@@ -82,7 +82,7 @@ def test_same_random_state_same_model_and_attributes():
                IRIS_Y)
     b = _quiet(MLPClassifier(hidden_layer_sizes=(10,), max_iter=20, random_state=3), IRIS_X,
                IRIS_Y)
-    for wa, wb in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_):
+    for wa, wb in zip(a.coefs_ + a.intercepts_, b.coefs_ + b.intercepts_, strict=True):
         np.testing.assert_array_equal(wa, wb)
     assert a.loss_curve_ == b.loss_curve_ and a.n_iter_ == 20 and len(a.loss_curve_) == 20
     assert a.best_loss_ == min(a.loss_curve_) and a.validation_scores_ is None
@@ -116,7 +116,7 @@ def test_matches_a_network_trained_the_same_way():
     history = net.fit(REG_X, REG_Y, epochs=5, batch_size=40, shuffle=False, verbose=0,
                       callbacks=[_AdamEpsilon(1e-8, 0.999, 0.5)])
     np.testing.assert_allclose(est.loss_curve_, np.array(history["loss"]) / 2, rtol=1e-12)
-    for a, b in zip(est.network_.get_weights(), net.get_weights()):
+    for a, b in zip(est.network_.get_weights(), net.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12)
 
 
@@ -145,7 +145,7 @@ def test_sgd_epoch_matches_sklearns_mlp_from_the_same_weights():
     sk.coefs_ = [c.copy() for c in start.coefs_]
     sk.intercepts_ = [b.copy() for b in start.intercepts_]
     _quiet(sk.set_params(warm_start=True), REG_X, REG_Y)
-    for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_):
+    for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
     assert ours.loss_curve_[0] == pytest.approx(sk.loss_curve_[-1], rel=1e-9)
 
@@ -174,7 +174,7 @@ def test_same_random_state_without_shuffling_trains_sklearns_model(task, batch_s
     _quiet(ours, X, y)
     _quiet(sk, X, y)
     np.testing.assert_allclose(ours.loss_curve_, sk.loss_curve_, rtol=1e-10)
-    for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_):
+    for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
 
 
@@ -199,7 +199,7 @@ def test_adam_matches_sklearns_mlp_from_the_same_weights_across_warm_starts(dtyp
     for _ in range(2):
         _quiet(ours, REG_X, REG_Y)
         _quiet(sk, REG_X, REG_Y)
-        for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_):
+        for a, b in zip(ours.coefs_ + ours.intercepts_, sk.coefs_ + sk.intercepts_, strict=True):
             np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * 1e-2)
         np.testing.assert_allclose(ours.loss_curve_[-3:], sk.loss_curve_[-3:], rtol=rtol)
 

@@ -40,7 +40,7 @@ def _torch_fit(torch, net, X, y, epochs, batch_size, shuffle, optimizer, clip_va
     rng = copy.deepcopy(net.shuffle_rng)
     weights = net.get_weights()
     linears = []
-    for W, b in zip(weights[::2], weights[1::2]):
+    for W, b in zip(weights[::2], weights[1::2], strict=True):
         layer = torch.nn.Linear(*W.shape).double()
         with torch.no_grad():
             layer.weight.copy_(torch.from_numpy(W.T.copy()))
@@ -122,7 +122,7 @@ def test_fit_equals_torch_training(backend, torch, name, target):
         per=run.get("per", "epoch"))
     history = net.fit(X, y, epochs=4, batch_size=8, verbose=0)
     np.testing.assert_allclose(history["loss"], expected_loss, rtol=1e-9)
-    for ours, theirs in zip(net.get_weights(), expected_w):
+    for ours, theirs in zip(net.get_weights(), expected_w, strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12)
 
 
@@ -206,7 +206,7 @@ def test_metric_errors_name_the_problem(backend):
     for name in ("mae", "binary_accuracy"):
         with pytest.raises(ValueError, match="cross_entropy"):
             ce.fit(X, Y_CLS, metrics=[name], verbose=0)
-    assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights())) and net.epoch == 0
+    assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights(), strict=True)) and net.epoch == 0
 
 
 def test_metric_subclass_and_function_metric_names(backend):
@@ -236,7 +236,7 @@ def test_validation_split_holds_out_the_last_fraction(backend):
     hb = b.fit(X[:split], Y_REG[:split], epochs=3, batch_size=8,
                validation_data=(X[split:], Y_REG[split:]), verbose=0)
     assert ha.history == hb.history
-    for wa, wb in zip(a.get_weights(), b.get_weights()):
+    for wa, wb in zip(a.get_weights(), b.get_weights(), strict=True):
         np.testing.assert_array_equal(wa, wb)
     assert ha["val_loss"][-1] == pytest.approx(a.evaluate(X[split:], Y_REG[split:])["loss"], rel=1e-12)
 
@@ -266,7 +266,7 @@ def test_fit_arguments_are_checked_before_training(backend, kwargs, message):
     before, state = net.get_weights(), net.shuffle_rng.bit_generator.state
     with pytest.raises(ValueError, match=message):
         net.fit(X, Y_REG, **{"verbose": 0, **kwargs})
-    assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights()))
+    assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights(), strict=True))
     assert net.epoch == 0 and net.optimizer.step_count == 0 and len(net.history) == 0
     assert net.shuffle_rng.bit_generator.state == state
 
@@ -382,7 +382,7 @@ def test_l2_penalty_gradients(backend, torch):
     plain = _l2_net(backend, 0.0)
     _, without = plain.compute_gradients(X, Y_REG)
     W1, _, W2, _ = net.get_weights()
-    for g1, g0, extra in zip(with_l2, without, (2 * 0.03 * W1, 0.0, 2 * 0.06 * W2, 0.0)):
+    for g1, g0, extra in zip(with_l2, without, (2 * 0.03 * W1, 0.0, 2 * 0.06 * W2, 0.0), strict=True):
         np.testing.assert_allclose(g1 - g0, np.broadcast_to(extra, g1.shape), rtol=1e-10, atol=1e-13)
     params = [torch.tensor(w, requires_grad=True) for w in net.get_weights()]
     A, a, B, b = params
@@ -390,7 +390,7 @@ def test_l2_penalty_gradients(backend, torch):
     loss = torch.mean((torch.tanh(Xt @ A + a) @ B + b - torch.from_numpy(Y_REG)) ** 2) \
         + 0.03 * torch.sum(A * A) + 0.06 * torch.sum(B * B)
     loss.backward()
-    for ours, p in zip(with_l2, params):
+    for ours, p in zip(with_l2, params, strict=True):
         np.testing.assert_allclose(ours, p.grad.numpy(), rtol=1e-10, atol=1e-13)
 
 
@@ -437,7 +437,7 @@ def test_divergence_raises_and_keeps_the_last_finite_weights(backend, lr, batch_
     assert (error.epoch, error.step) == (epoch, step)
     assert not math.isfinite(error.loss)
     assert f"at epoch {epoch}, step {step}" in str(error) and "lower learning rate" in str(error)
-    for ours, expected in zip(net.get_weights(), kept):
+    for ours, expected in zip(net.get_weights(), kept, strict=True):
         np.testing.assert_array_equal(ours, expected)
     assert all(np.isfinite(w).all() for w in net.get_weights())
     assert len(net.history) == epoch and all(math.isfinite(v) for v in net.history["loss"])
@@ -478,7 +478,7 @@ def test_divergence_at_the_first_step_of_a_fit_keeps_the_starting_weights(backen
     with pytest.raises(bpgpu.TrainingDivergedError, match="at epoch 0, step 0") as info:
         net.fit(np.full((6, 1), 1e25), np.zeros(6), epochs=2, batch_size=3, verbose=0)
     assert info.value.loss == math.inf
-    for ours, expected in zip(net.get_weights(), start):
+    for ours, expected in zip(net.get_weights(), start, strict=True):
         np.testing.assert_array_equal(ours, expected)
     assert net.optimizer.step_count == 0 and net.epoch == 0
 

@@ -52,7 +52,7 @@ def test_walkthrough_first_gradients_equal_the_chain_rule(backend):
     expected_loss, p, expected = _chain_rule(W1, B1, W2, B2)
     assert net.predict(X1[None, :])[0, 0] == pytest.approx(p, rel=1e-14)
     assert loss == pytest.approx(expected_loss, rel=1e-13)
-    for name, mine, theirs in zip(["dW1", "db1", "dW2", "db2"], grads, expected):
+    for name, mine, theirs in zip(["dW1", "db1", "dW2", "db2"], grads, expected, strict=True):
         np.testing.assert_allclose(mine, theirs, rtol=1e-12, atol=1e-17, err_msg=name)
     assert all(np.abs(g).min() > 1e-4 for g in grads)  # every gradient is really there
 
@@ -67,9 +67,9 @@ def test_walkthrough_trains_towards_1(backend):
     for _ in range(1000):
         loss, _, grads = _chain_rule(*w)
         expected_losses.append(loss)
-        w = [wi - 0.1 * gi for wi, gi in zip(w, grads)]
+        w = [wi - 0.1 * gi for wi, gi in zip(w, grads, strict=True)]
     np.testing.assert_allclose(losses, expected_losses, rtol=1e-9)
-    for mine, theirs in zip(net.get_weights(), w):
+    for mine, theirs in zip(net.get_weights(), w, strict=True):
         np.testing.assert_allclose(mine, theirs, rtol=1e-9)
     assert np.all(np.diff(losses) < 0)  # decreasing at every step
     prediction = net.predict(x)[0, 0]

@@ -30,7 +30,7 @@ def chebyshev_interpolant(f, n):
     m = n + 1
     nodes = [mp.pi * (k + mp.mpf(1) / 2) / m for k in range(m)]
     values = [f(mp.cos(t)) for t in nodes]
-    coeffs = [2 * mp.fsum(v * mp.cos(j * t) for v, t in zip(values, nodes)) / m for j in range(m)]
+    coeffs = [2 * mp.fsum(v * mp.cos(j * t) for v, t in zip(values, nodes, strict=True)) / m for j in range(m)]
     coeffs[0] /= 2
     return coeffs
 
@@ -59,7 +59,7 @@ def pieces():
         a = mp.sqrt((s + 1) / 2)
         return mp.erf(a) / a if a else 2 / mp.sqrt(mp.pi)
     out = [(0.0, BREAKS[0], small)]
-    for lo, hi in zip(BREAKS[:-1], BREAKS[1:]):
+    for lo, hi in zip(BREAKS[:-1], BREAKS[1:], strict=True):
         def scaled(s, lo=lo, hi=hi):
             a = mp.mpf(lo + hi) / 2 + mp.mpf(hi - lo) / 2 * s
             return mp.exp(a * a) * mp.erfc(a)

@@ -97,7 +97,7 @@ class MixedTrainStep(TrainStep):
     # -- the float16 compute copies ------------------------------------------------------------
     def sync_params(self) -> None:
         if any(layer.params[key] is not view
-               for (layer, key), view in zip(self.structure.slots, self.params)):
+               for (layer, key), view in zip(self.structure.slots, self.params, strict=True)):
             self._half_stale = True
         super().sync_params()
 
@@ -159,6 +159,6 @@ class MixedTrainStep(TrainStep):
             dy = op.backward(dy)
         self.kernels.unscale_check(self.scaled_half, self.scaled_float, self.flat_grads,
                                    1.0 / scale, self.found_inf)
-        for (layer, key), view in zip(self.structure.slots, self.grads):
+        for (layer, key), view in zip(self.structure.slots, self.grads, strict=True):
             layer.grads[key] = view  # the unscaled float32 gradients
         return value, (self._float_output(x) if output else None)

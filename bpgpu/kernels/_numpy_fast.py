@@ -438,7 +438,7 @@ class NumPyKernels(KernelSet):
     @staticmethod
     def link(ops, loss_op):
         """Chain adjacent fast Dense operations (see :class:`_Dense`)."""
-        for op, nxt in zip(ops, ops[1:] + [None]):
+        for op, nxt in zip(ops, ops[1:] + [None], strict=True):
             if not isinstance(op, _Dense):
                 continue
             if isinstance(nxt, _Dense) and nxt.joint is not None:

@@ -209,7 +209,7 @@ class TrainStep:
         slots = structure.slots
         self.shapes = [tuple(layer.params[key].shape) for layer, key in slots]
         self.offsets, total, previous = [], 0, None
-        for (layer, _), shape in zip(slots, self.shapes):
+        for (layer, _), shape in zip(slots, self.shapes, strict=True):
             if layer is not previous:  # a layer's parameters are adjacent, each layer aligned
                 total = -(-total // ALIGN) * ALIGN
                 previous = layer
@@ -255,7 +255,7 @@ class TrainStep:
 
     def _views(self, flat):
         view = self.kernels.view
-        return [view(flat, o, s) for o, s in zip(self.offsets, self.shapes)]
+        return [view(flat, o, s) for o, s in zip(self.offsets, self.shapes, strict=True)]
 
     def _build_ops(self, flat_grads, primary, training=True):
         """The operations of every layer, writing gradients into ``flat_grads``. Only the primary
@@ -295,7 +295,7 @@ class TrainStep:
     def sync_params(self):
         """Point every parameter slot at its view, copying in values replaced from outside."""
         copy = self.kernels.copy
-        for (layer, key), view in zip(self.structure.slots, self.params):
+        for (layer, key), view in zip(self.structure.slots, self.params, strict=True):
             value = layer.params[key]
             if value is not view:
                 copy(view, value)
@@ -306,10 +306,10 @@ class TrainStep:
         current = optimizer.state[name]
         entry = self._state.get(name)
         if entry is None or len(current) != len(entry[1]) \
-                or any(a is not b for a, b in zip(current, entry[1])):
+                or any(a is not b for a, b in zip(current, entry[1], strict=True)):
             flat = self.kernels.zeros(self.size, self.net.dtype) if entry is None else entry[0]
             views = self._views(flat)
-            for view, value in zip(views, current):
+            for view, value in zip(views, current, strict=True):
                 if value is not view:
                     self.kernels.copy(view, value)
             optimizer.state[name] = list(views)
@@ -395,7 +395,8 @@ class TrainStep:
         cuts = [n * i // k for i in range(k + 1)]
         results = self.kernels.run_parallel([
             functools.partial(_block_step, ops, loss_op, xb[a:b], yb[a:b], n)
-            for (ops, loss_op, _), a, b in zip(self._shards, cuts, cuts[1:])])
+            # the first k of the shards made so far (an earlier step may have made more)
+            for (ops, loss_op, _), a, b in zip(self._shards, cuts, cuts[1:], strict=False)])
         values = [value for value, _ in results]
         value = self.structure.penalized_loss(sum(values[1:], values[0]))
         self._split, self._unsummed = k, True
@@ -428,7 +429,7 @@ class TrainStep:
         backward pass)."""
         self.sync_params()
         copy = self.kernels.copy
-        for (layer, key), view in zip(self.structure.slots, self.grads):
+        for (layer, key), view in zip(self.structure.slots, self.grads, strict=True):
             value = layer.grads[key]
             if value is not view:
                 copy(view, value)
@@ -444,7 +445,7 @@ class TrainStep:
         new = optimizer.step(self.params, self.grads)
         if new is not self.params:  # reference rule: copy the new values into the views
             copy = self.kernels.copy
-            for view, value in zip(self.params, new):
+            for view, value in zip(self.params, new, strict=True):
                 if value is not view:
                     copy(view, value)
 

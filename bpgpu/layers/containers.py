@@ -119,7 +119,7 @@ def _snapshot(layers):
 def _forget(layers, snapshots):
     """Undo every attribute the layers rebound since ``snapshots``: this drops the activations
     their forward passes cached (``self._x = x`` and the like)."""
-    for layer, before in zip(layers, snapshots):
+    for layer, before in zip(layers, snapshots, strict=True):
         for name, value in list(vars(layer).items()):
             if name in _LAYER_STATE or before.get(name, _MISSING) is value:
                 continue
@@ -174,7 +174,7 @@ class Checkpoint(_BlockWrapper):
         finally:
             if state is not None:
                 backend.set_rng_state(rng, now)
-            for layer, saved in zip(layers, buffers):
+            for layer, saved in zip(layers, buffers, strict=True):
                 layer.buffers = saved
         self.block.input_grad = self.input_grad
         dx = self.block.backward(dy)

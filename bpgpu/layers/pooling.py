@@ -24,7 +24,7 @@ class _Pool2D(Layer):
         self.kernel_size = pair(kernel_size, f"{name} kernel_size", 1)
         self.stride = self.kernel_size if stride is None else pair(stride, f"{name} stride", 1)
         self.padding = pair(padding, f"{name} padding", 0)
-        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size)):
+        if any(p > k // 2 for p, k in zip(self.padding, self.kernel_size, strict=True)):
             raise ValueError(f"{name} padding {self.padding} must be at most half the kernel size "
                              f"{self.kernel_size} (rounded down), so that every window holds a "
                              "pixel of the image")

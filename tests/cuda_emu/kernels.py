@@ -92,7 +92,8 @@ class _Kernel:
             raise TypeError(f"kernel {self.name} takes {n_in} inputs (and optionally "
                             f"{len(self.outputs)} outputs), got {len(args)} arguments")
         arrays, scalars = {}, {}
-        for k, (arg, (dtype, name)) in enumerate(zip(args, params)):
+        # args may stop after the inputs (the outputs are then allocated): no strict pairing
+        for k, (arg, (dtype, name)) in enumerate(zip(args, params, strict=False)):
             if isinstance(arg, np.ndarray):
                 if arg.dtype != dtype:
                     raise TypeError(f"kernel {self.name}: argument {name} has dtype {arg.dtype}, "
@@ -322,7 +323,7 @@ class RawKernel:
             raise TypeError(f"raw kernel {self.name} takes {len(self.signature)} arguments, got "
                             f"{len(args)}")
         keep, slots = [], (ctypes.c_void_p * len(args))()
-        for k, (arg, want) in enumerate(zip(args, self.signature)):
+        for k, (arg, want) in enumerate(zip(args, self.signature, strict=True)):
             if isinstance(arg, np.ndarray):
                 got = "*" + arg.dtype.name
                 if not arg.flags.c_contiguous:
