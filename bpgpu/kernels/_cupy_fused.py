@@ -159,13 +159,19 @@ class _Dense:
         if self.b is not None:
             cupy.sum(dz, axis=0, out=self.db)
             grads["b"] = self.db
-        if not self.layer.input_grad:
-            return None
-        dx = buf["dx"]
-        if dx is None:
-            dx = buf["dx"] = cupy.empty((dz.shape[0], self.W.shape[0]), dz.dtype)
-        cupy.matmul(dz, self.W.T, out=dx)
-        return dx
+        return _input_gradient(self.layer, self.W, buf, dz)
+
+
+def _input_gradient(layer, W, buf, dz):
+    """dx = dz W^T (n, in) into the batch's buffer ``buf["dx"]``, made on first use; None when
+    ``layer`` needs no input gradient. Reference: ``Dense.backward``."""
+    if not layer.input_grad:
+        return None
+    dx = buf["dx"]
+    if dx is None:
+        dx = buf["dx"] = cupy.empty((dz.shape[0], W.shape[0]), dz.dtype)
+    cupy.matmul(dz, W.T, out=dx)
+    return dx
 
 
 # -- losses ---------------------------------------------------------------------------------------------
@@ -502,13 +508,7 @@ class _HalfDense(_Dense):
             _add_scaled("float16")(self.W, 2.0 * self.layer.l2 * self.scale, self.dW)
         if self.b is not None:
             cupy.sum(dz, axis=0, dtype=cupy.float32, out=self.db)
-        if not self.layer.input_grad:
-            return None
-        dx = buf["dx"]
-        if dx is None:
-            dx = buf["dx"] = cupy.empty((dz.shape[0], self.W.shape[0]), dz.dtype)
-        cupy.matmul(dz, self.W.T, out=dx)
-        return dx
+        return _input_gradient(self.layer, self.W, buf, dz)
 
 
 # -- update rules: one kernel over the flat buffer ------------------------------------------------------
