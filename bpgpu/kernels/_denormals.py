@@ -36,6 +36,7 @@ ENV = "BPGPU_FLUSH_DENORMALS"
 
 _FTZ_DAZ = 0x8040   # MXCSR bit 15 (flush to zero) | bit 6 (denormals are zero)
 
+
 class _Mode(ctypes.Structure):
     """glibc's ``femode_t`` on x86-64: the x87 control word and the MXCSR register."""
 
@@ -49,9 +50,12 @@ def _load():
     if not sys.platform.startswith("linux") or machine not in ("x86_64", "amd64"):
         return None, None, f"needs x86-64 Linux (this is {sys.platform} on {machine})"
     try:
-        libm = ctypes.CDLL(ctypes.util.find_library("m") or "libm.so.6")
+        try:  # glibc's name first: find_library runs ldconfig in a subprocess
+            libm = ctypes.CDLL("libm.so.6")
+        except OSError:
+            libm = ctypes.CDLL(ctypes.util.find_library("m"))
         get, put = libm.fegetmode, libm.fesetmode
-    except (OSError, AttributeError) as exc:
+    except (OSError, AttributeError, TypeError) as exc:
         return None, None, f"the C library has no fegetmode/fesetmode (glibc >= 2.25): {exc}"
     get.argtypes = put.argtypes = [ctypes.POINTER(_Mode)]
     get.restype = put.restype = ctypes.c_int
