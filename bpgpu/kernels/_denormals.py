@@ -81,6 +81,19 @@ def _wanted():
 
 
 @contextlib.contextmanager
+def _in_mode(mode):
+    """A context in which this thread runs in ``mode`` (a :class:`_Mode`); the thread's own
+    mode comes back on leaving, also after an exception."""
+    own = _Mode()
+    _get_mode(ctypes.byref(own))
+    _set_mode(ctypes.byref(mode))
+    try:
+        yield
+    finally:
+        _set_mode(ctypes.byref(own))
+
+
+@contextlib.contextmanager
 def flushing():
     """A context in which this thread flushes subnormal results to zero and reads subnormal
     inputs as zero; the thread's previous mode comes back on leaving, also after an exception.
@@ -88,14 +101,11 @@ def flushing():
     if _get_mode is None or not _wanted():
         yield
         return
-    saved = _Mode()
-    _get_mode(ctypes.byref(saved))
-    flushed = _Mode(saved.control_word, saved.reserved, saved.mxcsr | _FTZ_DAZ)
-    _set_mode(ctypes.byref(flushed))
-    try:
+    mode = _Mode()
+    _get_mode(ctypes.byref(mode))
+    mode.mxcsr |= _FTZ_DAZ
+    with _in_mode(mode):
         yield
-    finally:
-        _set_mode(ctypes.byref(saved))
 
 
 def carry(job):
@@ -108,11 +118,6 @@ def carry(job):
     _get_mode(ctypes.byref(callers))
 
     def job_in_callers_mode():
-        own = _Mode()
-        _get_mode(ctypes.byref(own))
-        _set_mode(ctypes.byref(callers))
-        try:
+        with _in_mode(callers):
             return job()
-        finally:
-            _set_mode(ctypes.byref(own))
     return job_in_callers_mode
