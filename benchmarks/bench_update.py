@@ -20,6 +20,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bpgpu.kernels import _numpy_fast as numpy_fast  # noqa: E402
+from bpgpu.kernels import _numpy_update as numpy_update  # noqa: E402
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop  # noqa: E402
 
 OPTIMIZERS = {
@@ -67,7 +68,7 @@ def main():
     clip = numpy_fast.NumPyKernels.clip
     number = max(1, 3_000_000 // n)
     for name in args.rule:
-        optimizer, rule = OPTIMIZERS[name](), numpy_fast._RULES[RULE_OF[name]]
+        optimizer, rule = OPTIMIZERS[name](), numpy_update.RULES[RULE_OF[name]]
         optimizer.step_count = 2  # past the first step (SGD copies the gradient at step 1)
 
         def run(k, optimizer=optimizer, rule=rule):
@@ -75,9 +76,9 @@ def main():
                 clipped = clip(optimizer, grads, work, defer=False)
                 rule(optimizer, 1e-3, params, clipped, state, work)
             else:
-                numpy_fast.BLOCK_BYTES, numpy_fast.MIN_BLOCKS = k * 1024, 1
+                numpy_update.BLOCK_BYTES, numpy_update.MIN_BLOCKS = k * 1024, 1
                 clipped = clip(optimizer, grads, work, defer=not args.no_defer)
-                numpy_fast._in_blocks(rule, optimizer, 1e-3, params, clipped, state, work)
+                numpy_update.in_blocks(rule, optimizer, 1e-3, params, clipped, state, work)
         best = dict.fromkeys([0] + kib, float("inf"))
         for _ in range(args.rounds):
             for k in best:

@@ -98,3 +98,10 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+@pytest.fixture
+def numpy_update_passes(monkeypatch):
+    """The NumPy fast path's optimizer update as NumPy passes (``BPGPU_C_KERNELS=0``), for the
+    tests of those passes; everywhere else the compiled C rules serve it where a compiler is."""
+    monkeypatch.setenv("BPGPU_C_KERNELS", "0")

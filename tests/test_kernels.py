@@ -135,13 +135,13 @@ def test_dense_with_each_activation_matches_reference(backend, act, dtype):
 
 @pytest.mark.parametrize("optimizer", ["adam_l2_clipnorm", "adamw_clipvalue",
                                        "sgd_momentum_dampening_wd", "rmsprop_centered_momentum_wd"])
-def test_update_in_blocks_matches_reference(monkeypatch, optimizer):
+def test_update_in_blocks_matches_reference(monkeypatch, optimizer, numpy_update_passes):
     """Large networks update their flat buffer block by block (NumPy): shrink the block so a
     small network takes that path, with a ragged last block."""
-    from bpgpu.kernels import _numpy_fast as numpy_fast
+    from bpgpu.kernels import _numpy_update as numpy_update
 
-    monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 48 * 8)  # 48 float64 elements
-    monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)
+    monkeypatch.setattr(numpy_update, "BLOCK_BYTES", 48 * 8)  # 48 float64 elements
+    monkeypatch.setattr(numpy_update, "MIN_BLOCKS", 2)
     fast, ref = _pair(_mlp(), "numpy", optimizer=optimizer)
     assert train_step_for(fast).size % 48 and train_step_for(fast).size >= 2 * 48
     X, y = _data(5, 3, 24, "cross_entropy", seed=14)
@@ -164,6 +164,7 @@ def _flat_updates(optimizer, blocked, dtype, steps=3, size=1000):
     clips first); the parameters and the state buffers after them."""
     from bpgpu import backend as backends
     from bpgpu.kernels import _numpy_fast as numpy_fast
+    from bpgpu.kernels import _numpy_update as numpy_update
 
     kernels, rng = numpy_fast.NumPyKernels, np.random.default_rng(21)
     optimizer = BLOCKED_OPTIMIZERS[optimizer]().bind(backends.get_backend("numpy"))
@@ -177,7 +178,7 @@ def _flat_updates(optimizer, blocked, dtype, steps=3, size=1000):
         if (name, n) not in buffers:
             buffers[name, n] = kernels.zeros(n, dtype)
         return buffers[name, n]
-    rule = numpy_fast._RULES[flat_rule_name(optimizer)]
+    rule = numpy_update.RULES[flat_rule_name(optimizer)]
     for _ in range(steps):
         grads = kernels.zeros(size, dtype)
         grads[:] = rng.standard_normal(size)
@@ -186,8 +187,8 @@ def _flat_updates(optimizer, blocked, dtype, steps=3, size=1000):
         if blocked:  # a single clip is deferred into the blocks
             clipped = kernels.clip(optimizer, grads, work)
             one_clip = (optimizer.clip_value is None) != (optimizer.clip_norm is None)
-            assert isinstance(clipped, numpy_fast._DeferredClip) == one_clip
-            numpy_fast._in_blocks(rule, optimizer, optimizer.learning_rate(), params, clipped,
+            assert isinstance(clipped, numpy_update.DeferredClip) == one_clip
+            numpy_update.in_blocks(rule, optimizer, optimizer.learning_rate(), params, clipped,
                                   state, work)
         else:
             clipped = kernels.clip(optimizer, grads, work, defer=False)
@@ -203,10 +204,10 @@ def test_blocked_update_is_bit_identical_to_whole_buffer(monkeypatch, optimizer,
     what the rule computes over the whole buffers: parameters and every state buffer equal bit for
     bit, with weight decay (L2 and decoupled), momentum, dampening, Nesterov, centering, clip by
     value and clip by norm (block by block) and both clips."""
-    from bpgpu.kernels import _numpy_fast as numpy_fast
+    from bpgpu.kernels import _numpy_update as numpy_update
 
-    monkeypatch.setattr(numpy_fast, "BLOCK_BYTES", 96 * np.dtype(dtype).itemsize)
-    monkeypatch.setattr(numpy_fast, "MIN_BLOCKS", 2)
+    monkeypatch.setattr(numpy_update, "BLOCK_BYTES", 96 * np.dtype(dtype).itemsize)
+    monkeypatch.setattr(numpy_update, "MIN_BLOCKS", 2)
     whole = _flat_updates(optimizer, False, dtype)
     blocked = _flat_updates(optimizer, True, dtype)
     assert len(whole) == len(blocked) > 0
@@ -218,7 +219,7 @@ def test_blocked_update_is_bit_identical_to_whole_buffer(monkeypatch, optimizer,
 def test_small_buffers_and_plain_sgd_update_in_one_piece(monkeypatch):
     """Under MIN_BLOCKS blocks the rule runs once over the whole buffers, and so does plain SGD at
     any size; SGD with momentum runs block by block from MIN_BLOCKS blocks, a ragged one last."""
-    from bpgpu.kernels import _numpy_fast as numpy_fast
+    from bpgpu.kernels import _numpy_update as numpy_update
 
     calls = []
 
@@ -226,16 +227,16 @@ def test_small_buffers_and_plain_sgd_update_in_one_piece(monkeypatch):
         calls.clear()
         params = np.zeros(size, np.float32)
         state = {"momentum_buffer": np.zeros(size, np.float32)} if optimizer.momentum else {}
-        numpy_fast._in_blocks(numpy_fast._sgd, optimizer, 0.1, params, params, state,
+        numpy_update.in_blocks(numpy_update._sgd, optimizer, 0.1, params, params, state,
                               lambda name, n=None, size=size: np.zeros(n or size, np.float32))
         return calls
-    block, count = numpy_fast.BLOCK_BYTES // 4, numpy_fast.MIN_BLOCKS  # float32 elements
-    original = numpy_fast._sgd
+    block, count = numpy_update.BLOCK_BYTES // 4, numpy_update.MIN_BLOCKS  # float32 elements
+    original = numpy_update._sgd
 
     def counting(optimizer, lr, params, grads, state, work):
         calls.append(params.shape[0])
         original(optimizer, lr, params, grads, state, work)
-    monkeypatch.setattr(numpy_fast, "_sgd", counting)  # _in_blocks knows plain SGD by its rule
+    monkeypatch.setattr(numpy_update, "_sgd", counting)  # _in_blocks knows plain SGD by its rule
     momentum = SGD(0.1, momentum=0.9)
     momentum.step_count = 2
     assert run(momentum, count * block - 1) == [count * block - 1]

@@ -49,6 +49,8 @@ _pool_lock = threading.Lock()
 
 
 def _blas_controller():
+    """threadpoolctl's controller over the BLAS libraries loaded at the first call (NumPy's among
+    them; one loaded later, e.g. by importing torch afterwards, is left alone), or False."""
     global _blas
     if _blas is None:
         try:

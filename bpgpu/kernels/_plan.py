@@ -115,8 +115,9 @@ class KernelSet(Protocol):
 
     def update_rule(self, optimizer: Any) -> Callable[..., None] | None:
         """``rule(optimizer, lr, p, g, state, work)`` updating flat buffers in place, or None.
-        Kernel sets that run row shards also take ``jobs=k``: the rule runs on one range while
-        k range jobs run at once."""
+        Kernel sets that run row shards also take ``jobs=k`` (the rule runs on one range while
+        k range jobs run at once) and ``partials``: the same range of each other shard's partial
+        gradient, added into ``g`` before the rule reads it (g keeps the sum)."""
         ...
 
     def clip(self, optimizer: Any, g: Any, work: Callable[..., Any]) -> Any:
@@ -249,8 +250,9 @@ class TrainStep:
             parts.append(f"reference layers {', '.join(slow)}")
         parts.append(f"{'fast' if not isinstance(self.loss_op, _LossOp) else 'reference'} "
                      f"{loss}")
-        parts.append(f"{'flat' if rule else 'reference'} {type(self.net.optimizer).__name__} "
-                     "update")
+        update = f"{'flat' if rule else 'reference'} {type(self.net.optimizer).__name__} update"
+        note = getattr(self.kernels, "update_note", None)
+        parts.append(f"{update} ({note()})" if rule and note is not None else update)
         return "; ".join(parts)
 
     def _views(self, flat):
@@ -462,15 +464,14 @@ class TrainStep:
         if self._unsummed and (optimizer.clip_value is not None
                                or optimizer.clip_norm is not None):
             self._sum_shards(ranges)  # the clip reads the whole summed gradient first
-        # each range job sums its own range (when still unsummed), just before updating it
+        # each range job sums its own range (when still unsummed) as part of updating it
         partials = [flat for _, _, flat in self._shards[1:self._split]] if self._unsummed else []
         grads = self.kernels.clip(optimizer, self.flat_grads, self.work)  # flat_grads if no clip
         self.kernels.run_parallel([
-            functools.partial(_sum_and_update, self.kernels.accumulate,
-                              [flat[a:b] for flat in partials], rule, optimizer,
-                              lr, self.flat_params[a:b], grads[a:b],
+            functools.partial(rule, optimizer, lr, self.flat_params[a:b], grads[a:b],
                               {name: flat[a:b] for name, flat in state.items()},
-                              self._range_work(j, b - a), len(ranges))
+                              self._range_work(j, b - a), jobs=len(ranges),
+                              partials=[flat[a:b] for flat in partials])
             for j, (a, b) in enumerate(ranges)])
         self._unsummed = False
 
@@ -492,9 +493,3 @@ def _sum_into(accumulate, g, partials):
     for partial in partials:
         accumulate(g, partial)
 
-
-def _sum_and_update(accumulate, partials, rule, optimizer, lr, p, g, state, work, jobs):
-    """One range of a sharded update, one of ``jobs`` running at once: g += the shards' partial
-    gradients, then the rule."""
-    _sum_into(accumulate, g, partials)
-    rule(optimizer, lr, p, g, state, work, jobs=jobs)
