@@ -10,8 +10,11 @@ library's own tools, where the standard has no way to say it:
 * ``Dense`` followed by ``ReLU``, ``LeakyReLU`` or ``Tanh`` (or ``Sigmoid``, on CuPy), softmax
   cross-entropy and MSE write into buffers that are allocated once per batch size and reused (no
   temporaries per step);
-* NumPy (:mod:`bpgpu.kernels._numpy_fast`): ``out=`` everywhere, BLAS for bias gradients, and
-  large steps split into row shards, one thread per core (:mod:`bpgpu.kernels._cpu_threads`);
+* NumPy (:mod:`bpgpu.kernels._numpy_fast`): ``out=`` everywhere, BLAS for bias gradients,
+  large steps split into row shards, one thread per core (:mod:`bpgpu.kernels._cpu_threads`),
+  and the optimizer update in one pass of C compiled on first use
+  (:mod:`bpgpu.kernels._c_kernels`; NumPy passes, :mod:`bpgpu.kernels._numpy_update`, where
+  there is no C compiler);
 * CuPy (:mod:`bpgpu.kernels._cupy_fused`): one fused CUDA kernel per element-wise chain
   (bias + activation, activation gradient, softmax cross-entropy, the whole optimizer update over
   the flat buffer) and no host synchronisation inside a step; with ``precision="mixed_float16"``
