@@ -1,13 +1,15 @@
-"""The NumPy flat optimizer update alone: whole-buffer passes against block-by-block passes.
+"""The NumPy flat optimizer update alone: whole-buffer passes, block-by-block passes, C kernels.
 
     python benchmarks/bench_update.py --size 2600000 --rule adam --blocks 64,128,256,1024
 
-Each rule of bpgpu.kernels._numpy_fast runs over one flat buffer of ``--size`` parameters, after
-the optimizer's clip if any: once over the whole buffers (every pass over all of memory) and
-once through ``_in_blocks`` with blocks of each size in ``--blocks`` (KiB per buffer; a single
+Each rule of bpgpu.kernels._numpy_update runs over one flat buffer of ``--size`` parameters,
+after the optimizer's clip if any: once over the whole buffers (every pass over all of memory)
+and once through ``in_blocks`` with blocks of each size in ``--blocks`` (KiB per buffer; a single
 clip deferred into the blocks unless ``--no-defer``), all in this process, alternating over the
 rounds; each figure is the best round (single-threaded element-wise passes, so the best round is
-the one least disturbed by other load). The ratio is blocked time / whole-buffer time.
+the one least disturbed by other load). The ratio is blocked time / whole-buffer time. Where the
+C kernels (bpgpu.kernels._c_kernels) can be used, their one-pass rule is timed too, with its
+ratio to the whole-buffer passes.
 """
 
 import argparse
@@ -19,6 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from bpgpu.kernels import _c_kernels as c_kernels  # noqa: E402
 from bpgpu.kernels import _numpy_fast as numpy_fast  # noqa: E402
 from bpgpu.kernels import _numpy_update as numpy_update  # noqa: E402
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop  # noqa: E402
@@ -79,14 +82,25 @@ def main():
                 numpy_update.BLOCK_BYTES, numpy_update.MIN_BLOCKS = k * 1024, 1
                 clipped = clip(optimizer, grads, work, defer=not args.no_defer)
                 numpy_update.in_blocks(rule, optimizer, 1e-3, params, clipped, state, work)
-        best = dict.fromkeys([0] + kib, float("inf"))
+        compiled = c_kernels.update_rule(RULE_OF[name], None)
+
+        def run_c(optimizer=optimizer, compiled=compiled):
+            compiled(optimizer, 1e-3, params, clip(optimizer, grads, work), state, work)
+        jobs = {k: (lambda k=k: run(k)) for k in [0] + kib}
+        if compiled is not None:
+            jobs["C"] = run_c
+        best = dict.fromkeys(jobs, float("inf"))
         for _ in range(args.rounds):
-            for k in best:
-                best[k] = min(best[k], timeit.timeit(lambda k=k: run(k), number=number) / number)
+            for k, job in jobs.items():
+                best[k] = min(best[k], timeit.timeit(job, number=number) / number)
         print(f"{name} {dtype} {n} parameters: whole buffer {best[0] * 1e3:.3f} ms")
         for k in kib:
             print(f"  blocks of {k:5d} KiB ({k * 1024 // dtype.itemsize:7d} elements): "
                   f"{best[k] * 1e3:.3f} ms, {best[k] / best[0]:.3f}x")
+        if compiled is None:
+            print(f"  C kernels: {c_kernels.support()}")
+        else:
+            print(f"  C kernels, one pass: {best['C'] * 1e3:.3f} ms, {best['C'] / best[0]:.3f}x")
 
 
 if __name__ == "__main__":

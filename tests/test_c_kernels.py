@@ -220,13 +220,32 @@ def fresh_load(monkeypatch, tmp_path):
 
 
 def test_without_a_compiler_training_runs_the_numpy_passes(monkeypatch, fresh_load):
-    monkeypatch.setattr(c_kernels, "_compiler", lambda: None)
+    monkeypatch.setenv("PATH", str(fresh_load.parent / "empty"))  # no cc, gcc or clang on it
+    monkeypatch.delenv("CC", raising=False)
     assert c_kernels.library() is None
     assert c_kernels.support().startswith("unavailable: no C compiler")
     net = _net()
     assert "NumPy passes" in net.engine.reason and "no C compiler" in net.engine.reason
     losses = _train(net, steps=3)
     assert losses[-1] < losses[0]
+
+
+def test_a_named_compiler_that_is_missing_is_reported(monkeypatch, fresh_load):
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    assert c_kernels.library() is None
+    assert c_kernels.support() == ("unavailable: no C compiler: CC='no-such-compiler-here' is "
+                                   "not on the PATH")
+
+
+@needs_c
+def test_a_damaged_cached_library_is_compiled_again(fresh_load):
+    """A cached file that does not load (cut short, overwritten) is replaced, not trusted."""
+    fresh_load.mkdir(mode=0o700)
+    cached = fresh_load / c_kernels._library_name(c_kernels._compiler()[0])
+    cached.write_bytes(b"not a shared library")
+    assert c_kernels.library() is not None
+    assert "compiled into" in c_kernels.support()
+    assert cached.stat().st_size > 1000
 
 
 def test_a_failing_compiler_is_reported(monkeypatch, fresh_load):

@@ -98,16 +98,19 @@ def _load():
 
 
 def _compiler():
+    """(path of the C compiler, '') or (None, why there is none)."""
     if sys.platform == "win32":
-        return None
+        return None, "unavailable: no C compiler is looked for on Windows"
     named = os.environ.get("CC", "").strip()
     if named:
-        return shutil.which(named.split()[0])
+        path = shutil.which(named.split()[0])
+        return (path, "") if path else (None, f"unavailable: no C compiler: CC={named!r} is "
+                                              "not on the PATH")
     for name in ("cc", "gcc", "clang"):
         path = shutil.which(name)
         if path:
-            return path
-    return None
+            return path, ""
+    return None, "unavailable: no C compiler (set CC, or install cc, gcc or clang)"
 
 
 def _cpu_signature():
@@ -154,10 +157,8 @@ def _compile(cc, flags, directory, name):
             os.unlink(partial)
 
 
-def _build_and_check():
-    cc = _compiler()
-    if cc is None:
-        return None, "unavailable: no C compiler (set CC, or install cc, gcc or clang)"
+def _library_name(cc):
+    """The cached library's file name: a hash of the sources, the compiler, the flags, the CPU."""
     digest = hashlib.sha256()
     for name in _SOURCES:
         with open(os.path.join(_HERE, name), "rb") as f:
@@ -165,21 +166,34 @@ def _build_and_check():
     info = os.stat(os.path.realpath(cc))
     digest.update(f"{os.path.realpath(cc)}|{info.st_size}|{info.st_mtime_ns}|{_FLAGS}|"
                   f"{_cpu_signature()}".encode())
-    name = f"cpu_kernels-{digest.hexdigest()[:20]}.so"
+    return f"cpu_kernels-{digest.hexdigest()[:20]}.so"
+
+
+def _build_and_check():
+    cc, why = _compiler()
+    if cc is None:
+        return None, why
+    name = _library_name(cc)
     directory, private = _cache_dir(), None
     if directory is None:
         directory = private = tempfile.mkdtemp(prefix="bpgpu-kernels-")
     try:
         path = os.path.join(directory, name)
-        built = "loaded from"
-        if not os.path.exists(path):
+        lib = None
+        if os.path.exists(path):
+            built = "loaded from"
+            try:
+                lib = ctypes.CDLL(path)
+            except OSError:  # a damaged cached file: compiled afresh below
+                lib = None
+        if lib is None:
             built = "compiled into"
             error = _compile(cc, (*_FLAGS, _NATIVE), directory, name)
             if error:  # a compiler without -march=native: the generic target
                 error = _compile(cc, _FLAGS, directory, name)
             if error:
                 return None, f"unavailable: {os.path.basename(cc)} failed: {error}"
-        lib = ctypes.CDLL(path)
+            lib = ctypes.CDLL(path)
     finally:
         if private is not None:  # the loaded library stays mapped after the file is gone
             shutil.rmtree(private, ignore_errors=True)
