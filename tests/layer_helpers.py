@@ -42,3 +42,26 @@ class CallCounter:
     def __call__(self, *args, **kwargs):
         self.calls += 1
         return self.fn(*args, **kwargs)
+
+
+def flat_update_setup(make_optimizer, dtype, size, seed=21):
+    """One flat NumPy parameter buffer of ``size`` random values in ``dtype``, the optimizer from
+    ``make_optimizer()`` bound to NumPy with its state over that buffer, a scratch provider
+    ``work(name, n=size)`` (one buffer per name and length, kept) and the random generator;
+    for tests that run the flat update rules by hand."""
+    from bpgpu import backend as backends
+    from bpgpu.kernels._numpy_fast import NumPyKernels
+
+    rng = np.random.default_rng(seed)
+    optimizer = make_optimizer().bind(backends.get_backend("numpy"))
+    params = NumPyKernels.zeros(size, dtype)
+    params[:] = rng.standard_normal(size)
+    optimizer.state = optimizer._init_state([params])
+    buffers = {}
+
+    def work(name, n=None):
+        n = size if n is None else n
+        if (name, n) not in buffers:
+            buffers[name, n] = NumPyKernels.zeros(n, dtype)
+        return buffers[name, n]
+    return optimizer, params, work, rng

@@ -18,6 +18,8 @@ from bpgpu.losses import MSE, BinaryCrossEntropy, CrossEntropy
 from bpgpu.optimizers import SGD, Adam, AdamW, RMSprop
 from bpgpu.schedules import CosineAnnealingLR
 
+from layer_helpers import flat_update_setup
+
 FAST_BACKENDS = ("numpy", "cupy")
 
 TOL = {"float64": dict(rtol=1e-12, atol=1e-14), "float32": dict(rtol=2e-5, atol=2e-6)}
@@ -162,22 +164,11 @@ def _flat_updates(optimizer, blocked, dtype, steps=3, size=1000):
     """``steps`` NumPy flat updates of one flat buffer of ``size`` parameters (whole buffers: the
     clip, then the rule; blocked: the clip by value or by norm deferred into the blocks, both
     clips first); the parameters and the state buffers after them."""
-    from bpgpu import backend as backends
     from bpgpu.kernels import _numpy_fast as numpy_fast
     from bpgpu.kernels import _numpy_update as numpy_update
 
-    kernels, rng = numpy_fast.NumPyKernels, np.random.default_rng(21)
-    optimizer = BLOCKED_OPTIMIZERS[optimizer]().bind(backends.get_backend("numpy"))
-    params = kernels.zeros(size, dtype)
-    params[:] = rng.standard_normal(size)
-    optimizer.state = optimizer._init_state([params])
-    buffers = {}
-
-    def work(name, n=None):
-        n = size if n is None else n
-        if (name, n) not in buffers:
-            buffers[name, n] = kernels.zeros(n, dtype)
-        return buffers[name, n]
+    kernels = numpy_fast.NumPyKernels
+    optimizer, params, work, rng = flat_update_setup(BLOCKED_OPTIMIZERS[optimizer], dtype, size)
     rule = numpy_update.RULES[flat_rule_name(optimizer)]
     for _ in range(steps):
         grads = kernels.zeros(size, dtype)

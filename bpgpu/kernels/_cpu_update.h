@@ -60,24 +60,13 @@ void NAME(bp_adam)(ptrdiff_t n, REAL *p, REAL *g, const REAL *const *partials, i
         if (decay == DECAY_DECOUPLED)
             for (ptrdiff_t i = 0; i < len; i++)
                 pc[i] = pc[i] * wd;
-        if (decay == DECAY_L2) {
-            for (ptrdiff_t i = 0; i < len; i++) {
-                REAL gi = gc[i] + pc[i] * wd;
-                REAL mi = mc[i] * b1 + gi * omb1;
-                REAL vi = vc[i] * b2 + (gi * gi) * omb2;
-                mc[i] = mi;
-                vc[i] = vi;
-                pc[i] = pc[i] - (mi / (SQRT(vi) + e)) * s;
-            }
-        } else {
-            for (ptrdiff_t i = 0; i < len; i++) {
-                REAL gi = gc[i];
-                REAL mi = mc[i] * b1 + gi * omb1;
-                REAL vi = vc[i] * b2 + (gi * gi) * omb2;
-                mc[i] = mi;
-                vc[i] = vi;
-                pc[i] = pc[i] - (mi / (SQRT(vi) + e)) * s;
-            }
+        for (ptrdiff_t i = 0; i < len; i++) {
+            REAL gi = decay == DECAY_L2 ? gc[i] + pc[i] * wd : gc[i];
+            REAL mi = mc[i] * b1 + gi * omb1;
+            REAL vi = vc[i] * b2 + (gi * gi) * omb2;
+            mc[i] = mi;
+            vc[i] = vi;
+            pc[i] = pc[i] - (mi / (SQRT(vi) + e)) * s;
         }
     }
 }
