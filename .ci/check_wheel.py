@@ -3,14 +3,16 @@
     python .ci/check_wheel.py                  # build in an isolated environment (PEP 517)
     python .ci/check_wheel.py --no-isolation   # build with the setuptools already installed
 
-Checks: the wheel holds every subpackage, py.typed and the LICENSE, and no tests; its metadata
-carries the version from bpgpu/_version.py and the MIT licence expression; in a new virtual
-environment (no system site-packages) pip installs it with its declared dependencies, and there
-``bpgpu`` imports from the wheel, reports that version and trains a small network. Exits 1 with the
-reason on the first failure.
+Checks: the wheel holds every subpackage, py.typed, the C kernels' sources and the LICENSE, and no
+tests; its metadata carries the version from bpgpu/_version.py and the MIT licence expression; in
+a new virtual environment (no system site-packages) pip installs it with its declared
+dependencies, and there ``bpgpu`` imports from the wheel, reports that version and trains a small
+network, and where a C compiler is on the PATH its C kernels compile and pass their self-check.
+Exits 1 with the reason on the first failure.
 """
 
 import argparse
+import os
 import pathlib
 import re
 import subprocess
@@ -23,9 +25,10 @@ import zipfile
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 SMOKE_TEST = """
-import importlib.metadata, pathlib, sys
+import importlib.metadata, pathlib, shutil, sys
 import numpy as np
 import bpgpu
+from bpgpu.kernels import _c_kernels
 
 version = sys.argv[1]
 assert bpgpu.__version__ == importlib.metadata.version("bpgpu") == version, bpgpu.__version__
@@ -37,8 +40,10 @@ net = bpgpu.Network.from_sizes([2, 8, 1], loss="bce_with_logits", backend="numpy
                                optimizer=bpgpu.optimizers.Adam(lr=0.05))
 losses = net.fit(X, y, epochs=30, batch_size=32, verbose=0).history["loss"]
 assert losses[-1] < 0.5 * losses[0], losses
+if any(shutil.which(name) for name in ("cc", "gcc", "clang")):  # the shipped C source compiles
+    assert _c_kernels.library() is not None, _c_kernels.support()
 print("installed bpgpu", bpgpu.__version__, "trains: loss", round(losses[0], 3), "->",
-      round(losses[-1], 3))
+      round(losses[-1], 3), "; C kernels:", _c_kernels.support())
 """
 
 
@@ -69,6 +74,7 @@ def check_contents(wheel, version):
             fail(f"{wheel.name} has no METADATA")
         metadata = archive.read(metadata_name).decode()
     required = ["bpgpu/__init__.py", "bpgpu/py.typed", "bpgpu/layers/dense.py",
+                "bpgpu/kernels/_cpu_kernels.c", "bpgpu/kernels/_cpu_update.h",
                 "bpgpu/kernels/_plan.py", "bpgpu/registry.py"]
     missing = [n for n in required if n not in names]
     if missing:
@@ -102,8 +108,10 @@ def main():
         python = tmp / "venv" / "bin" / "python"
         run([python, "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheels[0])])
         (tmp / "smoke.py").write_text(SMOKE_TEST, encoding="utf-8")
-        # run outside the checkout, so that only the installed copy can be imported
-        print(run([python, str(tmp / "smoke.py"), version], cwd=tmp).strip())
+        # run outside the checkout, so that only the installed copy can be imported, with an
+        # empty kernel cache, so that the installed C source is the one compiled
+        env = {**os.environ, "BPGPU_CACHE_DIR": str(tmp / "kernel-cache")}
+        print(run([python, str(tmp / "smoke.py"), version], cwd=tmp, env=env).strip())
     print(f"check_wheel: {wheels[0].name} builds, installs and imports "
           f"({time.perf_counter() - start:.0f} s)")
 
