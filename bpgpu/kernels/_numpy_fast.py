@@ -224,7 +224,7 @@ class _MeanSquaredError(LossOp):
 def update_rule(optimizer):
     """The flat update rule for ``optimizer``, or None when it has none: the C kernels' rule
     (:mod:`bpgpu.kernels._c_kernels`, one pass, bit-identical) when they can be used, else the
-    NumPy passes below, run block by block."""
+    NumPy passes of :mod:`bpgpu.kernels._numpy_update`, run block by block."""
     name = flat_rule_name(optimizer)
     if name is None:
         return None

@@ -152,7 +152,7 @@ class DeferredClip:
 
     def into(self, out):
         """The clipped gradient, written into ``out`` (the operations of
-        :meth:`NumPyKernels.clip`, in its order)."""
+        :meth:`bpgpu.kernels._numpy_fast.NumPyKernels.clip`, in its order)."""
         if self.clip_value is not None:
             c = self.clip_value
             np.maximum(self.g, -c, out=out)
