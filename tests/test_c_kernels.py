@@ -83,7 +83,7 @@ def _updates(make, rule_of, dtype, size, partial_count, steps=3):
 
 
 def _numpy_rule(name):
-    return functools.partial(numpy_update.in_blocks, numpy_update.RULES[name])
+    return numpy_update.passes(name)
 
 
 def _c_rule(name):

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from ._numpy_update import RULES, DeferredClip, in_blocks
+from ._numpy_update import DeferredClip, passes
 
 __all__ = ["ENV", "CACHE_ENV", "library", "support", "update_rule"]
 
@@ -266,7 +266,7 @@ class CompiledRule:
     address costs about 0.8 us, a tenth of a small network's whole update."""
 
     def __init__(self, lib, name, fallback):
-        self.name, self.fallback, self._glue = name, fallback, _GLUE[name]
+        self.fallback, self._glue = fallback, _GLUE[name]
         self._functions = {dtype: getattr(lib, f"bp_{name}{suffix}")
                            for dtype, suffix in _SUFFIX.items()}
         self._last: tuple[tuple[Any, ...], list[Any]] = ((), [])
@@ -321,7 +321,7 @@ def _self_check(lib):
     for dtype in _SUFFIX:
         for name, optimizer in cases.items():
             optimizer.step_count = 2
-            fallback = functools.partial(in_blocks, RULES[name])
+            fallback = passes(name)
             rule = CompiledRule(lib, name, fallback)
             seed, results = int(rng.integers(1 << 30)), []
             for run in (rule, fallback):

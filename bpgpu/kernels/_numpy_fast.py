@@ -11,14 +11,13 @@ less for the small shapes of small networks, ten times less where a layer has on
 are allocated once per batch size (the two most recent sizes are kept).
 """
 
-import functools
 
 import numpy as np
 
 from ..losses import MSE, CrossEntropy
 from . import _c_kernels, _denormals
 from . import _cpu_threads as cpu_threads
-from ._numpy_update import RULES, DeferredClip, blocked, in_blocks
+from ._numpy_update import DeferredClip, blocked, passes
 from ._plan import BufferedOp, KernelSet, LossOp
 from ._update_rules import flat_rule_name
 
@@ -228,8 +227,8 @@ def update_rule(optimizer):
     name = flat_rule_name(optimizer)
     if name is None:
         return None
-    passes = functools.partial(in_blocks, RULES[name])
-    return _c_kernels.update_rule(name, passes) or passes
+    numpy_rule = passes(name)
+    return _c_kernels.update_rule(name, numpy_rule) or numpy_rule
 
 
 class NumPyKernels(KernelSet):
@@ -290,7 +289,7 @@ class NumPyKernels(KernelSet):
         clip_value), then g min(clip_norm / (||g|| + 1e-6), 1). A buffer the update runs block by
         block with one of the two clips comes back as a :class:`DeferredClip` (``defer``; the
         norm taken here), clipped block by block inside the update, which only
-        :func:`in_blocks` (this kernel set's update rules) reads."""
+        :func:`~bpgpu.kernels._numpy_update.in_blocks` and the C rules read."""
         if optimizer.clip_value is None and optimizer.clip_norm is None:
             return g
         if (optimizer.clip_value is None or optimizer.clip_norm is None) and defer \

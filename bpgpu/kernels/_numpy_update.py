@@ -8,11 +8,12 @@ passes read the cache. Adam's denominator ``sqrt(v)/c + eps`` is computed as
 repeat these passes element by element and are checked against them bit for bit.
 """
 
+import functools
 import math
 
 import numpy as np
 
-__all__ = ["RULES", "in_blocks", "DeferredClip", "blocked"]
+__all__ = ["RULES", "passes", "in_blocks", "DeferredClip", "blocked"]
 
 
 def _decayed(optimizer, params, grads, work):
@@ -106,6 +107,11 @@ def _adam(optimizer, lr, params, grads, state, work):
 RULES = {"sgd": _sgd, "rmsprop": _rmsprop, "adam": _adam}
 
 
+def passes(name):
+    """The NumPy rule ``name`` as the fast step calls it: :func:`in_blocks` over ``RULES[name]``."""
+    return functools.partial(in_blocks, RULES[name])
+
+
 #: Bytes per block of each flat buffer in the blocked update: 65536 float32 or 32768 float64
 #: elements. Measured (benchmarks/bench_update.py, 2.6M parameters, 2-core AMD EPYC with 1 MiB of
 #: L2 per core): Adam float32 0.80x the whole-buffer time at 256 KiB, 0.85x at 1 MiB, 0.91x at
@@ -137,8 +143,9 @@ def blocked(size, itemsize, jobs=1):
 
 
 class DeferredClip:
-    """A flat gradient whose clip by value or by norm is applied block by block inside the
-    blocked update (see :func:`in_blocks`) instead of in a whole-buffer pass of its own:
+    """A flat gradient whose clip by value or by norm is applied inside the update (block by
+    block in :func:`in_blocks`, element by element in the C rules of
+    :mod:`bpgpu.kernels._c_kernels`) instead of in a whole-buffer pass of its own:
     clipped = min(max(g, -clip_value), clip_value), or clipped = g scale with the scale
     min(clip_norm / (||g|| + 1e-6), 1) taken from the whole gradient beforehand. Sliced like the
     gradient (a range job of a sharded update takes its range)."""
