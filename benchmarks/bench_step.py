@@ -549,6 +549,10 @@ def metadata(backend, torch):
         "env_openblas": {k: v for k, v in os.environ.items()
                          if k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")},
     }
+    if backend == "numpy":  # what runs the products of row-sharded steps (MKL where installed)
+        from bpgpu.kernels import _mkl_blas
+
+        info["shard_products"] = _mkl_blas.support()
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
         info["numpy_blas"] = f"{blas.get('name')} {blas.get('version')}"
@@ -598,7 +602,9 @@ def render(result):
              + (f"; jax {meta['jax']}" if "jax" in meta else "")
              + "".join(f"; {p['lib']} kernel {p['kernel']}" for p in meta.get("threadpools", [])
                        if p.get("kernel"))
-             + (f" (forced by {meta['env_openblas']})" if meta.get("env_openblas") else ""),
+             + (f" (forced by {meta['env_openblas']})" if meta.get("env_openblas") else "")
+             + (f"; bpgpu's row-shard products: {meta['shard_products']}"
+                if meta.get("shard_products") else ""),
              ""]
     has_ref = any("bpgpu_reference" in c["times"] for c in result["cases"].values())
     has_jax = any("jax" in c["times"] for c in result["cases"].values())

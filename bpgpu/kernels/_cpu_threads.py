@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from . import _denormals
 
-__all__ = ["shard_count", "one_blas_thread", "run_parallel", "MIN_ROWS", "MIN_WORK"]
+__all__ = ["shard_count", "one_blas_thread", "pinned", "run_parallel", "MIN_ROWS", "MIN_WORK"]
 
 #: Fewest rows per shard: below this, single-threaded matrix products lose too much efficiency.
 MIN_ROWS = 64
@@ -114,6 +114,12 @@ def one_blas_thread():
             if _pin_depth == 0:
                 _pin_limiter.restore_original_limits()
                 _pin_limiter = None
+
+
+def pinned():
+    """Whether a step is inside :func:`one_blas_thread` now (its products run one thread each:
+    the NumPy kernels then send them to MKL where it is chosen, :mod:`bpgpu.kernels._mkl_blas`)."""
+    return _pin_depth > 0
 
 
 def run_parallel(jobs):

@@ -7,21 +7,30 @@ The optimizer update: the C kernels of :mod:`bpgpu.kernels._c_kernels` where a C
 else the NumPy passes of :mod:`bpgpu.kernels._numpy_update` (bit-identical to each other).
 Activations, their gradients and the losses run feature-major (see :class:`_Dense`). Products
 go through ``np.dot``, which reaches BLAS with less per-call work than ``np.matmul`` (a quarter
-less for the small shapes of small networks, ten times less where a layer has one input). Buffers
-are allocated once per batch size (the two most recent sizes are kept).
+less for the small shapes of small networks, ten times less where a layer has one input); in
+row shards through MKL where it is installed (:func:`_product`). Buffers are allocated once per
+batch size (the two most recent sizes are kept).
 """
 
 
 import numpy as np
 
 from ..losses import MSE, CrossEntropy
-from . import _c_kernels, _denormals
+from . import _c_kernels, _denormals, _mkl_blas
 from . import _cpu_threads as cpu_threads
 from ._numpy_update import DeferredClip, blocked, passes
 from ._plan import BufferedOp, KernelSet, LossOp
 from ._update_rules import flat_rule_name
 
 __all__ = ["NumPyKernels"]
+
+
+def _product(a, b, out):
+    """out = a b for the 2-D products of :class:`_Dense`: through MKL in row shards, where BLAS
+    is pinned to the calling thread and MKL is chosen (:mod:`bpgpu.kernels._mkl_blas`), else
+    (and as its reference twin) ``np.dot``."""
+    if not (cpu_threads.pinned() and _mkl_blas.gemm(a, b, out)):
+        np.dot(a, b, out=out)
 
 
 class _Dense(BufferedOp):
@@ -77,9 +86,9 @@ class _Dense(BufferedOp):
         buf = self.buffers_for(x.shape[0])
         y = buf["y"]
         if self.producer is not None:
-            np.dot(self.joint[0].T, self.producer.buf["full"], out=y)
+            _product(self.joint[0].T, self.producer.buf["full"], y)
         else:
-            np.dot(self.W.T, x.T, out=y)
+            _product(self.W.T, x.T, y)
             if self.b is not None:
                 np.add(y, self.b[:, None], out=y)
         act = self.act
@@ -114,9 +123,9 @@ class _Dense(BufferedOp):
             np.subtract(1.0, dz, out=dz)
             np.multiply(dy_t, dz, out=dz)
         if self.producer is not None:
-            np.dot(self.producer.buf["full"], dz.T, out=self.joint[1])
+            _product(self.producer.buf["full"], dz.T, self.joint[1])
         else:
-            np.dot(self.x.T, dz.T, out=self.dW)
+            _product(self.x.T, dz.T, self.dW)
             if self.b is not None:
                 np.dot(dz, buf["ones"], out=self.db)
         if self.primary:
@@ -130,7 +139,7 @@ class _Dense(BufferedOp):
         if not self.layer.input_grad:
             return None
         dx = buf["dx"]
-        np.dot(self.W, dz, out=dx)
+        _product(self.W, dz, dx)
         return dx.T
 
 
@@ -273,6 +282,11 @@ class NumPyKernels(KernelSet):
         if _c_kernels.library() is not None:
             return "C kernels"
         return f"NumPy passes; C kernels {_c_kernels.support()}"
+    @staticmethod
+    def shard_products():
+        """What runs the matrix products of row shards: MKL, or np.dot and why."""
+        return _mkl_blas.support()
+
     step_context = staticmethod(_denormals.flushing)
     shard_count = staticmethod(cpu_threads.shard_count)
     one_blas_thread = staticmethod(cpu_threads.one_blas_thread)

@@ -85,8 +85,10 @@ class KernelSet(Protocol):
     fuses), ``features`` (engine requirements it serves, see :mod:`bpgpu._engine`), ``loss_ops``
     (loss class -> the class of its fast operation) and the methods below. Kernel sets that can
     run row shards also give ``shard_count(rows, parameters)``, ``one_blas_thread()``,
-    ``run_parallel(jobs)`` and ``accumulate(dst, src)`` (dst += src), and loss operations taking
-    the whole batch's row count as a third argument; the others leave ``shard_count`` None.
+    ``run_parallel(jobs)`` and ``accumulate(dst, src)`` (dst += src), optionally
+    ``shard_products()`` (what runs the shards' products, for the engine's reason), and loss
+    operations taking the whole batch's row count as a third argument; the others leave
+    ``shard_count`` None.
     Subclassing this Protocol inherits :meth:`view` and :meth:`loss_op`.
     """
 
@@ -253,6 +255,9 @@ class TrainStep:
         update = f"{'flat' if rule else 'reference'} {type(self.net.optimizer).__name__} update"
         note = getattr(self.kernels, "update_note", None)
         parts.append(f"{update} ({note()})" if rule and note is not None else update)
+        products = getattr(self.kernels, "shard_products", None)
+        if self.shardable and products is not None:
+            parts.append(f"row-shard products: {products()}")
         return "; ".join(parts)
 
     def _views(self, flat):
