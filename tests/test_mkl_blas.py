@@ -138,3 +138,9 @@ def test_sharded_steps_with_mkl_match_np_dot(mkl, monkeypatch):
     np.testing.assert_allclose(mkl_losses, dot_losses, rtol=1e-5)
     for a, b in zip(mkl_weights, dot_weights, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_loaded_mkl_is_seen_in_the_process(mkl):
+    """Once loaded, MKL shows in the process's mappings: a second loader (or an MKL-built NumPy
+    loaded before bpgpu) makes bpgpu leave MKL's threading layer alone."""
+    assert mkl_blas._mkl_in_process()

@@ -76,9 +76,10 @@ def _open() -> tuple[Any, str]:
     paths = _candidates()
     if not paths:
         return None, "MKL not installed (pip install mkl)"
+    first = not _mkl_in_process()
     try:
         lib = ctypes.CDLL(paths[0])
-        if "MKL_THREADING_LAYER" not in os.environ:
+        if first and "MKL_THREADING_LAYER" not in os.environ:
             layer = lib.MKL_Set_Threading_Layer
             layer.argtypes, layer.restype = [ctypes.c_int], ctypes.c_int
             layer(_SEQUENTIAL)
@@ -95,6 +96,16 @@ def _open() -> tuple[Any, str]:
     if wrong:
         return None, f"MKL at {paths[0]} disagrees with np.dot ({wrong}); not used"
     return lib, f"MKL ({paths[0]})"
+
+
+def _mkl_in_process() -> bool:
+    """Whether an MKL runtime is already loaded (an MKL-built NumPy, say): its threading layer
+    is then left as its owner set it, and bpgpu's calls ask for one thread each instead."""
+    try:
+        with open("/proc/self/maps", encoding="utf-8", errors="replace") as maps:
+            return any("libmkl_rt" in line for line in maps)
+    except OSError:
+        return True  # unknown: leave the layer alone
 
 
 def _operand(a: Any) -> tuple[int, int] | None:
