@@ -821,7 +821,7 @@ def main(argv=None):
     if not args.no_fit:
         n = 10000 if args.quick else args.fit_samples
         print(f"fit: {n} samples, alternating subprocesses ...", flush=True)
-        result["fit"] = measure_fit(args.backend, n, 1 if args.quick else 3)
+        result["fit"] = measure_fit(args.backend, n, 1 if args.quick else 5)
     if not args.no_import:
         result["import"] = measure_import(3 if args.quick else 9)
     text = render(result)

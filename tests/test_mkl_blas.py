@@ -66,6 +66,10 @@ def test_gemm_declines_what_blas_cannot_read(mkl):
         assert not np.any(out)  # untouched
     assert not mkl_blas.gemm(a, b, np.zeros((4, 8), np.float32).T)  # out not C-contiguous
     assert not mkl_blas.gemm(a, b, np.zeros((8, 5), np.float32))    # out of the wrong shape
+    square = rng.standard_normal((6, 6)).astype(np.float32)
+    before = square.copy()
+    assert not mkl_blas.gemm(square, square.T, square)               # out overlaps the inputs
+    assert np.array_equal(square, before)
 
 
 def test_product_uses_np_dot_outside_row_shards(mkl, monkeypatch):
@@ -117,6 +121,8 @@ def test_mkl_missing(monkeypatch):
     before = net.get_weights()
     with pytest.raises(ValueError, match="BPGPU_BLAS=mkl"):
         net.train_step(X, y)
+    assert "row-shard products: not run: BPGPU_BLAS=mkl, but MKL not installed" \
+        in net.engine.reason  # the reason reports it rather than raising
     assert all(np.array_equal(a, b) for a, b in zip(before, net.get_weights(), strict=True))
     assert net.optimizer.step_count == 0
 

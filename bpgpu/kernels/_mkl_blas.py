@@ -120,7 +120,7 @@ def _operand(a: Any) -> tuple[int, int] | None:
 def gemm(a: Any, b: Any, out: Any) -> bool:
     """out = a b through MKL when it is chosen and loaded and the operands suit it: 2-D, the
     same float32 or float64 type, each C- or F-contiguous (a transpose), out C-contiguous of
-    shape (a rows, b columns). Returns False, leaving ``out`` untouched, when it did not run
+    shape (a rows, b columns) and apart from both. Returns False, leaving ``out`` untouched, when it did not run
     (then use ``np.dot``)."""
     choice = _choice()
     if choice == "numpy":
@@ -141,7 +141,8 @@ def _run(lib: Any, a: Any, b: Any, out: Any) -> bool:
             or out.shape != (a.shape[0], b.shape[1]):
         return False
     left, right = _operand(a), _operand(b)
-    if left is None or right is None:
+    if left is None or right is None or np.may_share_memory(out, a) \
+            or np.may_share_memory(out, b):  # BLAS would read what it has already written
         return False
     if not getattr(_local, "one", False):
         lib.MKL_Set_Num_Threads_Local(1)

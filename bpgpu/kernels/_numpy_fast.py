@@ -282,10 +282,15 @@ class NumPyKernels(KernelSet):
         if _c_kernels.library() is not None:
             return "C kernels"
         return f"NumPy passes; C kernels {_c_kernels.support()}"
+
     @staticmethod
     def shard_products():
-        """What runs the matrix products of row shards: MKL, or np.dot and why."""
-        return _mkl_blas.support()
+        """What runs the matrix products of row shards: MKL, or np.dot and why (a bad
+        ``BPGPU_BLAS`` is reported here, and raised by the step itself)."""
+        try:
+            return _mkl_blas.support()
+        except ValueError as exc:
+            return f"not run: {exc}"
 
     step_context = staticmethod(_denormals.flushing)
     shard_count = staticmethod(cpu_threads.shard_count)
