@@ -2,11 +2,13 @@
 
 A row-sharded step (:mod:`bpgpu.kernels._cpu_threads`) runs its matrix products one thread per
 shard, with BLAS pinned to the calling thread. With NumPy's OpenBLAS these single-threaded
-products are what bounds the large steps: on a 2-vCPU Intel Xeon (AVX-512), a 512 x 513 x 128
-float32 product reached 117-132 GFLOP/s when its operands came from L3 (as in a step, each layer
-with its own weights), against 140-152 GFLOP/s through MKL's ``cblas_sgemm`` (one thread,
-same operands), and the FMA units' peak is about 226. Where MKL is installed (``pip install
-mkl``, or ``pip install "bpgpu[mkl]"``), the products of row-sharded steps go through it.
+products are what bounds the large steps. On a 2-vCPU Intel Xeon (AVX-512; one core's FMA peak
+about 226 GFLOP/s), two threads multiplying at once with their operands in L3, as in a step
+(benchmarks/bench_products.py, benchmarks/results/products-2026-12-03.md): mlp-10x512's shard
+products ran at 125-132 GFLOP/s per thread through NumPy's OpenBLAS and 142-160 through MKL's
+``cblas_sgemm`` (1.08-1.28x by product), 784-1024-1024-10's at 162-171 against 185-202. Where MKL
+is installed (``pip install mkl``, or ``pip install "bpgpu[mkl]"``), the products of row-sharded
+steps go through it.
 
 ``BPGPU_BLAS`` chooses: ``auto`` (default) uses MKL when its runtime library
 ``libmkl_rt`` is found (in this Python environment's ``lib`` directory or on the loader's path),
