@@ -111,25 +111,33 @@ def _mkl_in_process() -> bool:
 
 
 def _operand(a: Any) -> tuple[int, int] | None:
-    """(transpose flag, leading dimension) of a 2-D operand BLAS can read in place, else None."""
+    """(transpose flag, leading dimension) of a non-empty 2-D operand BLAS can read in place,
+    else None."""
     if a.flags.c_contiguous:
-        return _NO_TRANS, max(1, a.shape[1])
+        return _NO_TRANS, a.shape[1]
     if a.flags.f_contiguous:
-        return _TRANS, max(1, a.shape[0])
+        return _TRANS, a.shape[0]
     return None
+
+
+def _library() -> tuple[Any, str]:
+    """(MKL, where from) when it is chosen and loads, else (None, why not). Raises ValueError
+    when ``BPGPU_BLAS=mkl`` and MKL cannot be used."""
+    choice = _choice()
+    if choice == "numpy":
+        return None, f"{ENV}=numpy"
+    lib, why = _loaded or _load()
+    if lib is None and choice == "mkl":
+        raise ValueError(f"{ENV}=mkl, but {why}")
+    return lib, why
 
 
 def gemm(a: Any, b: Any, out: Any) -> bool:
     """out = a b through MKL when it is chosen and loaded and the operands suit it: 2-D, the
     same float32 or float64 type, each C- or F-contiguous (a transpose), out C-contiguous of
-    shape (a rows, b columns) and apart from both. Returns False, leaving ``out`` untouched, when it did not run
-    (then use ``np.dot``)."""
-    choice = _choice()
-    if choice == "numpy":
-        return False
-    lib, why = _loaded or _load()
-    if lib is None and choice == "mkl":
-        raise ValueError(f"{ENV}=mkl, but {why}")
+    shape (a rows, b columns) and apart from both. Returns False, leaving ``out`` untouched, when
+    it did not run (then use ``np.dot``)."""
+    lib = _library()[0]
     return lib is not None and _run(lib, a, b, out)
 
 
@@ -151,7 +159,7 @@ def _run(lib: Any, a: Any, b: Any, out: Any) -> bool:
         _local.one = True
     fn = lib.cblas_sgemm if dtype == np.float32 else lib.cblas_dgemm
     fn(_ROW_MAJOR, left[0], right[0], a.shape[0], b.shape[1], a.shape[1], 1.0, a.ctypes.data,
-       left[1], b.ctypes.data, right[1], 0.0, out.ctypes.data, max(1, out.shape[1]))
+       left[1], b.ctypes.data, right[1], 0.0, out.ctypes.data, out.shape[1])
     return True
 
 
@@ -175,12 +183,5 @@ def _self_check(lib: Any) -> str:
 def support() -> str:
     """What serves the products of row-sharded steps: 'MKL (path)' or 'np.dot' with the reason.
     Raises ValueError when ``BPGPU_BLAS=mkl`` and MKL cannot be used."""
-    choice = _choice()
-    if choice == "numpy":
-        return f"np.dot ({ENV}=numpy)"
-    lib, why = _load()
-    if lib is None:
-        if choice == "mkl":
-            raise ValueError(f"{ENV}=mkl, but {why}")
-        return f"np.dot ({why})"
-    return why
+    lib, why = _library()
+    return why if lib is not None else f"np.dot ({why})"
